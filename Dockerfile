@@ -1,0 +1,18 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    DATA_DIR=/data BACKUP_DIR=/backups APP_HOST=0.0.0.0 APP_PORT=5000
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+
+RUN useradd --create-home --uid 10001 studio \
+    && mkdir -p /data /backups && chown studio:studio /data /backups
+USER studio
+VOLUME ["/data", "/backups"]
+EXPOSE 5000
+
+# Several workers share /data; a file lock makes exactly one of them run the task pipeline.
+CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", "--timeout", "120", "app:create_app()"]

@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make run` (the studio) and `make test` (the whole suite).
+# Each creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	$(PY) app.py
+
+# pytest exits 5 when it collected no test: that is a failure, not a pass.
+test: $(VENV)/.dev
+	$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
+
+bench: $(VENV)/.dev
+	$(PY) bench/store_bench.py
+	$(PY) bench/render_bench.py

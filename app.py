@@ -1,0 +1,140 @@
+"""The studio's application factory: configuration, logging, error handlers, blueprints, scheduler.
+
+Configuration comes from defaults, then `.env`, then the environment, then the `config` mapping
+given to `create_app` (tests). `python app.py` serves the studio on APP_HOST:APP_PORT
+(127.0.0.1:5000) with the local engine and the scheduler in-process; production runs
+`gunicorn "app:create_app()"`. Importing this module starts nothing.
+"""
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from errors import AppError
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "APP_HOST": "127.0.0.1",
+    "APP_PORT": 5000,
+    "DATA_DIR": "data",
+    "BACKUP_DIR": "backups",
+    "POLL_INTERVAL_SECONDS": 5,
+    "BACKUP_INTERVAL_MINUTES": 60,
+    "BACKUP_KEEP": 24,
+    "LOCAL_WORKERS": min(2, os.cpu_count() or 1),
+    # Two pictures of at most 10 MB each, Base64-encoded (x4/3), plus the rest of the JSON.
+    "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
+    "TESTING": False,
+}
+
+# Settings read from the environment (and .env). Provider keys are secrets: never logged.
+ENV_NAMES = (
+    "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
+    "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS",
+    "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
+    "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
+)
+INT_SETTINGS = ("APP_PORT", "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "LOCAL_WORKERS")
+
+
+def create_app(config=None):
+    """Build the studio app; `config` overrides everything (tests pass TESTING and DATA_DIR)."""
+    from dotenv import dotenv_values
+
+    app = Flask(__name__)
+    app.config.update(DEFAULTS)
+    env_file = Path(os.environ.get("DOTENV_PATH", ".env"))
+    if env_file.is_file():
+        app.config.update({k: v for k, v in dotenv_values(env_file).items() if k in ENV_NAMES and v})
+    app.config.update({k: os.environ[k] for k in ENV_NAMES if os.environ.get(k)})
+    app.config.update(config or {})
+    for name in INT_SETTINGS:
+        app.config[name] = int(app.config[name])
+    app.config["POLL_INTERVAL_SECONDS"] = float(app.config["POLL_INTERVAL_SECONDS"])
+
+    data_dir = Path(app.config["DATA_DIR"]).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app.config["DATA_DIR"] = str(data_dir)
+    app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
+    _configure_logging(app)
+
+    import image_generate
+    import task_query
+    import video_extend
+    from providers import build_providers
+    from task_store import TaskStore
+
+    app.extensions["task_store"] = TaskStore(data_dir)
+    app.extensions["providers"] = build_providers(app.config)
+    app.register_blueprint(video_extend.bp)
+    app.register_blueprint(image_generate.bp)
+    app.register_blueprint(task_query.bp)
+    _register_error_handlers(app)
+
+    @app.get("/api/capabilities")
+    def capabilities():
+        """Every provider with `configured` and its models' allowed values (drives the pages)."""
+        providers = app.extensions["providers"]
+        return {"providers": [{**p.capabilities(), "configured": p.configured()} for p in providers.values()]}
+
+    if not app.config["TESTING"]:
+        import scheduler
+
+        scheduler.start(app)
+    return app
+
+
+def _kept_secret_key(data_dir):
+    """A random SECRET_KEY kept in DATA_DIR, so every worker and restart shares it."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        tmp = data_dir / f"secret_key.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)      # atomic and never overwrites: the first worker's key wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def _configure_logging(app):
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register_error_handlers(app):
+    """One JSON error shape for every failure; 500s are logged and answered generically."""
+
+    @app.errorhandler(AppError)
+    def app_error(exc):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.code, (exc.name or "error").lower().replace(" ", "_"))
+        message = ("The request is larger than the studio accepts (two pictures of 10 MB at most)."
+                   if exc.code == 413 else exc.description)
+        return jsonify({"error": {"code": code, "message": message}}), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        return jsonify({"error": {"code": "internal_error",
+                                  "message": "Something went wrong on the server; it has been logged."}}), 500
+
+
+if __name__ == "__main__":
+    studio = create_app()
+    studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)

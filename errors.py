@@ -1,0 +1,111 @@
+"""The one exception hierarchy of the studio and its JSON shape.
+
+Every failure that reaches a client is an `AppError`; it renders as
+`{"error": {"code", "message", "field"?}}` with its HTTP status. Provider failures carry the
+provider's structured code so the pipeline can decide retry/fail from data, never from text.
+"""
+
+
+class AppError(Exception):
+    """Base of every error the studio answers with; `status` is the HTTP status."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message, *, code=None, field=None, status=None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+        self.field = field
+
+    def to_dict(self):
+        body = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return {"error": body}
+
+
+class ValidationError(AppError):
+    """The request is malformed (400) or semantically unacceptable (422 via status=)."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ValidationError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    """The action does not fit the task's current state (e.g. cancelling a finished task)."""
+
+    status = 409
+    code = "conflict"
+
+
+class ProviderNotConfigured(ValidationError):
+    code = "provider_not_configured"
+
+
+class ProviderError(AppError):
+    """A provider refused or failed a call. `retryable` tells the pipeline whether to try later."""
+
+    status = 502
+    code = "provider_error"
+    retryable = False
+
+    def __init__(self, message, *, provider=None, http_status=None, provider_code=None,
+                 request_id=None, code=None, retryable=None):
+        super().__init__(message, code=code)
+        self.provider = provider
+        self.http_status = http_status
+        self.provider_code = provider_code
+        self.request_id = request_id
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ProviderAuthError(ProviderError):
+    code = "provider_auth"
+
+
+class ProviderQuotaError(ProviderError):
+    code = "provider_quota"
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+    retryable = True
+
+    def __init__(self, message, *, retry_after=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    code = "provider_rejected"
+
+
+class ProviderUnavailable(ProviderError):
+    code = "provider_unavailable"
+    retryable = True
+
+
+class ProviderBadResponse(ProviderError):
+    code = "provider_bad_response"
+    retryable = True
+
+
+class SubmitOutcomeUnknown(ProviderError):
+    """A submit was sent but no answer came back: it must be reconciled, never blindly re-sent."""
+
+    code = "submit_outcome_unknown"

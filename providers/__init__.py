@@ -1,0 +1,34 @@
+"""The provider registry and the shape of the capability tables.
+
+`PROVIDERS` maps a provider id to its class. Each class's `capabilities()` returns one table:
+
+    {"name", "label", "description", "configured": bool,
+     "models": [
+       {"id", "kind": "video", "label", "image_to_video", "text_to_video",
+        "modes": [...], "durations": ["5", "10"],
+        "combos": [{"mode", "duration"}],        # allowed mode x duration
+        "tail_combos": [{"mode", "duration"}],   # allowed with a tail frame ([] = no tail frame)
+        "cfg_scale": bool, "cameras": [...], "aspect_ratios": [...] (text-to-video), "max_prompt"},
+       {"id", "kind": "image", "label", "text_to_image", "image_to_image",
+        "aspect_ratios": [...], "n_min", "n_max", "image_fidelity": bool, "human_fidelity": bool,
+        "image_reference": [...], "negative_prompt_with_image": bool, "max_prompt"}]}
+
+The same table validates API requests (validation.py) and tells the pages what to offer, so the
+page, the API and the provider always agree.
+"""
+
+from providers.local import LocalProvider
+
+PROVIDERS = {
+    "local": LocalProvider,
+}
+
+
+def build_providers(config):
+    """One instance of every registered provider, keyed by id."""
+    return {name: cls(config) for name, cls in PROVIDERS.items()}
+
+
+def find_model(capabilities, model_id):
+    """The model entry with this id in a capability table, or None."""
+    return next((m for m in capabilities["models"] if m["id"] == model_id), None)

@@ -1,0 +1,87 @@
+"""The provider interface: what every provider module implements and what it reports back.
+
+Providers translate between a studio task record and one provider's protocol. They never touch
+the task store: `submit` returns the provider's task id, `query` returns a `ProviderStatus`, and
+the pipeline in `task_query` decides what to record. Errors are raised as `errors.ProviderError`
+subclasses.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Common states a provider status maps onto (PROVIDERS.md §0).
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+
+
+@dataclass
+class RemoteOutput:
+    """One result as the provider reports it: a URL to download, or a file already on disk."""
+
+    kind: str                      # "video" | "image"
+    url: str | None = None         # provider URL (None for the local engine)
+    path: str | None = None        # path relative to DATA_DIR when already on local disk
+    expires_at: str | None = None  # ISO 8601 UTC when the provider's URL stops working
+    meta: dict = field(default_factory=dict)  # provider extras, e.g. {"duration": 5}
+
+
+@dataclass
+class ProviderStatus:
+    """A provider's answer to "how is this task doing?", normalised to the common states."""
+
+    state: str                     # one of QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    raw_status: str | None = None  # the provider's own status value, kept for debugging
+    progress: int | None = None    # 0-100 where the provider knows it
+    outputs: list = field(default_factory=list)  # [RemoteOutput] once SUCCEEDED
+    message: str | None = None     # failure reason from the provider
+    error_code: str | None = None
+    cost: dict | None = None       # what the provider charged, as reported
+
+
+class Provider:
+    """Base class; subclasses set `name` and implement the four calls."""
+
+    name = ""
+    max_concurrency = 5     # tasks in flight at once; <NAME>_MAX_CONCURRENCY overrides
+    poll_interval = 5       # seconds between status queries; POLL_INTERVAL_SECONDS overrides
+
+    def __init__(self, config):
+        self.config = config
+        self.data_dir = Path(config["DATA_DIR"])
+        self.max_concurrency = int(config.get(f"{self.name.upper()}_MAX_CONCURRENCY") or self.max_concurrency)
+        self.poll_interval = float(config.get("POLL_INTERVAL_SECONDS") or self.poll_interval)
+
+    def configured(self):
+        """True when the keys this provider needs are present."""
+        return True
+
+    def capabilities(self):
+        """Models and allowed values as data (see providers/__init__.py for the shape)."""
+        raise NotImplementedError
+
+    def submit(self, task):
+        """Start the work; return the provider's task id."""
+        raise NotImplementedError
+
+    def query(self, task):
+        """Report the state of a submitted task as a ProviderStatus."""
+        raise NotImplementedError
+
+    def cancel(self, task):
+        """Cancel at the provider where it really can; return True if it did."""
+        return False
+
+    def reconcile(self, task):
+        """After a submit whose outcome is unknown: the provider task id if the task exists there,
+        None if it certainly does not (so it may be submitted), or raise SubmitOutcomeUnknown."""
+        from errors import SubmitOutcomeUnknown
+
+        raise SubmitOutcomeUnknown(
+            f"{self.name} cannot tell whether the submit reached it; not re-sent to avoid a double charge",
+            provider=self.name)
+
+    def input_path(self, task, role):
+        """Absolute path of the task's input picture with this role, or None."""
+        for item in task.get("inputs") or []:
+            if item["role"] == role:
+                return self.data_dir / item["path"]
+        return None

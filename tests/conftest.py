@@ -1,0 +1,63 @@
+"""Shared fixtures: an app on tmp_path with the scheduler off, pictures, and a pipeline driver."""
+
+import base64
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import task_query
+from app import create_app
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    return create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test"})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def picture(width=640, height=400, fmt="PNG", seed=0):
+    """Encoded bytes of a photo-like picture (gradient + shapes + noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1),
+                    (x + y) * 255 // max(1, width + height - 2)], axis=-1).astype(np.int16)
+    img[height // 4: height // 2, width // 4: width // 2] = (220, 40, 40)
+    img += rng.integers(-12, 12, img.shape)
+    out = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(out, fmt)
+    return out.getvalue()
+
+
+def b64(data, data_uri=None):
+    text = base64.b64encode(data).decode()
+    return f"data:{data_uri};base64,{text}" if data_uri else text
+
+
+@pytest.fixture
+def png_b64():
+    return b64(picture())
+
+
+def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeout=60):
+    """Call the pipeline jobs directly until the task reaches one of `until`."""
+    store = app.extensions["task_store"]
+    providers = app.extensions["providers"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task_query.dispatch(store, providers)
+        task_query.poll(store, providers)
+        task_query.download(store, providers)
+        task = store.get(task_id)
+        if task["status"] in until:
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} stuck in {store.get(task_id)['status']}")

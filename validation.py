@@ -1,0 +1,75 @@
+"""What the video and image endpoints share when they check a request.
+
+Reading the JSON body, turning pydantic's errors into our `{"error": {code, message, field}}`
+shape, finding the provider and model in the capability tables, and decoding the pictures.
+Malformed input (not JSON, unknown fields, wrong types) is a 400; well-formed values that are out
+of range or that the chosen model does not allow are a 422.
+"""
+
+import pydantic
+from flask import current_app, request
+
+import media
+from errors import ProviderNotConfigured, ValidationError
+from providers import find_model
+
+# Pydantic error types that mean "the value is of the right kind but not allowed".
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than",
+                 "string_too_long", "string_too_short", "literal_error", "enum"}
+
+
+def parse_body(schema):
+    """The request's JSON body validated by a pydantic model, or a 400/422 ValidationError."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return schema.model_validate(body)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            raise ValidationError(f"Unknown field '{field}'.", code="unknown_field", field=field) from None
+        status = 422 if first["type"] in _RANGE_ERRORS else 400
+        raise ValidationError(f"{field}: {first['msg']}", code="invalid_field", field=field,
+                              status=status) from None
+
+
+def provider_and_model(provider_id, model_id, kind):
+    """The provider instance and the model entry for a request, or a clear error naming the field."""
+    providers = current_app.extensions["providers"]
+    provider = providers.get(provider_id)
+    if provider is None:
+        raise ValidationError(f"Unknown provider '{provider_id}'. Choose one of: {', '.join(providers)}.",
+                              code="unknown_provider", field="provider", status=422)
+    if not provider.configured():
+        raise ProviderNotConfigured(
+            f"Provider '{provider_id}' is not configured: set its API keys in the environment or .env.",
+            field="provider")
+    capabilities = provider.capabilities()
+    kind_models = [m["id"] for m in capabilities["models"] if m["kind"] == kind]
+    model = find_model(capabilities, model_id) if model_id else find_model(capabilities, kind_models[0])
+    if model is None or model["kind"] != kind:
+        raise ValidationError(
+            f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(kind_models)}.",
+            code="unknown_model", field="model_name", status=422)
+    return provider, model
+
+
+def choose(value, allowed, field, what):
+    """`value` if allowed (the first allowed value when None), else a 422 naming the choices."""
+    if value is None:
+        return allowed[0]
+    if value not in allowed:
+        raise ValidationError(f"{what} '{value}' is not offered here. Choose one of: {', '.join(allowed)}.",
+                              code="unsupported_value", field=field, status=422)
+    return value
+
+
+def decode_images(fields):
+    """Decode every given picture ({role: (field name, base64 text or None)}) into DecodedImages."""
+    images = {}
+    for role, (field, data) in fields.items():
+        if data is not None:
+            images[role] = media.decode_image(data, field)
+    return images

@@ -1,0 +1,102 @@
+"""Video generation: the request schema, its checks against the model's table, `POST /generate`.
+
+Field names are the seed's (`image`, `image_tail`, `model_name`, `duration` "5"/"10" …) so
+existing scripts keep working. A good request stores its pictures and a queued task and answers
+202 at once; the pipeline in task_query does the rest.
+"""
+
+from flask import Blueprint, current_app
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import tasks
+from errors import ValidationError
+from validation import choose, decode_images, parse_body, provider_and_model
+
+bp = Blueprint("video_extend", __name__)
+
+
+class VideoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    image_tail: str | None = None
+    prompt: str | None = Field(None, max_length=2500)
+    negative_prompt: str | None = Field(None, max_length=2500)
+    provider: str = "local"
+    model_name: str | None = None
+    mode: str | None = None
+    duration: str | None = None
+    cfg_scale: float | None = Field(None, ge=0, le=1)
+    camera: str | None = None
+    aspect_ratio: str | None = None
+
+    @field_validator("image", "image_tail", mode="before")
+    @classmethod
+    def blank_is_missing(cls, value):
+        return None if value == "" else value
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def duration_as_text(cls, value):
+        # Kling types duration as a string; scripts often send the number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def check_video_request(req):
+    """Validate a VideoRequest against its model's table; returns (provider, model, params)."""
+    provider, model = provider_and_model(req.provider, req.model_name, "video")
+    prompt = (req.prompt or "").strip()
+    for field in ("prompt", "negative_prompt"):
+        if len(getattr(req, field) or "") > model["max_prompt"]:
+            raise ValidationError(f"{field} is longer than {model['max_prompt']} characters.",
+                                  code="prompt_too_long", field=field, status=422)
+    if req.image is None and not model["text_to_video"]:
+        raise ValidationError(f"{model['id']} makes a video from a picture: add a first frame.",
+                              code="image_required", field="image")
+    if req.image is not None and not model["image_to_video"]:
+        raise ValidationError(f"{model['id']} makes video from text only: remove the picture.",
+                              code="image_not_supported", field="image", status=422)
+    if req.image is None and not prompt:
+        raise ValidationError("Text-to-video needs a prompt.", code="prompt_required", field="prompt")
+    mode = choose(req.mode, model["modes"], "mode", "Mode")
+    duration = choose(req.duration, model["durations"], "duration", "Duration")
+    combo = {"mode": mode, "duration": duration}
+    if combo not in model["combos"]:
+        raise ValidationError(f"{model['id']} does not offer {duration} s in {mode} mode.",
+                              code="unsupported_value", field="duration", status=422)
+    if req.image_tail is not None:
+        if req.image is None:
+            raise ValidationError("A tail frame needs a first frame too.", code="image_required", field="image")
+        if combo not in model["tail_combos"]:
+            offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in model["tail_combos"]) or "none"
+            raise ValidationError(
+                f"{model['id']} accepts a tail frame only with: {offered}.",
+                code="tail_not_supported", field="image_tail", status=422)
+    camera = None
+    if req.camera is not None:
+        if not model["cameras"]:
+            raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
+                                  field="camera", status=422)
+        camera = choose(req.camera, model["cameras"], "camera", "Camera move")
+    aspect_ratio = None
+    if req.image is None and model["aspect_ratios"]:
+        # With a picture the video takes the picture's shape; the ratio only matters for text-to-video.
+        aspect_ratio = choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
+    params = {
+        "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(), "mode": mode,
+        "duration": duration, "cfg_scale": (req.cfg_scale if req.cfg_scale is not None else 0.5)
+        if model["cfg_scale"] else None, "camera": camera, "aspect_ratio": aspect_ratio,
+    }
+    return provider, model, params
+
+
+@bp.post("/generate")
+def generate():
+    """Queue a video task: 202 {"task_id", "status"}."""
+    req = parse_body(VideoRequest)
+    provider, model, params = check_video_request(req)
+    images = decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
+    record = tasks.create_task(
+        current_app.extensions["task_store"], current_app.config["DATA_DIR"], kind="video",
+        provider=provider.name, model=model["id"], params=params, images=images)
+    return {"task_id": record["id"], "status": record["status"]}, 202
