@@ -27,6 +27,7 @@ DEFAULTS = {
     "BACKUP_INTERVAL_MINUTES": 60,
     "BACKUP_KEEP": 24,
     "LOCAL_WORKERS": min(2, os.cpu_count() or 1),
+    "HTTP_TIMEOUT_SECONDS": 30,     # read timeout of provider calls
     # Two pictures of at most 10 MB each, Base64-encoded (x4/3), plus the rest of the JSON.
     "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
     "TESTING": False,
@@ -35,7 +36,7 @@ DEFAULTS = {
 # Settings read from the environment (and .env). Provider keys are secrets: never logged.
 ENV_NAMES = (
     "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
-    "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS",
+    "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
     "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
     "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
 )
@@ -55,7 +56,8 @@ def create_app(config=None):
     app.config.update(config or {})
     for name in INT_SETTINGS:
         app.config[name] = int(app.config[name])
-    app.config["POLL_INTERVAL_SECONDS"] = float(app.config["POLL_INTERVAL_SECONDS"])
+    for name in ("POLL_INTERVAL_SECONDS", "HTTP_TIMEOUT_SECONDS"):
+        app.config[name] = float(app.config[name])
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import tasks
 from errors import ValidationError
-from validation import choose, decode_images, parse_body, provider_and_model
+from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
 
 bp = Blueprint("image_generate", __name__)
 
@@ -46,10 +46,7 @@ def check_image_request(req):
     """Validate an ImageRequest against its model's table; returns (provider, model, params)."""
     provider, model = provider_and_model(req.provider, req.model_name, "image")
     prompt = (req.prompt or "").strip()
-    for field in ("prompt", "negative_prompt"):
-        if len(getattr(req, field) or "") > model["max_prompt"]:
-            raise ValidationError(f"{field} is longer than {model['max_prompt']} characters.",
-                                  code="prompt_too_long", field=field, status=422)
+    check_prompts(model, req.prompt, req.negative_prompt)
     if req.image is None:
         if not model["text_to_image"]:
             raise ValidationError(

@@ -22,7 +22,7 @@ from flask import Blueprint, current_app, request, send_from_directory
 
 import media
 import tasks
-from errors import Conflict, NotFound, ProviderError, ProviderRateLimited, SubmitOutcomeUnknown, ValidationError
+from errors import Conflict, NotFound, ProviderError, SubmitOutcomeUnknown, ValidationError
 from providers import base
 from tasks import (ACTIVE, CANCELLED, DOWNLOADING, FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED,
                    TERMINAL, iso, parse_iso, utcnow)
@@ -33,6 +33,7 @@ bp = Blueprint("task_query", __name__)
 POLL_WORKERS = 8                 # bounded: polls are I/O-bound, providers rate-limit queries
 MAX_BACKOFF_SECONDS = 300
 DOWNLOAD_TIMEOUT = (10, 60)      # connect, read (seconds)
+MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
 
 
 # ---- pipeline -------------------------------------------------------------------------------
@@ -61,11 +62,12 @@ def _fail(store, task_id, code, message, now):
 
 def dispatch(store, providers, clock=utcnow):
     """Submit queued tasks, oldest first, within each provider's concurrency cap."""
-    in_flight = {}
+    in_flight = {}      # provider -> concurrency slots held by tasks in flight
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
-        if task:
-            in_flight[task["provider"]] = in_flight.get(task["provider"], 0) + 1
+        if task and task["provider"] in providers:
+            slots = providers[task["provider"]].slots(task)
+            in_flight[task["provider"]] = in_flight.get(task["provider"], 0) + slots
     for task_id in store.ids_with_status((QUEUED,)):
         task = store.get(task_id)
         now = clock()
@@ -76,10 +78,11 @@ def dispatch(store, providers, clock=utcnow):
             _fail(store, task_id, "provider_not_configured",
                   f"Provider '{task['provider']}' is not configured on this studio.", now)
             continue
-        if in_flight.get(provider.name, 0) >= provider.max_concurrency:
+        slots = provider.slots(task)
+        if in_flight.get(provider.name, 0) + slots > max(provider.max_concurrency, slots):
             continue
         if _submit(store, provider, task, now):
-            in_flight[provider.name] = in_flight.get(provider.name, 0) + 1
+            in_flight[provider.name] = in_flight.get(provider.name, 0) + slots
 
 
 def _submit(store, provider, task, now):
@@ -110,18 +113,19 @@ def _submit(store, provider, task, now):
             return False
         try:
             provider_task_id = provider.submit(task)
-        except ProviderRateLimited as exc:
-            # The provider refused it outright, so nothing was created: try again later.
-            store.update(task_id, {"submit_started_at": None,
-                                   **_backoff(task, now, 15, exc.retry_after)})
-            log.info("task %s: %s rate limited; retrying later", task_id, provider.name)
-            return False
         except SubmitOutcomeUnknown:
             log.warning("task %s: submit outcome unknown; will reconcile", task_id)
             store.update(task_id, _backoff(task, now, 10))
             return False
         except ProviderError as exc:
-            _fail(store, task_id, exc.code, exc.message, now)
+            # Any other submit error guarantees nothing was created (providers/base.py), so a
+            # retryable one (rate limit, provider down) keeps the task queued for a while.
+            if exc.retryable and task.get("problems", 0) < MAX_SUBMIT_PROBLEMS:
+                store.update(task_id, {"submit_started_at": None, "last_error": exc.message,
+                                       **_backoff(task, now, 15, getattr(exc, "retry_after", None))})
+                log.info("task %s: %s refused for now (%s); retrying later", task_id, provider.name, exc.code)
+            else:
+                _fail(store, task_id, exc.code, exc.message, now)
             return False
         except Exception:
             log.exception("task %s: submit crashed", task_id)
@@ -130,7 +134,7 @@ def _submit(store, provider, task, now):
 
     def submitted(record):
         record.update(provider_task_id=provider_task_id, submitted_at=iso(now), problems=0,
-                      next_check_at=None)
+                      next_check_at=None, last_error=None)
         if record["status"] == CANCELLED:
             record["cancel_requested"] = True     # cancelled while sending: stop it at the provider
         else:

@@ -66,6 +66,18 @@ def choose(value, allowed, field, what):
     return value
 
 
+def check_prompts(model, prompt, negative_prompt):
+    """Prompt lengths and whether the model takes a negative prompt at all."""
+    limits = {"prompt": model["max_prompt"], "negative_prompt": model.get("max_negative_prompt", model["max_prompt"])}
+    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if len(text or "") > limits[field]:
+            raise ValidationError(f"{field} is longer than {limits[field]} characters for {model['id']}.",
+                                  code="prompt_too_long", field=field, status=422)
+    if negative_prompt and not model.get("negative_prompt", True):
+        raise ValidationError(f"{model['id']} does not take a negative prompt.", code="unsupported_value",
+                              field="negative_prompt", status=422)
+
+
 def decode_images(fields):
     """Decode every given picture ({role: (field name, base64 text or None)}) into DecodedImages."""
     images = {}

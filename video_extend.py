@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import tasks
 from errors import ValidationError
-from validation import choose, decode_images, parse_body, provider_and_model
+from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
 
 bp = Blueprint("video_extend", __name__)
 
@@ -46,10 +46,7 @@ def check_video_request(req):
     """Validate a VideoRequest against its model's table; returns (provider, model, params)."""
     provider, model = provider_and_model(req.provider, req.model_name, "video")
     prompt = (req.prompt or "").strip()
-    for field in ("prompt", "negative_prompt"):
-        if len(getattr(req, field) or "") > model["max_prompt"]:
-            raise ValidationError(f"{field} is longer than {model['max_prompt']} characters.",
-                                  code="prompt_too_long", field=field, status=422)
+    check_prompts(model, req.prompt, req.negative_prompt)
     if req.image is None and not model["text_to_video"]:
         raise ValidationError(f"{model['id']} makes a video from a picture: add a first frame.",
                               code="image_required", field="image")
@@ -78,6 +75,13 @@ def check_video_request(req):
             raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
                                   field="camera", status=422)
         camera = choose(req.camera, model["cameras"], "camera", "Camera move")
+        if combo not in model.get("camera_combos", model["combos"]):
+            offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in model["camera_combos"]) or "none"
+            raise ValidationError(f"{model['id']} takes a camera move only with: {offered}.",
+                                  code="unsupported_value", field="camera", status=422)
+        if req.image_tail is not None and not model.get("camera_with_tail", True):
+            raise ValidationError(f"{model['id']} takes either a tail frame or a camera move, not both.",
+                                  code="unsupported_value", field="camera", status=422)
     aspect_ratio = None
     if req.image is None and model["aspect_ratios"]:
         # With a picture the video takes the picture's shape; the ratio only matters for text-to-video.

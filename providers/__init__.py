@@ -13,6 +13,11 @@
         "aspect_ratios": [...], "n_min", "n_max", "image_fidelity": bool, "human_fidelity": bool,
         "image_reference": [...], "negative_prompt_with_image": bool, "max_prompt"}]}
 
+Optional model keys (defaults in brackets): "mode_label" ["Mode"] for what `modes` mean (Wan
+models use them for resolution tiers), "max_negative_prompt" [max_prompt], "negative_prompt"
+[true] whether a negative prompt is accepted at all, "camera_combos" [any combo] where a camera
+move is allowed, "camera_with_tail" [true] whether a camera move may go with a tail frame.
+
 The same table validates API requests (validation.py) and tells the pages what to offer, so the
 page, the API and the provider always agree.
 """

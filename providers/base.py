@@ -59,7 +59,12 @@ class Provider:
         raise NotImplementedError
 
     def submit(self, task):
-        """Start the work; return the provider's task id."""
+        """Start the work; return the provider's task id.
+
+        Contract with the pipeline: raise SubmitOutcomeUnknown when the provider may have
+        created the task (no answer after sending, a 5xx); any other ProviderError means it
+        certainly did not, and a `retryable` one keeps the task queued for a later try.
+        """
         raise NotImplementedError
 
     def query(self, task):
@@ -78,6 +83,16 @@ class Provider:
         raise SubmitOutcomeUnknown(
             f"{self.name} cannot tell whether the submit reached it; not re-sent to avoid a double charge",
             provider=self.name)
+
+    def http_client(self, base_url):
+        """The shared HTTP helper for this provider, with the configured read timeout."""
+        from providers.http import HttpClient
+
+        return HttpClient(self.name, base_url, timeout=(5, float(self.config.get("HTTP_TIMEOUT_SECONDS") or 30)))
+
+    def slots(self, task):
+        """Concurrency slots a task holds at the provider while in flight (Kling: n per image task)."""
+        return 1
 
     def input_path(self, task, role):
         """Absolute path of the task's input picture with this role, or None."""
