@@ -28,6 +28,7 @@ DEFAULTS = {
     "BACKUP_KEEP": 24,
     "LOCAL_WORKERS": min(2, os.cpu_count() or 1),
     "HTTP_TIMEOUT_SECONDS": 30,     # read timeout of provider calls
+    "READY_MIN_FREE_MB": 500,       # /readyz fails below this much free disk
     # Two pictures of at most 10 MB each, Base64-encoded (x4/3), plus the rest of the JSON.
     "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
     "TESTING": False,
@@ -37,10 +38,11 @@ DEFAULTS = {
 ENV_NAMES = (
     "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
     "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
+    "READY_MIN_FREE_MB",
     "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
     "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
 )
-INT_SETTINGS = ("APP_PORT", "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "LOCAL_WORKERS")
+INT_SETTINGS = ("APP_PORT", "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "LOCAL_WORKERS", "READY_MIN_FREE_MB")
 
 
 def create_app(config=None):
@@ -65,17 +67,21 @@ def create_app(config=None):
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
     _configure_logging(app)
 
+    import health
+    import i18n
     import image_generate
     import task_query
     import video_extend
     from providers import build_providers
-    from task_store import TaskStore
 
-    app.extensions["task_store"] = TaskStore(data_dir)
+    app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
+    app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
     app.extensions["providers"] = build_providers(app.config)
+    app.register_blueprint(health.bp)
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
+    i18n.init_app(app)
     _register_error_handlers(app)
 
     @app.get("/api/capabilities")
@@ -89,6 +95,30 @@ def create_app(config=None):
 
         scheduler.start(app)
     return app
+
+
+class StartupRefused(RuntimeError):
+    """The studio will not start over a task store it cannot read (it would look empty)."""
+
+
+def _open_store(data_dir, backup_dir):
+    """The task store, or StartupRefused naming the newest good backup when the store is damaged
+    or missing while backups exist — never a studio that starts empty over lost data."""
+    from task_backup import newest_good_backup
+    from task_store import StoreCorrupt, TaskStore
+
+    problem = None
+    if not (data_dir / "tasks.jsonl").exists() and newest_good_backup(backup_dir):
+        problem = f"{data_dir / 'tasks.jsonl'} is missing"
+    else:
+        try:
+            return TaskStore(data_dir)
+        except StoreCorrupt as exc:
+            problem = str(exc)
+    backup = newest_good_backup(backup_dir)
+    advice = (f"The newest good backup is {backup}; restore it with: python task_backup.py restore {backup}"
+              if backup else "No good backup was found; repair the file by hand.")
+    raise StartupRefused(f"Refusing to start: {problem}. {advice}")
 
 
 def _kept_secret_key(data_dir):

@@ -13,11 +13,14 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import health
+import task_backup
 import task_query
 
 log = logging.getLogger(__name__)
 
 LEADER_RETRY_SECONDS = 5
+HEARTBEAT_SECONDS = 5
 
 
 class LeaderLock:
@@ -79,6 +82,10 @@ def start(app):
     scheduler.add_job(as_leader(task_query.poll), "interval", seconds=1, id="poll")
     scheduler.add_job(as_leader(task_query.download), "interval", seconds=1, id="download")
     scheduler.add_job(as_leader(task_query.compact_store), "interval", minutes=10, id="compact")
+    scheduler.add_job(as_leader(task_backup.backup_job(config["BACKUP_DIR"], config["BACKUP_KEEP"])),
+                      "interval", minutes=config["BACKUP_INTERVAL_MINUTES"], id="backup")
+    scheduler.add_job(as_leader(lambda store, providers: health.beat(config["DATA_DIR"])),
+                      "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat")
     scheduler.add_job(lock.try_acquire, "interval", seconds=LEADER_RETRY_SECONDS, id="leader")
     scheduler.start()
     if lock.try_acquire():

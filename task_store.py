@@ -27,6 +27,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+FILTER_FIELDS = ("status", "kind", "provider", "owner")
+
+
 @dataclass(slots=True)
 class _Entry:
     line: bytes         # the record's JSON line, without the newline
@@ -37,16 +40,27 @@ class _Entry:
     text: str           # lower-cased prompt, for text search
 
 
+def _text(value):
+    return value if isinstance(value, str) else ""
+
+
 def _entry(record, line):
-    params = record.get("params") or {}
-    return _Entry(line, record.get("status", ""), record.get("kind", ""), record.get("provider", ""),
-                  record.get("owner"), (params.get("prompt") or "").lower())
+    params = record.get("params")
+    prompt = params.get("prompt") if isinstance(params, dict) else None
+    owner = record.get("owner")
+    return _Entry(line, _text(record.get("status")), _text(record.get("kind")),
+                  _text(record.get("provider")), owner if isinstance(owner, str) else None,
+                  _text(prompt).lower())
+
+
+class StoreCorrupt(Exception):
+    """The log has lines that are not task records (not merely a torn last line)."""
 
 
 class TaskStore:
     """Append-only JSON-lines store of task records with an in-memory index per process."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, check=True):
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "tasks.jsonl"
@@ -55,15 +69,21 @@ class TaskStore:
         self._lock_fd = None
         self._lock_depth = 0
         self._entries = {}                  # id -> _Entry
+        self._by = {f: {} for f in FILTER_FIELDS}   # field -> value -> set of ids
+        self._texts = {}                    # id -> lower-cased prompt
         self._order = []                    # ids ascending; ids sort by creation time
         self._order_dirty = False
+        self._pid = os.getpid()             # descriptors are reopened in a forked child
         self._read_fd = None
         self._inode = None
         self._offset = 0                    # bytes of self.path consumed into the index
         self._lines = 0                     # lines in the file, live or superseded
+        self.unreadable = 0                 # lines that did not parse as a record
         self.path.touch(exist_ok=True)
         with self._mutex:
             self._catch_up()
+        if check and self.unreadable:
+            raise StoreCorrupt(f"{self.path} has {self.unreadable} unreadable line(s)")
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -85,28 +105,52 @@ class TaskStore:
 
         `status` may be one value or a collection of values.
         """
-        statuses = {status} if isinstance(status, str) else set(status) if status else None
+        wanted = {"status": {status} if isinstance(status, str) else set(status or ()),
+                  "kind": {kind} - {None}, "provider": {provider} - {None}, "owner": {owner} - {None}}
         needle = text.lower() if text else None
         with self._mutex:
             self._catch_up()
             order = self._sorted_ids()
-            unfiltered = not (statuses or kind or provider or needle or owner)
-            if unfiltered:
+            matches = self._matching({f: v for f, v in wanted.items() if v}, needle)
+            if matches is None:
                 total = len(order)
                 end = total - offset
                 ids = order[max(0, end - limit):max(0, end)][::-1]
-                return [json.loads(self._entries[i].line) for i in ids], total
-            page, total = [], 0
-            for task_id in reversed(order):
-                e = self._entries[task_id]
-                if ((statuses and e.status not in statuses) or (kind and e.kind != kind)
-                        or (provider and e.provider != provider) or (owner and e.owner != owner)
-                        or (needle and needle not in e.text)):
-                    continue
-                if offset <= total < offset + limit:
-                    page.append(json.loads(e.line))
-                total += 1
-            return page, total
+            elif len(matches) * 4 > len(order):
+                # Dense matches: walk newest-first and stop once the page is full.
+                total, ids, skipped = len(matches), [], 0
+                for task_id in reversed(order):
+                    if task_id in matches:
+                        if skipped < offset:
+                            skipped += 1
+                        else:
+                            ids.append(task_id)
+                            if len(ids) == limit:
+                                break
+            else:
+                total = len(matches)
+                ids = sorted(matches, reverse=True)[offset:offset + limit]
+            return [json.loads(self._entries[i].line) for i in ids], total
+
+    def _matching(self, wanted, needle):
+        """Ids matching every filter (None when there is no filter), from the per-field sets."""
+        if not wanted and not needle:
+            return None
+        per_field = []
+        for field, values in wanted.items():
+            sets = [self._by[field].get(v, set()) for v in values]
+            per_field.append(sets[0] if len(sets) == 1 else set().union(*sets))
+        per_field.sort(key=len)
+        matches = set(per_field[0]) if per_field else None
+        for ids in per_field[1:]:
+            matches &= ids
+        if needle:
+            texts = self._texts     # a plain dict scans several times faster than entry attributes
+            if matches is None:
+                matches = {i for i, text in texts.items() if needle in text}
+            else:
+                matches = {i for i in matches if needle in texts[i]}
+        return matches
 
     def ids_with_status(self, statuses):
         """Ids (oldest first) of every task in one of `statuses`; used by the pipeline."""
@@ -159,17 +203,27 @@ class TaskStore:
         """Rewrite the log with only live records; returns (lines before, lines after)."""
         with self._locked():
             before = self._lines
-            tmp = self.path.with_name(self.path.name + ".compact")
-            with open(tmp, "wb") as f:
-                for task_id in self._sorted_ids():
-                    f.write(self._entries[task_id].line + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.dir)
-            self._reload()
+            self._rewrite(self._entries[task_id].line for task_id in self._sorted_ids())
             log.info("task store compacted: %d lines -> %d", before, self._lines)
             return before, self._lines
+
+    def replace_all(self, records):
+        """Make `records` the whole content of the store (restoring a backup)."""
+        with self._locked():
+            self._rewrite(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in records)
+
+    def _rewrite(self, lines):
+        """Write a new log beside the old one and swap it in atomically; other processes reload."""
+        tmp = self.path.with_name(self.path.name + ".rewrite")
+        with open(tmp, "wb") as f:
+            for line in lines:
+                f.write(line + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.dir)
+        self.unreadable = 0
+        self._reload()
 
     def garbage_ratio(self):
         """Share of lines in the log that are superseded or deleted (0 when empty)."""
@@ -195,10 +249,30 @@ class TaskStore:
 
     # ---- internals -----------------------------------------------------------------------
 
+    def _after_fork(self):
+        """A forked child shares its parent's open file descriptions, and flock belongs to
+        those: reusing them would let parent and child "hold" the lock at once."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            for fd in (self._lock_fd, self._read_fd):
+                if fd is not None:
+                    os.close(fd)    # the parent keeps its own descriptor, and its lock
+            self._lock_fd = self._read_fd = self._inode = None
+            self._lock_depth = 0
+
+    def close(self):
+        """Release the file descriptors this store holds."""
+        with self._mutex:
+            for fd in (self._lock_fd, self._read_fd):
+                if fd is not None and self._pid == os.getpid():
+                    os.close(fd)
+            self._lock_fd = self._read_fd = self._inode = None
+
     @contextmanager
     def _locked(self):
         """Exclusive lock across threads and processes, with the index caught up."""
         with self._mutex:
+            self._after_fork()
             if self._lock_depth == 0:
                 if self._lock_fd is None:
                     self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -230,15 +304,23 @@ class TaskStore:
         task_id = record.get("id")
         if not isinstance(task_id, str):
             return
+        old = self._entries.pop(task_id, None)
+        if old is not None:
+            for field in FILTER_FIELDS:
+                self._by[field][getattr(old, field)].discard(task_id)
         if record.get("_deleted"):
-            if self._entries.pop(task_id, None) is not None:
+            if old is not None:
                 self._order_dirty = True
+                del self._texts[task_id]
             return
-        if task_id not in self._entries:
+        if old is None:
             if self._order and task_id < self._order[-1]:
                 self._order_dirty = True
             self._order.append(task_id)
-        self._entries[task_id] = _entry(record, line)
+        entry = self._entries[task_id] = _entry(record, line)
+        self._texts[task_id] = entry.text
+        for field in FILTER_FIELDS:
+            self._by[field].setdefault(getattr(entry, field), set()).add(task_id)
 
     def _sorted_ids(self):
         if self._order_dirty:
@@ -252,6 +334,7 @@ class TaskStore:
 
     def _catch_up(self, writer=False):
         """Read what other processes appended since our offset (everything after a compaction)."""
+        self._after_fork()
         st = os.stat(self.path)
         if self._read_fd is None or st.st_ino != self._inode or st.st_size < self._offset:
             # Holding the indexed file open keeps its inode allocated, so a compacted file can
@@ -262,6 +345,8 @@ class TaskStore:
             self._read_fd = os.open(self.path, os.O_RDONLY)
             st = os.fstat(self._read_fd)
             self._entries, self._order, self._order_dirty = {}, [], False
+            self._by = {f: {} for f in FILTER_FIELDS}
+            self._texts = {}
             self._inode, self._offset, self._lines = st.st_ino, 0, 0
         if st.st_size == self._offset:
             return
@@ -272,10 +357,12 @@ class TaskStore:
             try:
                 record = json.loads(line)
             except ValueError:
-                log.error("task store: skipping unreadable line near byte %d", self._offset)
-                continue
+                record = None
             if isinstance(record, dict):
                 self._apply(record, line)
+            else:
+                self.unreadable += 1
+                log.error("task store: skipping an unreadable line in %s", self.path)
         self._offset += end
         if end < len(chunk) and writer:
             # Under the lock nobody else is writing, so an unterminated tail is a torn write
