@@ -14,5 +14,6 @@ USER studio
 VOLUME ["/data", "/backups"]
 EXPOSE 5000
 
-# Several workers share /data; a file lock makes exactly one of them run the task pipeline.
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", "--timeout", "120", "app:create_app()"]
+# Several workers share /data; a file lock makes exactly one of them run the task pipeline
+# (gunicorn.conf.py: WEB_WORKERS, WEB_THREADS).
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]

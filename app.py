@@ -143,6 +143,8 @@ def _kept_secret_key(data_dir):
 def _configure_logging(app):
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs every run of every job at INFO: once a second per job is noise.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _register_error_handlers(app):
