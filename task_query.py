@@ -11,16 +11,13 @@ Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|re
 """
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
-from flask import Blueprint, current_app, request, send_from_directory
+from flask import Blueprint, current_app, render_template, request, send_from_directory
 
-import media
+import downloads
 import tasks
 from errors import Conflict, NotFound, ProviderError, SubmitOutcomeUnknown, ValidationError
 from providers import base
@@ -30,9 +27,11 @@ from tasks import (ACTIVE, CANCELLED, DOWNLOADING, FAILED, QUEUED, RUNNING, SUBM
 log = logging.getLogger(__name__)
 bp = Blueprint("task_query", __name__)
 
-POLL_WORKERS = 8                 # bounded: polls are I/O-bound, providers rate-limit queries
+POLL_WORKERS = 16                # bounded: polls are I/O-bound; providers' query rates apply on top
+LATE_CHECK_WINDOW = timedelta(hours=24)     # how long a timed-out task is still looked at
+LATE_CHECK_INTERVAL = timedelta(minutes=5)
 MAX_BACKOFF_SECONDS = 300
-DOWNLOAD_TIMEOUT = (10, 60)      # connect, read (seconds)
+MAX_DOWNLOAD_PROBLEMS = 12       # for links with no known expiry: about an hour of tries
 MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
 
 
@@ -145,17 +144,21 @@ def _submit(store, provider, task, now):
 
 
 def poll(store, providers, clock=utcnow):
-    """Ask providers about every submitted/running task that is due; bounded parallelism."""
+    """Ask providers about every task in flight that is due, on a bounded thread pool.
+
+    Recently cancelled tasks may still need stopping at the provider, and tasks recently failed
+    for taking too long are still looked at now and then, so that a late success is saved.
+    """
     now = clock()
     due = []
-    for task_id in store.ids_with_status((SUBMITTED, RUNNING, CANCELLED)):
+    for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
-        if task is None:
-            continue
-        if task["status"] == CANCELLED:
-            if task.get("cancel_requested"):
-                due.append(task)
-        elif _due(task, now):
+        if task and _due(task, now):
+            due.append(task)
+    since = tasks.new_task_id(now - LATE_CHECK_WINDOW)[:18]
+    for task_id in store.ids_with_status((CANCELLED, FAILED), since=since):
+        task = store.get(task_id)
+        if task and (task.get("cancel_requested") or (task.get("late_check_until") and _due(task, now))):
             due.append(task)
     if not due:
         return
@@ -171,6 +174,8 @@ def _poll_one(store, providers, task, now):
     if task.get("cancel_requested"):
         _cancel_at_provider(store, provider, task, now)
         return
+    if provider.query_throttle:
+        provider.query_throttle.wait()
     try:
         status = provider.query(task)
     except ProviderError as exc:
@@ -181,32 +186,52 @@ def _poll_one(store, providers, task, now):
         log.exception("task %s: %s query crashed", task_id, provider.name)
         store.update(task_id, _backoff(task, now, provider.poll_interval))
         return
+    store.update(task_id, lambda record: _apply_status(record, status, provider, now))
 
-    def change(record):
-        if record["status"] not in (SUBMITTED, RUNNING):
-            return          # cancelled or finished meanwhile
-        record.update(provider_status=status.raw_status, problems=0,
-                      next_check_at=iso(now + timedelta(seconds=provider.poll_interval)))
-        if status.progress is not None:
-            record["progress"] = status.progress
-        if status.cost:
-            record["cost"] = status.cost
+
+def _apply_status(record, status, provider, now):
+    """Record what the provider said about a task in flight (or one that timed out earlier)."""
+    late = record["status"] == FAILED and record.get("late_check_until")
+    if record["status"] not in (SUBMITTED, RUNNING) and not late:
+        return              # cancelled or finished meanwhile
+    record.update(provider_status=status.raw_status, problems=0,
+                  next_check_at=iso(now + timedelta(seconds=provider.poll_interval)))
+    if status.progress is not None:
+        record["progress"] = status.progress
+    if status.cost:
+        record["cost"] = status.cost
+    if status.state == base.SUCCEEDED:
+        if not status.outputs:
+            record.update(status=FAILED, finished_at=iso(now), late_check_until=None, error={
+                "code": "no_outputs", "message": "The provider finished but returned no result.",
+                "retryable": False})
+            return
+        record.update(status=DOWNLOADING, progress=100, next_check_at=None, late_check_until=None,
+                      outputs=[_output_entry(o) for o in status.outputs], error=None, finished_at=None)
+        if late:
+            record["recovered_late"] = True
+            log.info("task %s: late success recovered after a timeout", record["id"])
+    elif status.state == base.FAILED:
+        record.update(status=FAILED, finished_at=record.get("finished_at") or iso(now), late_check_until=None,
+                      error={"code": status.error_code or "provider_failed",
+                             "message": status.message or "The provider reported a failure.", "retryable": False})
+    elif status.state == base.CANCELLED:
+        record.update(status=CANCELLED, finished_at=iso(now), late_check_until=None)
+    elif late:
+        record["next_check_at"] = iso(now + LATE_CHECK_INTERVAL)
+        if parse_iso(record["late_check_until"]) <= now:
+            record["late_check_until"] = None       # stop looking; it stays failed
+    else:
         if status.state == base.RUNNING:
             record["status"] = RUNNING
-        elif status.state == base.SUCCEEDED:
-            record.update(status=DOWNLOADING, progress=100, next_check_at=None,
-                          outputs=[_output_entry(o) for o in status.outputs])
-            if not status.outputs:
-                record.update(status=FAILED, finished_at=iso(now), error={
-                    "code": "no_outputs", "message": "The provider finished but returned no result.",
-                    "retryable": False})
-        elif status.state == base.FAILED:
-            record.update(status=FAILED, finished_at=iso(now), error={
-                "code": status.error_code or "provider_failed",
-                "message": status.message or "The provider reported a failure.", "retryable": False})
-        elif status.state == base.CANCELLED:
-            record.update(status=CANCELLED, finished_at=iso(now))
-    store.update(task_id, change)
+        started = parse_iso(record.get("submitted_at")) or now
+        if (now - started).total_seconds() > provider.max_running_seconds:
+            minutes = provider.max_running_seconds / 60
+            record.update(status=FAILED, finished_at=iso(now), late_check_until=iso(now + LATE_CHECK_WINDOW),
+                          next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
+                              "code": "timeout", "retryable": False,
+                              "message": f"{provider.name} did not finish within {minutes:.0f} minutes. The studio "
+                                         "keeps checking for a day and saves the result if it arrives late."})
 
 
 def _output_entry(output):
@@ -229,85 +254,52 @@ def _cancel_at_provider(store, provider, task, now):
 
 
 def download(store, providers, clock=utcnow):
-    """Save, verify and thumbnail the outputs of every downloading task."""
+    """Save, verify and thumbnail the outputs of every downloading task.
+
+    Each saved output is recorded at once, so a crash or a cut costs only the file in progress.
+    Problems are retried with backoff until the result link expires; a full disk leaves the task
+    downloading with a clear message, never succeeded with a missing file.
+    """
     for task_id in store.ids_with_status((DOWNLOADING,)):
         task = store.get(task_id)
         now = clock()
         if task is None or task["status"] != DOWNLOADING or not _due(task, now):
             continue
+        outputs = list(task["outputs"])
         try:
-            outputs = [_save_output(store.dir, task, i, out) for i, out in enumerate(task["outputs"])]
-        except ResultExpired as exc:
+            for i, out in enumerate(outputs):
+                outputs[i] = downloads.save_output(store.dir, task_id, i, out, utcnow())
+        except downloads.ResultExpired as exc:
             _fail(store, task_id, "result_expired", str(exc), now)
             continue
-        except (OSError, ValueError, requests.RequestException) as exc:
-            log.warning("task %s: saving results failed: %s", task_id, exc)
-            store.update(task_id, {**_backoff(task, now, 5),
-                                   "download_error": f"Saving the result failed: {exc}; retrying."})
+        except (OSError, ValueError, requests.RequestException, downloads.DownloadIncomplete) as exc:
+            _download_problem(store, task, outputs, exc, now)
             continue
 
         def finished(record):
             if record["status"] != DOWNLOADING:
                 return
             record.update(outputs=outputs, status=SUCCEEDED, finished_at=iso(now), download_error=None,
-                          problems=0, next_check_at=None)
+                          problems=0, next_check_at=None, error=None)
         store.update(task_id, finished)
         log.info("task %s succeeded with %d output(s)", task_id, len(outputs))
 
 
-class ResultExpired(Exception):
-    """The provider's result URL expired before the file could be saved."""
-
-
-def _save_output(data_dir, task, index, out):
-    """Return the output entry with its file on disk, verified and thumbnailed."""
-    if out.get("sha256") and (data_dir / out["path"]).exists():
-        return out
-    folder = Path("outputs") / task["id"]
-    if out.get("path"):
-        rel = Path(out["path"])          # the local engine writes straight into DATA_DIR
+def _download_problem(store, task, outputs, exc, now):
+    if downloads.disk_full(exc):
+        message = "The disk is full: free some space. The result is kept at the provider and saved when there is room."
     else:
-        expires = parse_iso(out.get("remote_expires_at"))
-        if expires and expires <= utcnow():
-            raise ResultExpired(f"The provider's result link expired at {out['remote_expires_at']} "
-                                "before it could be saved.")
-        suffix = Path(urlsplit(out["remote_url"]).path).suffix.lower()
-        if suffix not in (".mp4", ".mov", ".webm", ".png", ".jpg", ".jpeg", ".webp"):
-            suffix = ".mp4" if out["kind"] == "video" else ".png"
-        rel = folder / f"{out['kind']}-{index + 1}{suffix}"
-        _fetch(out["remote_url"], data_dir / rel)
-    facts = media.probe_media(data_dir / rel)
-    thumb = folder / f"thumb-{index + 1}.jpg"
-    media.make_thumbnail(data_dir / rel, data_dir / thumb)
-    return {**out, "path": rel.as_posix(), "url": "/media/" + rel.as_posix(),
-            "thumbnail_url": "/media/" + thumb.as_posix(), "bytes": facts["bytes"],
-            "sha256": facts["sha256"], "width": facts["width"], "height": facts["height"],
-            "duration": facts["duration"]}
+        message = f"Saving the result failed ({type(exc).__name__}: {exc}); retrying."
+    known_expiry = any(o.get("remote_expires_at") or "Expires=" in (o.get("remote_url") or "") for o in outputs)
+    log.warning("task %s: saving results failed: %s", task["id"], exc)
+    if not known_expiry and task.get("problems", 0) >= MAX_DOWNLOAD_PROBLEMS:
+        _fail(store, task["id"], "download_failed", message, now)
+        return
 
-
-def _fetch(url, dest):
-    """Stream a URL to `dest` through a .part file; the file appears only when complete."""
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as resp:
-        resp.raise_for_status()
-        expected = resp.headers.get("Content-Length")
-        written = 0
-        with open(part, "wb") as f:
-            for chunk in resp.iter_content(1 << 20):
-                f.write(chunk)
-                written += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-    if expected is not None and int(expected) != written:
-        part.unlink(missing_ok=True)
-        raise OSError(f"download cut short: {written} of {expected} bytes")
-    try:
-        media.probe_media(part)
-    except ValueError:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(dest)
+    def change(record):
+        if record["status"] == DOWNLOADING:
+            record.update(outputs=outputs, download_error=message, **_backoff(task, now, 5))
+    store.update(task["id"], change)
 
 
 def compact_store(store, providers=None, clock=utcnow, *, threshold=0.5, min_lines=1000):
@@ -327,6 +319,12 @@ def _task_or_404(task_id):
     if task is None:
         raise NotFound(f"No task '{task_id}'.")
     return task
+
+
+@bp.get("/tasks")
+def page():
+    """The tasks page; the list is fetched from /api/tasks by the page's script."""
+    return render_template("tasks.html")
 
 
 @bp.get("/api/tasks")

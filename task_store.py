@@ -152,12 +152,13 @@ class TaskStore:
                 matches = {i for i in matches if needle in texts[i]}
         return matches
 
-    def ids_with_status(self, statuses):
-        """Ids (oldest first) of every task in one of `statuses`; used by the pipeline."""
-        wanted = set(statuses)
+    def ids_with_status(self, statuses, since=None):
+        """Ids (oldest first) of every task in one of `statuses`, optionally only ids >= `since`
+        (ids sort by creation time, so that means "created since"); used by the pipeline."""
         with self._mutex:
             self._catch_up()
-            return [i for i in self._sorted_ids() if self._entries[i].status in wanted]
+            ids = set().union(*(self._by["status"].get(s, ()) for s in statuses))
+            return sorted(i for i in ids if since is None or i >= since)
 
     # ---- writing -------------------------------------------------------------------------
 

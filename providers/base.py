@@ -6,6 +6,8 @@ the pipeline in `task_query` decides what to record. Errors are raised as `error
 subclasses.
 """
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,18 +39,41 @@ class ProviderStatus:
     cost: dict | None = None       # what the provider charged, as reported
 
 
+class Throttle:
+    """Spaces calls to at most `rate` a second across threads, so parallel polling never
+    exceeds a provider's documented query rate."""
+
+    def __init__(self, rate):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self):
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
 class Provider:
     """Base class; subclasses set `name` and implement the four calls."""
 
     name = ""
     max_concurrency = 5     # tasks in flight at once; <NAME>_MAX_CONCURRENCY overrides
     poll_interval = 5       # seconds between status queries; POLL_INTERVAL_SECONDS overrides
+    query_rate = None       # documented status-query limit (requests per second), None = unpublished
+    max_running_seconds = 3600  # longer than this in flight fails as "timeout"; <NAME>_MAX_RUNNING_MINUTES
 
     def __init__(self, config):
         self.config = config
         self.data_dir = Path(config["DATA_DIR"])
         self.max_concurrency = int(config.get(f"{self.name.upper()}_MAX_CONCURRENCY") or self.max_concurrency)
         self.poll_interval = float(config.get("POLL_INTERVAL_SECONDS") or self.poll_interval)
+        minutes = config.get(f"{self.name.upper()}_MAX_RUNNING_MINUTES")
+        self.max_running_seconds = float(minutes) * 60 if minutes else self.max_running_seconds
+        self.query_throttle = Throttle(self.query_rate) if self.query_rate else None
 
     def configured(self):
         """True when the keys this provider needs are present."""

@@ -2,6 +2,7 @@
 
 import io
 import os
+import time
 
 import av
 import pytest
@@ -214,3 +215,34 @@ def test_capabilities_lists_every_provider(client):
     models = {m["id"]: m for m in local["models"]}
     assert models["local-motion"]["durations"] == ["5", "10"]
     assert models["local-filters"]["n_max"] == 9
+
+
+def test_stuck_task_times_out_and_a_late_success_is_still_saved(app, client, monkeypatch):
+    from datetime import timedelta
+
+    from tasks import utcnow
+
+    store, providers = app.extensions["task_store"], app.extensions["providers"]
+    local = providers["local"]
+    task_id = create(client)
+    task_query.dispatch(store, providers)
+    real_query = local.query
+    monkeypatch.setattr(local, "query", lambda task: ProviderStatus(state="running", raw_status="RUNNING"))
+    monkeypatch.setattr(local, "max_running_seconds", 60)
+    later = utcnow() + timedelta(minutes=2)
+    task_query.poll(store, providers, clock=lambda: later)
+    task = store.get(task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "timeout"
+    assert task["late_check_until"]
+
+    monkeypatch.setattr(local, "query", real_query)          # the provider finishes after all
+    deadline = utcnow() + timedelta(seconds=60)
+    step = 0
+    while store.get(task_id)["status"] != "succeeded" and utcnow() < deadline:
+        step += 1
+        clock = (lambda s=step: later + timedelta(minutes=6 * s))
+        task_query.poll(store, providers, clock=clock)
+        task_query.download(store, providers, clock=clock)
+        time.sleep(0.1)
+    task = store.get(task_id)
+    assert task["status"] == "succeeded" and task["error"] is None and task["recovered_late"] is True

@@ -1,0 +1,407 @@
+"""Media files: checking uploaded pictures, writing files atomically, H.264 MP4 output, thumbnails.
+
+Uploads arrive as Base64 (raw or `data:` URI) and are refused here, with the field named, unless
+they are a JPEG or PNG of sane size and shape; the format is decided by the bytes, never by the
+declared type. Videos are written as browser-playable MP4 (H.264, yuv420p, moov atom first) through
+PyAV's bundled libx264. Every file this module writes appears under its final name only once it is
+complete (`.part` + fsync + rename), so a crash never leaves a half-written picture or clip behind.
+`probe_media` is how the pipeline verifies that a downloaded result really is a readable picture
+or video before calling a task succeeded.
+"""
+
+import base64
+import binascii
+import hashlib
+import io
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from PIL import GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+from errors import PayloadTooLarge, ValidationError
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+MIN_SIDE = 300
+MAX_ASPECT = 2.5
+CHUNK = 1024 * 1024
+
+# Base64 grows 4/3; line breaks (MIME wraps at 76 columns) add a few per cent more. A string longer
+# than this cannot hold a picture within the limit, so it is refused before any work is done on it.
+_MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4 * 11 // 10 + 1024
+
+# Friendly labels for the request fields that carry pictures; other fields are named as they are.
+_FIELD_LABELS = {"image": "image", "image_tail": "tail frame", "first": "first frame",
+                 "tail": "tail frame", "reference": "reference picture"}
+
+_MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+         "mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+         "mkv": "video/x-matroska"}
+_FORMAT_NAMES = {"gif": "GIF", "webp": "WebP", "bmp": "BMP", "tiff": "TIFF", "heic": "HEIC",
+                 "mp4": "MP4 video", "mov": "QuickTime video", "webm": "WebM video",
+                 "mkv": "Matroska video"}
+VIDEO_FORMATS = {"mp4", "mov", "webm", "mkv"}
+
+# The format plugins are used directly instead of Image.open: Image.open runs PIL's global
+# decompression-bomb check, which warns (an error under pytest) from 89 MP on. Our own, lower
+# limit is applied from the header instead, before any pixel is decoded.
+_PIL_PLUGINS = {"jpeg": JpegImagePlugin.JpegImageFile, "png": PngImagePlugin.PngImageFile,
+                "gif": GifImagePlugin.GifImageFile, "webp": WebPImagePlugin.WebPImageFile}
+# What PIL raises on corrupt or truncated data, whichever decoder meets it.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+               Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An uploaded picture that passed every check; `data` is the bytes exactly as uploaded."""
+
+    data: bytes
+    format: str   # "jpeg" | "png"
+    mime: str
+    ext: str      # ".jpg" | ".png"
+    width: int    # stored pixels (EXIF orientation not applied)
+    height: int
+    sha256: str
+
+
+def sniff_format(head):
+    """Name the format of a file from its first bytes (at least 32), or None when unknown."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"mif1", b"avif"):
+            return "heic"
+        return "mov" if brand == b"qt  " else "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm" if b"webm" in head[:64] else "mkv"
+    return None
+
+
+def decode_image(data, field, *, label=None):
+    """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`."""
+    label = label or _FIELD_LABELS.get(field, field)
+
+    def invalid(message, code="invalid_image", status=400):
+        return ValidationError(message, code=code, field=field, status=status)
+
+    if not isinstance(data, str) or not data.strip():
+        raise invalid(f"{label} must be a Base64 string or a data: URI holding a JPG or PNG picture")
+    payload = data.strip()
+    if payload.startswith("data:"):
+        header, comma, payload = payload.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise invalid(f"{label} is a data: URI without ';base64,' data")
+    if len(payload) > _MAX_BASE64_CHARS:
+        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
+    compact = "".join(payload.split())
+    padding = len(compact) - len(compact.rstrip("="))
+    if len(compact) * 3 // 4 - padding > MAX_IMAGE_BYTES:
+        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
+    try:
+        raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{label} is not valid Base64") from None
+    if not raw:
+        raise invalid(f"{label} is empty")
+
+    fmt = sniff_format(raw[:64])
+    if fmt not in ("jpeg", "png"):
+        found = f" (this looks like {_FORMAT_NAMES[fmt]})" if fmt in _FORMAT_NAMES else ""
+        raise invalid(f"{label} must be a JPG or PNG picture{found}",
+                      code="unsupported_image_format")
+
+    try:
+        img = _PIL_PLUGINS[fmt](io.BytesIO(raw))
+    except _PIL_ERRORS:
+        raise invalid(f"{label} is a damaged {fmt.upper()} file (its header cannot be read)") from None
+    with img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise PayloadTooLarge(
+                f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
+                f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
+                code="image_too_many_pixels", field=field)
+        try:
+            img.load()
+        except _PIL_ERRORS:
+            raise invalid(f"{label} is a truncated or damaged {fmt.upper()} file") from None
+
+    if min(width, height) < MIN_SIDE:
+        raise invalid(f"{label} is {width}×{height} px; each side must be at least {MIN_SIDE} px",
+                      code="image_too_small", status=422)
+    if not 1 / MAX_ASPECT <= width / height <= MAX_ASPECT:
+        raise invalid(f"{label} is {width}×{height} px (aspect ratio {width / height:.2f}); "
+                      f"width/height must be between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
+                      code="image_bad_aspect_ratio", status=422)
+    return DecodedImage(data=raw, format=fmt, mime=_MIME[fmt], ext=".jpg" if fmt == "jpeg" else ".png",
+                        width=width, height=height, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _part_path(path):
+    return path.with_name(path.name + ".part")
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(part, path):
+    """Make a finished `.part` file durable and visible under its final name."""
+    with open(part, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(part, path)
+    _fsync_dir(path.parent)
+
+
+def save_bytes_atomic(data, path):
+    """Write `data` to `path` so that readers see either nothing or the whole file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(path)
+    try:
+        with open(part, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Mp4Writer:
+    """Encode BGR uint8 frames into a browser-playable H.264 MP4 (yuv420p, faststart).
+
+    Use as a context manager: the file appears at `path` only when the block ends normally;
+    on an exception the partial file is removed. Odd sizes are rounded down to even (yuv420p
+    needs even sides) and frames are cropped by that last row/column.
+    """
+
+    def __init__(self, path, width, height, fps, *, crf=21, preset="veryfast"):
+        self.path = Path(path)
+        self.width, self.height = int(width) // 2 * 2, int(height) // 2 * 2
+        if self.width < 2 or self.height < 2:
+            raise ValueError(f"video size {width}x{height} is too small")
+        self.fps = fps
+        self.frames = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._part = _part_path(self.path)
+        # The muxer needs the format named: the .part suffix hides it from FFmpeg's guesser.
+        self._container = av.open(str(self._part), mode="w", format="mp4",
+                                  options={"movflags": "+faststart"})
+        try:
+            self._stream = self._container.add_stream(
+                "libx264", rate=fps, options={"crf": str(crf), "preset": preset})
+            self._stream.width, self._stream.height = self.width, self.height
+            self._stream.pix_fmt = "yuv420p"
+            # Frames are converted by OpenCV (BT.601, limited range: 5x faster than swscale here),
+            # so say so in the stream: untagged HD is shown as BT.709 by browsers, shifting colours.
+            context = self._stream.codec_context
+            context.colorspace, context.color_range = 6, 1            # smpte170m matrix, tv range
+            context.color_primaries, context.color_trc = 1, 1         # bt709 = the sRGB primaries
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, frame_bgr):
+        """Encode one H×W×3 uint8 BGR frame."""
+        even = np.ascontiguousarray(frame_bgr[: self.height, : self.width])
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(even, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+        frame.pts = self.frames
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self):
+        """Flush the encoder, finish the file and move it into place."""
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()  # with +faststart this rewrites the file with moov first
+            _publish(self._part, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self):
+        """Drop the unfinished file."""
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError, ValueError):
+            log.debug("closing an aborted MP4 failed", exc_info=True)
+        self._part.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_head(path):
+    with open(path, "rb") as fh:
+        return fh.read(64)
+
+
+def open_image(fp):
+    """Open a JPEG/PNG/GIF/WebP from a binary file header-only; ValueError for anything else.
+
+    Refuses more than MAX_PIXELS before decoding, so downloads cannot be decompression bombs either.
+    """
+    fmt = sniff_format(fp.read(64))
+    fp.seek(0)
+    if fmt not in _PIL_PLUGINS:
+        raise ValueError(f"not a JPEG, PNG, GIF or WebP picture ({fmt or 'unknown format'})")
+    try:
+        img = _PIL_PLUGINS[fmt](fp)
+    except _PIL_ERRORS as exc:
+        raise ValueError(f"unreadable {fmt.upper()} picture: {exc}") from None
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise ValueError(f"picture is {img.width}x{img.height} px, over {MAX_PIXELS} pixels")
+    return img
+
+
+def load_rgb(path):
+    """Decode a picture file into an upright (EXIF-applied) RGB PIL image; ValueError if unreadable."""
+    with open(path, "rb") as fh, open_image(fh) as img:
+        try:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+        except _PIL_ERRORS as exc:
+            raise ValueError(f"unreadable picture {Path(path).name}: {exc}") from None
+        if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+            # Transparent areas become white rather than whatever colour hides under alpha 0.
+            rgba = upright.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            return canvas
+        return upright.convert("RGB")
+
+
+def load_bgr(path):
+    """Decode a picture file into an upright BGR uint8 array (OpenCV's layout)."""
+    return cv2.cvtColor(np.asarray(load_rgb(path)), cv2.COLOR_RGB2BGR)
+
+
+def first_video_frame(path):
+    """First frame of a video as an RGB array: OpenCV first, PyAV when OpenCV cannot read it."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+    finally:
+        capture.release()
+    if ok and frame is not None:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                return frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, OSError, IndexError) as exc:
+        raise ValueError(f"unreadable video {Path(path).name}: {exc}") from None
+    raise ValueError(f"video {Path(path).name} has no frames")
+
+
+def make_thumbnail(src, dest, max_side=480):
+    """Write a JPEG thumbnail (or a video's poster) of `src` to `dest`; return its size."""
+    src, dest = Path(src), Path(dest)
+    if sniff_format(_read_head(src)) in VIDEO_FORMATS:
+        picture = Image.fromarray(first_video_frame(src))
+    else:
+        picture = load_rgb(src)
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85, optimize=True)
+    save_bytes_atomic(buffer.getvalue(), dest)
+    return {"width": picture.width, "height": picture.height}
+
+
+def _probe_video(path):
+    """Width, height and duration of a video whose every packet can be read."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path.name} has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if stream.duration is not None and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = (container.duration or 0) / av.time_base
+            # Demuxing every packet (cheap) proves the file is complete: a truncated download
+            # ends early here even though its header looks fine. Decoding until the first
+            # frame comes out proves the packets are really video.
+            packets, decoded = 0, False
+            for packet in container.demux(stream):
+                packets += 1 if packet.size else 0
+                if not decoded:
+                    decoded = bool(packet.decode())  # the final empty packet flushes the decoder
+    except (av.FFmpegError, OSError, IndexError) as exc:
+        raise ValueError(f"unreadable video {path.name}: {exc}") from None
+    if not width or not height or not decoded:
+        raise ValueError(f"video {path.name} has no readable frames")
+    if stream.frames and packets < stream.frames:
+        raise ValueError(f"video {path.name} is truncated ({packets} of {stream.frames} frames)")
+    return width, height, round(duration, 3)
+
+
+def probe_media(path):
+    """Verify a picture or video file and describe it; ValueError when it is not readable."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        head = _read_head(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path.name}: {exc}") from None
+    fmt = sniff_format(head)
+    if fmt in VIDEO_FORMATS:
+        width, height, duration = _probe_video(path)
+    elif fmt in _PIL_PLUGINS:
+        with open(path, "rb") as fh, open_image(fh) as img:
+            width, height = img.size
+            try:
+                img.load()  # decode everything: a truncated download must not pass
+            except _PIL_ERRORS as exc:
+                raise ValueError(f"unreadable picture {path.name}: {exc}") from None
+        duration = None
+    else:
+        raise ValueError(f"{path.name} is not a picture or video this studio can read")
+    return {"bytes": size, "sha256": sha256_file(path), "width": width, "height": height,
+            "duration": duration, "mime": _MIME[fmt]}

@@ -1,0 +1,153 @@
+"""Saving results: resumed after a cut, verified, renamed into place; expiry and a full disk."""
+
+import errno
+import hashlib
+from datetime import timedelta
+
+import pytest
+import requests
+
+import downloads
+import task_query
+from tasks import utcnow
+from tests.fakes import FakeServer, sample_mp4, sample_png
+
+
+class FileServer(FakeServer):
+    name = "files"
+
+    def add_routes(self, app):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = FileServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def downloading_task(app, outputs):
+    """A task as the poller leaves it when the provider reported success."""
+    store = app.extensions["task_store"]
+    record = {"id": "20261122T101500000Z-abcdef", "kind": "video", "provider": "kling", "model": "m",
+              "params": {"prompt": "p"}, "inputs": [], "status": "downloading", "outputs": outputs,
+              "error": None, "created_at": "2026-11-22T10:15:00.000Z"}
+    store.create(record)
+    return store, record["id"]
+
+
+def remote(url, kind="video", expires_in=timedelta(days=30)):
+    return {"kind": kind, "remote_url": url, "remote_expires_at": (utcnow() + expires_in).isoformat(),
+            "path": None, "meta": {}}
+
+
+def test_a_cut_download_resumes_with_range_and_verifies(app, server):
+    data = sample_png(1200, 900, seed=4)          # a few MB, so the cut lands mid-body
+    url, _ = server.publish(data, "image/png", ".png")
+    store, task_id = downloading_task(app, [remote(url, "image")])
+    server.inject("download", "truncate")
+    task_query.download(store, {})
+    task = store.get(task_id)
+    assert task["status"] == "downloading" and "retrying" in task["download_error"]
+    part = app.config["DATA_DIR"] + f"/outputs/{task_id}/image-1.png.part"
+    with open(part, "rb") as f:
+        assert 0 < len(f.read()) < len(data)          # kept to resume from
+    task_query.download(store, {}, clock=lambda: utcnow() + timedelta(minutes=5))
+    task = store.get(task_id)
+    assert task["status"] == "succeeded", task.get("download_error")
+    out = task["outputs"][0]
+    assert out["sha256"] == hashlib.sha256(data).hexdigest() and out["bytes"] == len(data)
+    assert out["thumbnail_url"].endswith("thumb-1.jpg")
+
+
+def test_fetch_sends_range_for_the_missing_part(tmp_path, server):
+    data = sample_png(800, 600)
+    url, _ = server.publish(data, "image/png", ".png")
+    dest = tmp_path / "image-1.png"
+    dest.with_name("image-1.png.part").write_bytes(data[:1000])
+    assert downloads.fetch(url, dest) == len(data)
+    assert dest.read_bytes() == data and not dest.with_name("image-1.png.part").exists()
+
+
+def test_a_part_that_does_not_match_restarts(tmp_path, server):
+    data = sample_png(640, 480, seed=2)
+    url, _ = server.publish(data, "image/png", ".png")
+    dest = tmp_path / "image-1.png"
+    dest.with_name("image-1.png.part").write_bytes(data + b"extra junk")     # longer than the file: 416
+    with pytest.raises(downloads.DownloadIncomplete):
+        downloads.fetch(url, dest)
+    assert downloads.fetch(url, dest) == len(data)
+
+
+def test_garbage_is_not_saved_as_a_result(tmp_path, server):
+    url, _ = server.publish(b"<html>not a video</html>", "video/mp4", ".mp4")
+    with pytest.raises(ValueError):
+        downloads.fetch(url, tmp_path / "video-1.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_expired_link_fails_with_result_expired(app, server):
+    url, _ = server.publish(sample_mp4(), "video/mp4", ".mp4", ttl=-5)     # its Expires is already past
+    store, task_id = downloading_task(app, [remote(url)])
+    task_query.download(store, {})
+    task = store.get(task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "result_expired"
+
+
+def test_the_link_is_retried_until_it_expires(app, server):
+    url, _ = server.publish(sample_mp4(), "video/mp4", ".mp4", ttl=3600)
+    store, task_id = downloading_task(app, [remote(url, expires_in=timedelta(hours=1))])
+    for _ in range(3):
+        server.inject("download", "error")
+    for minutes in (0, 10, 20):
+        task_query.download(store, {}, clock=lambda m=minutes: utcnow() + timedelta(minutes=m))
+        assert store.get(task_id)["status"] == "downloading"
+    task_query.download(store, {}, clock=lambda: utcnow() + timedelta(minutes=30))
+    assert store.get(task_id)["status"] == "succeeded"
+
+
+def test_a_full_disk_keeps_the_task_and_retries(app, server, monkeypatch):
+    data = sample_mp4()
+    url, _ = server.publish(data, "video/mp4", ".mp4")
+    store, task_id = downloading_task(app, [remote(url)])
+
+    def disk_full(f, chunk):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(downloads, "_write", disk_full)
+    task_query.download(store, {})
+    task = store.get(task_id)
+    assert task["status"] == "downloading" and "disk is full" in task["download_error"]
+    assert not task["outputs"][0].get("sha256")
+    monkeypatch.undo()
+    task_query.download(store, {}, clock=lambda: utcnow() + timedelta(minutes=5))
+    task = store.get(task_id)
+    assert task["status"] == "succeeded" and task["outputs"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_saved_outputs_are_kept_when_a_later_one_fails(app, server):
+    first, _ = server.publish(sample_png(seed=1), "image/png", ".png")
+    second, _ = server.publish(sample_png(seed=2), "image/png", ".png")
+    store, task_id = downloading_task(app, [remote(first, "image"), remote(second, "image")])
+    server.inject("download", None, "error")          # the first download works, the second fails
+    task_query.download(store, {})
+    outputs = store.get(task_id)["outputs"]
+    assert outputs[0]["sha256"] and not outputs[1].get("sha256")
+    hits_before = dict(server.file_hits)
+    task_query.download(store, {}, clock=lambda: utcnow() + timedelta(minutes=5))
+    assert store.get(task_id)["status"] == "succeeded"
+    first_name = first.split("/files/")[1].split("?")[0]
+    assert server.file_hits[first_name] == hits_before[first_name]       # not downloaded again
+
+
+def test_link_expiry_takes_the_earlier_deadline():
+    declared = "2026-11-23T00:00:00+00:00"
+    assert downloads.link_expiry("https://x/a.mp4?Expires=1795000000", declared).year == 2026
+    assert downloads.link_expiry("https://x/a.mp4", None) is None
+    assert downloads.link_expiry("https://x/a.mp4", declared).isoformat() == declared
+
+
+def test_requests_is_used_with_timeouts():
+    assert downloads.TIMEOUT[0] > 0 and downloads.TIMEOUT[1] > 0
+    assert issubclass(downloads.DownloadIncomplete, Exception) and requests
