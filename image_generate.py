@@ -5,9 +5,10 @@ Field names are the seed's (`image`, `model_name` with `model` accepted as an al
 its reference picture and a queued task and answers 202 at once.
 """
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+import media
 import tasks
 from errors import ValidationError
 from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
@@ -49,13 +50,16 @@ def check_image_request(req):
     check_prompts(model, req.prompt, req.negative_prompt)
     if req.image is None:
         if not model["text_to_image"]:
-            raise ValidationError(
-                f"{model['id']} makes variations of a reference picture: add one "
-                "(the local engine cannot draw from text alone).",
-                code="image_required", field="image")
+            message = (f"{model['id']} works from a reference picture: add one." if provider.name != "local" else
+                       "The local engine makes variations of a reference picture and cannot draw from text "
+                       "alone: add a reference picture.")
+            raise ValidationError(message, code="image_required", field="image")
         if not prompt:
             raise ValidationError("Describe the picture: the prompt is required without a reference.",
                                   code="prompt_required", field="prompt")
+    elif model.get("prompt_required") and not prompt:
+        raise ValidationError(f"{model['id']} needs a prompt describing the result.",
+                              code="prompt_required", field="prompt")
     elif not model["image_to_image"]:
         raise ValidationError(f"{model['id']} draws from text only: remove the reference picture.",
                               code="image_not_supported", field="image", status=422)
@@ -98,3 +102,15 @@ def generate_image():
         current_app.extensions["task_store"], current_app.config["DATA_DIR"], kind="image",
         provider=provider.name, model=model["id"], params=params, images=images)
     return {"task_id": record["id"], "status": record["status"]}, 202
+
+
+@bp.get("/images")
+def page():
+    """The images page; its form is built in the browser from /api/capabilities."""
+    return render_template("images.html", image_limits=_image_limits())
+
+
+def _image_limits():
+    """The upload checks of media.py, handed to the page so it can check pictures before sending."""
+    return {"max_bytes": media.MAX_IMAGE_BYTES, "max_pixels": media.MAX_PIXELS,
+            "min_side": media.MIN_SIDE, "max_aspect": media.MAX_ASPECT}

@@ -295,6 +295,7 @@ class LocalProvider(Provider):
 
     def __init__(self, config):
         super().__init__(config)
+        self.poll_interval = 1  # in-process: asking costs nothing, and progress should feel live
         cores = os.cpu_count() or 1
         self.workers = max(1, min(int(config.get("LOCAL_WORKERS") or min(2, cores)), cores))
         self._lock = threading.Lock()

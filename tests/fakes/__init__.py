@@ -99,7 +99,9 @@ class FakeServer:
     def start(self, host="127.0.0.1", port=0):
         self._server = make_server(host, port, self.app, threaded=True)
         self.base_url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval makes stop() quick; tests start and stop many servers.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self.base_url
 
