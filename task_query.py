@@ -291,8 +291,12 @@ def _download_problem(store, task, outputs, exc, now):
     else:
         message = f"Saving the result failed ({type(exc).__name__}: {exc}); retrying."
     known_expiry = any(o.get("remote_expires_at") or "Expires=" in (o.get("remote_url") or "") for o in outputs)
+    # A link the server keeps refusing (403/404/410) is gone, whatever its stated expiry;
+    # network trouble and 5xx are worth retrying until the link expires.
+    status = exc.response.status_code if isinstance(exc, requests.HTTPError) and exc.response is not None else 0
+    refused = 400 <= status < 500 and status not in (408, 429)
     log.warning("task %s: saving results failed: %s", task["id"], exc)
-    if not known_expiry and task.get("problems", 0) >= MAX_DOWNLOAD_PROBLEMS:
+    if (refused or not known_expiry) and task.get("problems", 0) >= MAX_DOWNLOAD_PROBLEMS:
         _fail(store, task["id"], "download_failed", message, now)
         return
 

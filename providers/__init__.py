@@ -23,11 +23,13 @@ The same table validates API requests (validation.py) and tells the pages what t
 page, the API and the provider always agree.
 """
 
+from providers.dashscope import DashScopeProvider
 from providers.liblib import LiblibProvider
 from providers.local import LocalProvider
 
 PROVIDERS = {
     "local": LocalProvider,
+    "dashscope": DashScopeProvider,
     "liblib": LiblibProvider,
 }
 

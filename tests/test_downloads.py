@@ -151,3 +151,13 @@ def test_link_expiry_takes_the_earlier_deadline():
 def test_requests_is_used_with_timeouts():
     assert downloads.TIMEOUT[0] > 0 and downloads.TIMEOUT[1] > 0
     assert issubclass(downloads.DownloadIncomplete, Exception) and requests
+
+
+def test_a_link_the_server_keeps_refusing_fails_after_an_hour_of_tries(app, server):
+    url, _ = server.publish(sample_mp4(), "video/mp4", ".mp4")
+    missing = url.replace("/files/", "/files/0")            # a signed-looking link to nothing: 403
+    store, task_id = downloading_task(app, [remote(missing, expires_in=timedelta(days=30))])
+    for attempt in range(task_query.MAX_DOWNLOAD_PROBLEMS + 1):
+        task_query.download(store, {}, clock=lambda a=attempt: utcnow() + timedelta(hours=a))
+    task = store.get(task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "download_failed"

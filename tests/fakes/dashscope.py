@@ -1,0 +1,321 @@
+"""A local DashScope (Model Studio) server for the Wan models, speaking PROVIDERS.md §3.
+
+Routes, under `prefix` ("" here; 302.ai mounts the same protocol under "/aliyun/api/v1"):
+`POST /services/aigc/video-generation/video-synthesis`, `POST /services/aigc/text2image/image-synthesis`,
+`GET /tasks/<id>`, `POST /tasks/<id>/cancel`. Like the real service it wants `Authorization: Bearer
+<key>` everywhere and `X-DashScope-Async: enable` on creates, answers errors as `{code, message,
+request_id}`, checks each model's resolutions and durations, `img_url` formats (http(s), `oss://`,
+or a `data:image/...;base64,` URI; raw Base64 is refused) and picture sides (360-2000 px, no
+transparency), `size` as "W*H" with sides 512-1440, `n` 1-4 (4 when left out), silently cuts
+prompts to 800 and negative prompts to 500 characters (keeping what it used in the task), moves
+tasks PENDING -> RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks, answers UNKNOWN for
+unknown or day-old ids, and refuses a third task in flight with 429 Throttling.RateQuota.
+
+Faults, queued with `inject(where, *names)`:
+  "submit":   "rate_limit" (429 Throttling.RateQuota), "allocation_quota" (429 Throttling.AllocationQuota),
+              "overdue" (429 PrepaidBillOverdue), "arrearage" (400 Arrearage),
+              "server_error" (500 InternalError, nothing created),
+              "hang" (the task IS created; the answer comes `hang_seconds` later)
+  "query":    "malformed" (200 with a cut JSON body), "server_error" (500 InternalError)
+  "result":   "partial" (the second of n images fails), "moderation" (FAILED DataInspectionFailed),
+              "expired_url" (result links that have already expired)
+  "download": "truncate", "error" (FakeServer)
+"""
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import re
+import time
+import uuid
+from datetime import datetime
+
+from flask import Response, request
+from PIL import Image
+
+from tests.fakes import FakeServer, sample_mp4, sample_png
+
+API_KEY = "fake-dashscope-key"
+TASK_TTL = 24 * 3600
+
+# The models this server knows, written from the documentation, not from the client's tables.
+VIDEO_MODELS = {
+    "wan2.2-i2v-flash": {"resolutions": ("480P", "720P", "1080P"), "default": "720P", "durations": (5,)},
+    "wan2.2-i2v-plus": {"resolutions": ("480P", "1080P"), "default": "1080P", "durations": (5,)},
+    "wanx2.1-i2v-turbo": {"resolutions": ("480P", "720P"), "default": "720P", "durations": (3, 4, 5)},
+    "wanx2.1-i2v-plus": {"resolutions": ("720P",), "default": "720P", "durations": (5,)},
+}
+IMAGE_MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo")
+
+SUBMIT_FAULTS = {
+    "rate_limit": (429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
+    "allocation_quota": (429, "Throttling.AllocationQuota",
+                         "Allocated quota exceeded, please increase your quota limit."),
+    "overdue": (429, "PrepaidBillOverdue", "The prepaid bill is overdue."),
+    "arrearage": (400, "Arrearage", "Access denied, please make sure your account is in good standing."),
+    "server_error": (500, "InternalError", "An internal error has occured, please try again later."),
+}
+PARTIAL_FAILURE = ("InternalError.Timeout",
+                   "An internal timeout error has occured during execution, please try again later.")
+
+
+class Invalid(Exception):
+    """A request the service refuses with 400 and this code."""
+
+    def __init__(self, message, code="InvalidParameter"):
+        super().__init__(message)
+        self.code = code
+
+
+def _now_text():
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+class Server(FakeServer):
+    name = "dashscope"
+
+    def __init__(self, *, polls_to_finish=3, url_ttl=3600, api_key=API_KEY, prefix="", hang_seconds=2.0,
+                 concurrency_limit=2):
+        self.api_key = api_key
+        self.prefix = prefix
+        self.hang_seconds = hang_seconds
+        self.concurrency_limit = concurrency_limit
+        self.calls = []     # (method, path, X-DashScope-Async header or None) of every protocol request
+        super().__init__(polls_to_finish=polls_to_finish, url_ttl=url_ttl)
+
+    def add_routes(self, app):
+        p = self.prefix
+        app.add_url_rule(f"{p}/services/aigc/video-generation/video-synthesis", "video",
+                         lambda: self._create("video"), methods=["POST"])
+        app.add_url_rule(f"{p}/services/aigc/text2image/image-synthesis", "image",
+                         lambda: self._create("image"), methods=["POST"])
+        app.add_url_rule(f"{p}/tasks/<task_id>", "query", self._query, methods=["GET"])
+        app.add_url_rule(f"{p}/tasks/<task_id>/cancel", "cancel", self._cancel, methods=["POST"])
+
+    def record(self):
+        super().record()
+        with self.lock:
+            self.calls.append((request.method, request.path, request.headers.get("X-DashScope-Async")))
+
+    # ---- envelope and auth
+
+    @staticmethod
+    def error(status, code, message):
+        return Response(json.dumps({"code": code, "message": message, "request_id": str(uuid.uuid4())}),
+                        status, mimetype="application/json")
+
+    def _auth_error(self):
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return self.error(401, "InvalidApiKey", "No API-key provided.")
+        if header != f"Bearer {self.api_key}":
+            return self.error(401, "InvalidApiKey", "Invalid API-key provided.")
+        return None
+
+    # ---- create
+
+    def _create(self, kind):
+        self.record()
+        if (denied := self._auth_error()) is not None:
+            return denied
+        if request.headers.get("X-DashScope-Async") != "enable":
+            return self.error(403, "AccessDenied", "current user api does not support synchronous calls")
+        fault = self.take_fault("submit")
+        if fault in SUBMIT_FAULTS:
+            return self.error(*SUBMIT_FAULTS[fault])
+        body = request.get_json(silent=True)
+        try:
+            if not isinstance(body, dict):
+                raise Invalid("The request body is not valid JSON.")
+            if not body.get("model"):
+                raise Invalid("Required parameter(s) missing or invalid: model.", "BadRequest.EmptyModel")
+            if not isinstance(body.get("input"), dict):
+                raise Invalid("Required parameter(s) missing or invalid: input.", "BadRequest.EmptyInput")
+            parameters = body.get("parameters", {})
+            if not isinstance(parameters, dict):
+                raise Invalid("parameters must be an object.")
+            models = VIDEO_MODELS if kind == "video" else IMAGE_MODELS
+            if body["model"] not in models:
+                return self.error(404, "ModelNotFound", f"Model not found ({body['model']})!")
+            check = self._video_task if kind == "video" else self._image_task
+            fields = check(body["model"], body["input"], parameters)
+        except Invalid as exc:
+            return self.error(400, exc.code, str(exc))
+        with self.lock:
+            in_flight = sum(1 for t in self.tasks.values() if t["status"] in ("PENDING", "RUNNING"))
+            if in_flight >= self.concurrency_limit:
+                return self.error(429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.")
+            task_id = str(uuid.uuid4())
+            self.tasks[task_id] = {"id": task_id, "kind": kind, "model": body["model"], "status": "PENDING",
+                                   "polls": 0, "created": time.time(), "submit_time": _now_text(),
+                                   "output": {}, "usage": None, **fields}
+            self.submissions[hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]] += 1
+        if fault == "hang":
+            time.sleep(self.hang_seconds)   # created, but the answer comes after the client gave up
+        return {"output": {"task_status": "PENDING", "task_id": task_id}, "request_id": str(uuid.uuid4())}
+
+    def _prompts(self, body_input, required):
+        prompt, negative = body_input.get("prompt"), body_input.get("negative_prompt")
+        for field, value in (("prompt", prompt), ("negative_prompt", negative)):
+            if value is not None and not isinstance(value, str):
+                raise Invalid(f"input.{field} must be a string.")
+        if required and not prompt:
+            raise Invalid("Required parameter(s) missing or invalid: input.prompt.")
+        # The real service cuts longer text without a word; keep what it would use.
+        return {"prompt": (prompt or "")[:800], "prompt_truncated": len(prompt or "") > 800,
+                "negative_prompt": (negative or "")[:500], "negative_truncated": len(negative or "") > 500}
+
+    @staticmethod
+    def _flags(parameters):
+        for name in ("prompt_extend", "watermark"):
+            if name in parameters and not isinstance(parameters[name], bool):
+                raise Invalid(f"parameters.{name} must be a boolean.")
+        seed = parameters.get("seed")
+        if seed is not None and (type(seed) is not int or not 0 <= seed <= 2147483647):
+            raise Invalid("parameters.seed must be an integer in [0, 2147483647].")
+        return {"prompt_extend": parameters.get("prompt_extend", True),
+                "watermark": parameters.get("watermark", False)}
+
+    def _video_task(self, model, body_input, parameters):
+        spec = VIDEO_MODELS[model]
+        resolution = parameters.get("resolution", spec["default"])
+        if resolution not in spec["resolutions"]:
+            raise Invalid(f"The resolution {resolution!r} is not supported by {model}; "
+                          f"choose one of {', '.join(spec['resolutions'])}.")
+        duration = parameters.get("duration", 5)
+        if type(duration) is not int or duration not in spec["durations"]:
+            raise Invalid(f"The duration {duration!r} is not supported by {model}.")
+        image = self._picture(body_input.get("img_url"), request.headers.get("X-DashScope-OssResourceResolve"))
+        return {**self._prompts(body_input, required=False), **self._flags(parameters), **image,
+                "resolution": resolution, "duration": duration}
+
+    @staticmethod
+    def _picture(img_url, oss_resolve):
+        if not isinstance(img_url, str) or not img_url:
+            raise Invalid("Required parameter(s) missing or invalid: input.img_url.")
+        if img_url.startswith(("http://", "https://")):
+            return {"img_source": "url"}            # the real service fetches it; nothing to fetch here
+        if img_url.startswith("oss://"):
+            if oss_resolve != "enable":
+                raise Invalid("oss:// URLs need the X-DashScope-OssResourceResolve: enable header.")
+            return {"img_source": "oss"}
+        match = re.fullmatch(r"data:(image/[\w.+-]+);base64,(.+)", img_url, re.DOTALL)
+        if not match:
+            raise Invalid("The provided URL does not appear to be valid. Ensure it is correctly formatted.")
+        try:
+            data = base64.b64decode(match.group(2), validate=True)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt, (width, height), mode, info = img.format, img.size, img.mode, img.info
+        except (binascii.Error, ValueError, OSError):
+            raise Invalid("The image in img_url cannot be decoded.") from None
+        if fmt not in ("JPEG", "PNG", "BMP", "WEBP"):
+            raise Invalid(f"The image format {fmt} is not supported.")
+        if len(data) > 10 * 1024 * 1024:
+            raise Invalid("The image is larger than 10 MB.")
+        if not (360 <= width <= 2000 and 360 <= height <= 2000):
+            raise Invalid(f"The image is {width}x{height}; width and height must be within [360, 2000].")
+        if fmt == "PNG" and (mode in ("RGBA", "LA", "PA") or "transparency" in info):
+            raise Invalid("PNG images with an alpha channel are not supported.")
+        return {"img_source": "data", "img_mime": match.group(1), "img_format": fmt, "img_size": (width, height)}
+
+    def _image_task(self, model, body_input, parameters):
+        size = parameters.get("size", "1024*1024")
+        match = re.fullmatch(r"(\d+)\*(\d+)", size) if isinstance(size, str) else None
+        if not match:
+            raise Invalid(f"The size {size!r} is not valid: use width*height, e.g. 1024*1024.")
+        width, height = int(match.group(1)), int(match.group(2))
+        if not (512 <= width <= 1440 and 512 <= height <= 1440):
+            raise Invalid(f"The size {size} is out of range: each side must be within [512, 1440].")
+        n = parameters.get("n", 4)                  # the documented (and billed) default
+        if type(n) is not int or not 1 <= n <= 4:
+            raise Invalid("parameters.n must be an integer in [1, 4].")
+        return {**self._prompts(body_input, required=True), **self._flags(parameters),
+                "size": (width, height), "n": n}
+
+    # ---- query and cancel
+
+    def _query(self, task_id):
+        self.record()
+        if (denied := self._auth_error()) is not None:
+            return denied
+        fault = self.take_fault("query")
+        if fault == "malformed":
+            return Response('{"request_id": "x", "output": {"task_status": "RUNN', 200, mimetype="application/json")
+        if fault == "server_error":
+            return self.error(500, "InternalError", "An internal error has occured, please try again later.")
+        with self.lock:
+            task = self._live(task_id)
+            if task is None:
+                return {"request_id": str(uuid.uuid4()), "output": {"task_id": task_id, "task_status": "UNKNOWN"}}
+            if task["status"] in ("PENDING", "RUNNING"):
+                task["polls"] += 1
+                if task["polls"] >= self.polls_to_finish:
+                    self._finish(task)
+                elif task["polls"] >= 2:
+                    task["status"] = "RUNNING"
+                    task.setdefault("scheduled_time", _now_text())
+            output = {"task_id": task_id, "task_status": task["status"], "submit_time": task["submit_time"]}
+            for key in ("scheduled_time", "end_time"):
+                if key in task:
+                    output[key] = task[key]
+            output.update(task["output"])
+            answer = {"request_id": str(uuid.uuid4()), "output": output}
+            if task["usage"] is not None:
+                answer["usage"] = task["usage"]
+            return answer
+
+    def _live(self, task_id):
+        task = self.tasks.get(task_id)
+        return task if task and time.time() - task["created"] < TASK_TTL else None
+
+    def _finish(self, task):
+        fault = self.take_fault("result")
+        task.setdefault("scheduled_time", _now_text())
+        task["end_time"] = _now_text()
+        if fault == "moderation":
+            task.update(status="FAILED", output={"code": "DataInspectionFailed",
+                                                 "message": "Output data may contain inappropriate content."})
+            return
+        ttl = -60 if fault == "expired_url" else None
+        prompts = {"orig_prompt": task["prompt"]}
+        if task["prompt_extend"]:
+            prompts["actual_prompt"] = task["prompt"] + " (rewritten by prompt_extend)"
+        task["status"] = "SUCCEEDED"
+        if task["kind"] == "video":
+            url, _ = self.publish(sample_mp4(), "video/mp4", ".mp4", ttl=ttl)
+            task["output"] = {"video_url": url, **prompts}
+            if task["model"].startswith("wanx2.1"):
+                task["usage"] = {"video_duration": task["duration"], "video_ratio": "standard", "video_count": 1}
+            else:
+                task["usage"] = {"duration": task["duration"], "SR": int(task["resolution"][:-1]), "video_count": 1}
+            return
+        results = []
+        for index in range(task["n"]):
+            if fault == "partial" and index == 1:
+                results.append(dict(zip(("code", "message"), PARTIAL_FAILURE, strict=True)))
+            else:
+                url, _ = self.publish(sample_png(*task["size"], seed=index), "image/png", ".png", ttl=ttl)
+                results.append({"url": url, **prompts})
+        made = sum(1 for r in results if "url" in r)
+        task["output"] = {"results": results,
+                          "task_metrics": {"TOTAL": task["n"], "SUCCEEDED": made, "FAILED": task["n"] - made}}
+        task["usage"] = {"image_count": made}
+
+    def _cancel(self, task_id):
+        self.record()
+        if (denied := self._auth_error()) is not None:
+            return denied
+        with self.lock:
+            task = self._live(task_id)
+            if task is None or task["status"] != "PENDING":
+                return self.error(400, "UnsupportedOperation",
+                                  "Failed to cancel the task, please confirm if the task is in PENDING status.")
+            task.update(status="CANCELED", end_time=_now_text())
+        return {"request_id": str(uuid.uuid4())}
+
+
+def usage(url):
+    """How to point the studio at this server."""
+    return [f"DASHSCOPE_API_BASE={url} DASHSCOPE_API_KEY={API_KEY}"]

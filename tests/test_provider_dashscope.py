@@ -1,0 +1,543 @@
+"""The DashScope (Wan) provider against the local DashScope server, and that server against the official SDK.
+
+Every pipeline test goes through the studio's own API (POST /generate, /generate_image) and the
+pipeline jobs, then checks what the server received field by field and how often it was asked to
+create a task, so a double submit cannot hide.
+"""
+
+import base64
+import io
+import time
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+import providers.http
+import task_query
+from app import create_app
+from providers import dashscope as ds
+from providers.dashscope import IMAGE_PATH, VIDEO_PATH, DashScopeProvider
+from tests.conftest import b64, picture, run_pipeline
+from tests.fakes import sample_mp4
+from tests.fakes.dashscope import API_KEY, PARTIAL_FAILURE, Server, usage
+
+PROMPT = "a red kite climbs over the harbour at dawn"
+NEGATIVE = "blurry, text, watermark"
+
+
+@pytest.fixture
+def fake():
+    server = Server(polls_to_finish=3)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_app(tmp_path, monkeypatch, fake):
+    """Build the studio with the DashScope provider pointed at the local server."""
+    monkeypatch.setattr(providers.http, "sleep", lambda seconds: None)
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+
+    def build(**config):
+        app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "t",
+                          "DASHSCOPE_API_BASE": fake.base_url, "DASHSCOPE_API_KEY": API_KEY,
+                          "HTTP_TIMEOUT_SECONDS": 1, **config})
+        return app
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def post_video(client, **body):
+    body = {"provider": "dashscope", "model_name": "wan2.2-i2v-flash", "image": b64(picture(640, 400)),
+            "prompt": PROMPT, **body}
+    resp = client.post("/generate", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["task_id"]
+
+
+def post_image(client, **body):
+    body = {"provider": "dashscope", "model_name": "wanx2.1-t2i-turbo", "prompt": PROMPT, "n": 1, **body}
+    resp = client.post("/generate_image", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["task_id"]
+
+
+def finish(app, task_id, **kwargs):
+    return run_pipeline(app, task_id, skip_waits=True, timeout=30, **kwargs)
+
+
+def creates(fake):
+    return fake.requests_to(VIDEO_PATH) + fake.requests_to(IMAGE_PATH)
+
+
+def assert_never_resubmitted(fake):
+    assert all(count == 1 for count in fake.submissions.values()), fake.submissions
+    assert sum(fake.submissions.values()) == len(fake.tasks)
+
+
+def data_uri_bytes(uri):
+    header, _, data = uri.partition(",")
+    return header, base64.b64decode(data)
+
+
+def saved_file(app, output):
+    path = app.config["DATA_DIR"] + "/" + output["path"]
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ---- capability table
+
+def test_capability_table(app):
+    caps = app.test_client().get("/api/capabilities").get_json()
+    (table,) = [p for p in caps["providers"] if p["name"] == "dashscope"]
+    assert table["configured"] is True
+    videos = {m["id"]: m for m in table["models"] if m["kind"] == "video"}
+    assert {k: (m["modes"], m["durations"]) for k, m in videos.items()} == {
+        "wan2.2-i2v-flash": (["480P", "720P", "1080P"], ["5"]),
+        "wan2.2-i2v-plus": (["480P", "1080P"], ["5"]),
+        "wanx2.1-i2v-turbo": (["480P", "720P"], ["3", "4", "5"]),
+        "wanx2.1-i2v-plus": (["720P"], ["5"]),
+    }
+    for model in videos.values():
+        assert model["combos"] == [{"mode": m, "duration": d} for m in model["modes"] for d in model["durations"]]
+        assert model["mode_label"] == "Resolution" and model["tail_combos"] == [] and model["cameras"] == []
+        assert model["image_to_video"] and not model["text_to_video"] and model["cfg_scale"] is False
+        assert (model["max_prompt"], model["max_negative_prompt"]) == (800, 500)
+    images = {m["id"]: m for m in table["models"] if m["kind"] == "image"}
+    assert set(images) == {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"}
+    for model in images.values():
+        assert model["text_to_image"] and not model["image_to_image"] and model["image_reference"] == []
+        assert (model["n_min"], model["n_max"], model["max_prompt"], model["max_negative_prompt"]) == (1, 4, 800, 500)
+        assert model["aspect_ratios"][0] == "1:1"       # DashScope's own default, 1024*1024
+
+
+def test_not_configured_without_a_key(make_app):
+    app = make_app(DASHSCOPE_API_KEY="")
+    assert app.extensions["providers"]["dashscope"].configured() is False
+
+
+@pytest.mark.parametrize("ratio", list(ds.IMAGE_SIZES))
+def test_every_aspect_ratio_maps_to_a_size_dashscope_takes(ratio):
+    width, height = ds.IMAGE_SIZES[ratio]
+    across, down = map(int, ratio.split(":"))
+    assert 512 <= width <= 1440 and 512 <= height <= 1440 and width * height <= 1440 * 1440
+    assert width / height == pytest.approx(across / down, rel=0.03)
+
+
+# ---- full pipelines
+
+def test_video_pipeline_wan22_flash(app, client, fake):
+    source = picture(640, 400, fmt="JPEG")
+    # Labelled PNG on purpose: the data: URI sent on must name the file's real format.
+    task_id = post_video(client, image=b64(source, "image/png"), mode="1080P", duration="5",
+                         negative_prompt=NEGATIVE)
+    task = finish(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert set(body) == {"model", "input", "parameters"}
+    assert body["model"] == "wan2.2-i2v-flash"
+    assert set(body["input"]) == {"img_url", "prompt", "negative_prompt"}
+    assert body["input"]["prompt"] == PROMPT
+    assert body["input"]["negative_prompt"] == NEGATIVE
+    assert data_uri_bytes(body["input"]["img_url"]) == ("data:image/jpeg;base64", source)
+    assert body["parameters"] == {"resolution": "1080P", "duration": 5, "prompt_extend": False, "watermark": False}
+    # The async header goes on the create only.
+    assert [(method, header) for method, _, header in fake.calls] == [("POST", "enable")] + [("GET", None)] * 3
+
+    (remote,) = fake.tasks.values()
+    assert (remote["prompt"], remote["prompt_truncated"], remote["img_format"]) == (PROMPT, False, "JPEG")
+    assert task["provider_task_id"] == remote["id"] and task["provider_status"] == "SUCCEEDED"
+    assert task["cost"] == {"duration": 5, "SR": 1080, "video_count": 1}
+    (out,) = task["outputs"]
+    # No actual_prompt: the prompt was not rewritten (prompt_extend false).
+    assert out["meta"] == {"resolution": "1080P", "duration": 5, "orig_prompt": PROMPT}
+    expires = int(parse_qs(urlsplit(out["remote_url"]).query)["Expires"][0])
+    assert out["remote_expires_at"] == datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert saved_file(app, out) == sample_mp4() and out["duration"] > 0 and out["thumbnail_url"]
+    assert_never_resubmitted(fake)
+
+
+def test_image_pipeline_wanx21_turbo_with_a_partial_failure(app, client, fake):
+    fake.inject("result", "partial")
+    task_id = post_image(client, aspect_ratio="16:9", n=2, negative_prompt=NEGATIVE)
+    task = finish(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+
+    (body,) = fake.requests_to(IMAGE_PATH)
+    assert body == {"model": "wanx2.1-t2i-turbo", "input": {"prompt": PROMPT, "negative_prompt": NEGATIVE},
+                    "parameters": {"size": "1280*720", "n": 2, "prompt_extend": False, "watermark": False}}
+    (out,) = task["outputs"]                # the image that was made; the failed one is reported
+    assert out["meta"] == {"index": 0, "orig_prompt": PROMPT}
+    with Image.open(io.BytesIO(saved_file(app, out))) as img:
+        assert (img.format, img.size) == ("PNG", (1280, 720))
+    code, message = PARTIAL_FAILURE
+    assert task["cost"] == {"image_count": 1, "task_metrics": {"TOTAL": 2, "SUCCEEDED": 1, "FAILED": 1},
+                            "partial_failures": [{"index": 1, "code": code, "message": message}]}
+    status = app.extensions["providers"]["dashscope"].query(task)
+    assert status.message == f"1 of 2 images failed: #2 {code}: {message}"
+    assert_never_resubmitted(fake)
+
+
+def test_image_n_is_always_sent(app, client, fake):
+    task = finish(app, post_image(client))
+    assert task["status"] == "succeeded" and len(task["outputs"]) == 1
+    (remote,) = fake.tasks.values()
+    assert remote["n"] == 1 and fake.requests_to(IMAGE_PATH)[0]["parameters"]["n"] == 1
+    assert remote["size"] == (1024, 1024)   # 1:1, the table's first (default) ratio
+
+
+def test_video_pipeline_without_prompt_and_the_other_models(app, client, fake):
+    task = finish(app, post_video(client, model_name="wanx2.1-i2v-turbo", mode="480P", duration="3", prompt=""))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert set(body["input"]) == {"img_url"}
+    assert body["parameters"]["resolution"] == "480P" and body["parameters"]["duration"] == 3
+    assert task["cost"] == {"video_duration": 3, "video_ratio": "standard", "video_count": 1}
+
+
+def test_large_picture_is_scaled_down_and_small_one_refused_before_sending(app, client, fake):
+    task = finish(app, post_video(client, image=b64(picture(2400, 1200, fmt="JPEG"))))
+    assert task["status"] == "succeeded", task["error"]
+    (remote,) = fake.tasks.values()
+    assert (remote["img_format"], remote["img_size"], remote["img_mime"]) == ("JPEG", (2000, 1000), "image/jpeg")
+
+    small = finish(app, post_video(client, image=b64(picture(340, 500))))
+    assert small["status"] == "failed" and small["error"]["code"] == "image_too_small"
+    assert "360" in small["error"]["message"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1      # the small one never left the studio
+
+
+def test_transparent_png_is_flattened(app, client, fake):
+    rgba = np.zeros((400, 640, 4), np.uint8)
+    rgba[..., 0], rgba[100:300, 100:500, 3] = 200, 255
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, "PNG")
+    task = finish(app, post_video(client, image=b64(out.getvalue())))
+    assert task["status"] == "succeeded", task["error"]
+    header, data = data_uri_bytes(fake.requests_to(VIDEO_PATH)[0]["input"]["img_url"])
+    with Image.open(io.BytesIO(data)) as img:
+        assert header == "data:image/png;base64" and img.mode == "RGB"
+        assert img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((200, 200)) == (200, 0, 0)
+
+
+# ---- the capability table refuses what a model does not offer, before anything is sent
+
+@pytest.mark.parametrize("body, field", [
+    ({"model_name": "wanx2.1-i2v-plus", "mode": "480P"}, "mode"),
+    ({"model_name": "wan2.2-i2v-plus", "mode": "720P"}, "mode"),
+    ({"model_name": "wan2.2-i2v-flash", "duration": "10"}, "duration"),
+    ({"model_name": "wan2.2-i2v-flash", "duration": "3"}, "duration"),
+    ({"model_name": "wanx2.1-i2v-turbo", "duration": "10"}, "duration"),
+    ({"prompt": "x" * 801}, "prompt"),
+    ({"negative_prompt": "x" * 501}, "negative_prompt"),
+    ({"camera": "zoom_in"}, "camera"),
+    ({"image_tail": "TAIL"}, "image_tail"),
+    ({"model_name": "wan2.5-i2v-preview"}, "model_name"),
+])
+def test_video_values_a_model_does_not_offer_are_refused(client, fake, body, field):
+    if body.get("image_tail") == "TAIL":
+        body["image_tail"] = b64(picture(640, 400, seed=1))
+    resp = client.post("/generate", json={"provider": "dashscope", "model_name": "wan2.2-i2v-flash",
+                                          "image": b64(picture(640, 400)), **body})
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["error"]["field"] == field
+    assert fake.received == []
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"n": 5}, "n"),
+    ({"aspect_ratio": "5:4"}, "aspect_ratio"),
+    ({"prompt": "x" * 801}, "prompt"),
+    ({"negative_prompt": "x" * 501}, "negative_prompt"),
+    ({"image": "REFERENCE"}, "image"),
+])
+def test_image_values_a_model_does_not_offer_are_refused(client, fake, body, field):
+    if body.get("image") == "REFERENCE":
+        body["image"] = b64(picture(640, 400))
+    resp = client.post("/generate_image", json={"provider": "dashscope", "model_name": "wanx2.1-t2i-plus",
+                                                "prompt": PROMPT, **body})
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["error"]["field"] == field
+    assert fake.received == []
+
+
+# ---- faults
+
+@pytest.mark.parametrize("fault", ["rate_limit", "allocation_quota"])
+def test_throttled_submit_waits_and_is_sent_again(app, client, fake, fault):
+    fake.inject("submit", fault)
+    task = finish(app, post_video(client))
+    assert task["status"] == "succeeded", task["error"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 2 and task["attempts"] == 2
+    assert_never_resubmitted(fake)          # the refused create created nothing
+
+
+@pytest.mark.parametrize("fault, code", [("overdue", "PrepaidBillOverdue"), ("arrearage", "Arrearage")])
+def test_billing_refusal_fails_the_task(app, client, fake, fault, code):
+    fake.inject("submit", fault)
+    task = finish(app, post_image(client))
+    assert task["status"] == "failed" and task["error"]["code"] == "provider_quota"
+    assert code in task["error"]["message"] and "top up" in task["error"]["message"]
+    assert len(fake.requests_to(IMAGE_PATH)) == 1 and fake.tasks == {}
+
+
+def test_wrong_key_fails_clearly(make_app, fake):
+    app = make_app(DASHSCOPE_API_KEY="sk-wrong")
+    task = finish(app, post_video(app.test_client()))
+    assert task["status"] == "failed" and task["error"]["code"] == "provider_auth"
+    assert "InvalidApiKey" in task["error"]["message"] and "DASHSCOPE_API_KEY" in task["error"]["message"]
+    assert "sk-wrong" not in task["error"]["message"] and fake.tasks == {}
+
+
+@pytest.mark.parametrize("fault", ["server_error", "hang"])
+def test_submit_with_unknown_outcome_is_never_sent_again(app, client, fake, fault):
+    fake.inject("submit", fault)
+    started = time.monotonic()
+    task = finish(app, post_video(client))
+    assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
+    assert "not sent again" in task["error"]["message"] or "not re-sent" in task["error"]["message"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1
+    if fault == "hang":                     # created at DashScope, answer lost: exactly one task there
+        assert len(fake.tasks) == 1 and time.monotonic() - started < 10
+        assert_never_resubmitted(fake)
+    else:
+        assert fake.tasks == {}
+
+
+@pytest.mark.parametrize("fault", ["malformed", "server_error"])
+def test_bad_query_answers_are_polled_again(app, client, fake, fault):
+    fake.inject("query", fault)
+    task = finish(app, post_image(client))
+    assert task["status"] == "succeeded", task["error"]
+    assert len([c for c in fake.calls if c[0] == "GET"]) == 4
+    assert_never_resubmitted(fake)
+
+
+def test_truncated_download_is_fetched_again(app, client, fake):
+    fake.inject("download", "truncate")
+    task = finish(app, post_video(client))
+    assert task["status"] == "succeeded", task["error"]
+    assert list(fake.file_hits.values()) == [2]
+
+
+def test_expired_result_link_fails_the_task(app, client, fake):
+    fake.inject("result", "expired_url")
+    task = finish(app, post_video(client))
+    assert task["status"] == "failed" and task["error"]["code"] == "result_expired"
+    assert fake.file_hits == {}
+
+
+def test_failed_task_reports_the_provider_code(app, client, fake):
+    fake.inject("result", "moderation")
+    task = finish(app, post_image(client))
+    assert task["status"] == "failed" and task["error"]["code"] == "DataInspectionFailed"
+    assert task["provider_status"] == "FAILED"
+
+
+def test_unknown_task_id_fails_the_task(app, client, fake):
+    task_id = post_video(client)
+    finish(app, task_id, until=("submitted",))
+    for remote in fake.tasks.values():
+        remote["created"] -= 25 * 3600      # DashScope forgets tasks after 24 h
+    task = finish(app, task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "task_unknown"
+    assert "24 h" in task["error"]["message"]
+
+
+def test_third_task_in_flight_is_throttled_then_sent(make_app, fake):
+    app = make_app(DASHSCOPE_MAX_CONCURRENCY=3)   # more than DashScope allows, to meet its limit
+    client = app.test_client()
+    ids = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(3)]
+    for task_id in ids:
+        assert finish(app, task_id)["status"] == "succeeded"
+    # The third create was refused (429 Throttling.RateQuota) until a slot freed up, creating nothing.
+    assert len(fake.requests_to(IMAGE_PATH)) > 3 and len(fake.tasks) == 3
+    assert_never_resubmitted(fake)
+
+
+# ---- cancel
+
+def test_cancel_while_pending_stops_the_task_at_dashscope(app, client, fake):
+    task_id = post_video(client)
+    assert finish(app, task_id, until=("submitted",))["provider_status"] == "PENDING"
+    assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200
+    task_query.poll(app.extensions["task_store"], app.extensions["providers"])
+    task = app.extensions["task_store"].get(task_id)
+    assert task["status"] == "cancelled" and not task["cancel_requested"] and task["cancel_note"] is None
+    assert [remote["status"] for remote in fake.tasks.values()] == ["CANCELED"]
+
+
+def test_cancel_while_running_is_refused_honestly(app, client, fake):
+    task_id = post_video(client)
+    finish(app, task_id, until=("running",))
+    assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200
+    task_query.poll(app.extensions["task_store"], app.extensions["providers"])
+    task = app.extensions["task_store"].get(task_id)
+    assert task["status"] == "cancelled" and "could not stop" in task["cancel_note"]
+    assert [remote["status"] for remote in fake.tasks.values()] == ["RUNNING"]
+    assert len(fake.requests_to("/cancel")) == 1
+    # The refusal is an answer, not an error: cancel() says False and raises nothing.
+    assert app.extensions["providers"]["dashscope"].cancel(task) is False
+
+
+# ---- reuse by a proxy of the same protocol (the later ai302 provider)
+
+class ProxyProvider(DashScopeProvider):
+    name = "proxy"
+
+    def api_key(self):
+        return self.config.get("PROXY_KEY")
+
+    def api_base(self):
+        return self.config["PROXY_BASE"] + "/aliyun/api/v1"
+
+
+def test_protocol_reused_under_another_base_and_key(make_app):
+    proxy = Server(api_key="sk-302", prefix="/aliyun/api/v1")
+    proxy.start()
+    try:
+        app = make_app(PROXY_KEY="sk-302", PROXY_BASE=proxy.base_url)
+        app.extensions["providers"]["proxy"] = ProxyProvider(app.config)
+        task = finish(app, post_image(app.test_client(), provider="proxy"))
+        assert task["status"] == "succeeded", task["error"]
+        assert proxy.requests_to("/aliyun/api/v1" + IMAGE_PATH)[0]["parameters"]["n"] == 1
+    finally:
+        proxy.stop()
+
+
+# ---- the local server itself, held to the protocol
+
+def api(fake, method, path, key=API_KEY, asynchronous=True, **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if asynchronous:
+        headers["X-DashScope-Async"] = "enable"
+    resp = requests.request(method, fake.base_url + path, headers=headers, timeout=5, **kwargs)
+    return resp.status_code, resp.json()
+
+
+def image_create(fake, **parameters):
+    return api(fake, "POST", IMAGE_PATH, json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": "a kite"},
+                                               "parameters": parameters})
+
+
+def test_server_protocol_rules(fake):
+    status, body = api(fake, "POST", IMAGE_PATH, asynchronous=False, json={"model": "wanx2.1-t2i-turbo"})
+    assert (status, body["code"], body["message"]) == (
+        403, "AccessDenied", "current user api does not support synchronous calls")
+    assert {"code", "message", "request_id"} <= set(body)
+    assert api(fake, "GET", "/tasks/x", key=None)[1]["message"] == "No API-key provided."
+    assert image_create(fake, size="1024x1024")[0] == 400
+    assert image_create(fake, size="400*400")[1]["code"] == "InvalidParameter"
+    raw = base64.b64encode(picture(640, 400)).decode()
+    status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.2-i2v-flash", "input": {"img_url": raw}})
+    assert (status, body["code"]) == (400, "InvalidParameter")
+    assert api(fake, "GET", "/tasks/no-such-task")[1]["output"]["task_status"] == "UNKNOWN"
+    assert api(fake, "POST", "/tasks/no-such-task/cancel")[1]["code"] == "UnsupportedOperation"
+    assert fake.tasks == {}
+
+
+def test_server_makes_four_images_when_n_is_left_out(fake):
+    status, body = image_create(fake)
+    assert status == 200
+    for _ in range(3):
+        status, answer = api(fake, "GET", f"/tasks/{body['output']['task_id']}", asynchronous=False)
+    assert answer["output"]["task_status"] == "SUCCEEDED" and answer["usage"] == {"image_count": 4}
+    assert len(answer["output"]["results"]) == 4
+
+
+def test_usage_lines():
+    assert usage("http://127.0.0.1:9001") == [
+        f"DASHSCOPE_API_BASE=http://127.0.0.1:9001 DASHSCOPE_API_KEY={API_KEY}"]
+
+
+# ---- the official SDK against the local server: same protocol both ways
+
+@pytest.fixture
+def sdk(fake):
+    import dashscope
+    from dashscope.api_entities.http_request import close_shared_sync_session
+
+    saved = dashscope.base_http_api_url, dashscope.api_key
+    dashscope.base_http_api_url, dashscope.api_key = fake.base_url, API_KEY
+    yield dashscope
+    dashscope.base_http_api_url, dashscope.api_key = saved
+    close_shared_sync_session()
+
+
+def sdk_wait(fetch, task_id):
+    for _ in range(5):
+        resp = fetch(task_id)
+        assert resp.status_code == 200, resp.message
+        if resp.output.task_status not in ("PENDING", "RUNNING"):
+            return resp
+    raise AssertionError("the task did not finish")
+
+
+def test_official_sdk_video_matches_our_client(app, client, fake, sdk):
+    source = picture(640, 400)
+    ours = finish(app, post_video(client, image=b64(source), mode="720P", negative_prompt=NEGATIVE))
+    assert ours["status"] == "succeeded"
+
+    created = sdk.VideoSynthesis.async_call(
+        model="wan2.2-i2v-flash", prompt=PROMPT, negative_prompt=NEGATIVE, resolution="720P", duration=5,
+        img_url="data:image/png;base64," + base64.b64encode(source).decode(), prompt_extend=False,
+        watermark=False)
+    assert created.status_code == 200 and created.output.task_status == "PENDING"
+    done = sdk_wait(sdk.VideoSynthesis.fetch, created.output.task_id)
+    assert done.output.task_status == "SUCCEEDED" and done.output.video_url.startswith(fake.base_url)
+    assert done.usage.video_count == 1 and done.usage["SR"] == 720
+
+    mine, theirs = fake.requests_to(VIDEO_PATH)
+    assert set(mine) == set(theirs) == {"model", "input", "parameters"}
+    assert mine["model"] == theirs["model"] and mine["parameters"] == theirs["parameters"]
+    # The SDK adds two input fields of its own (a deprecated `extend_prompt` and `function`).
+    assert mine["input"] == {k: v for k, v in theirs["input"].items() if k not in ("extend_prompt", "function")}
+    assert [header for method, _, header in fake.calls if method == "POST"] == ["enable", "enable"]
+
+
+def test_official_sdk_image_matches_our_client(app, client, fake, sdk):
+    ours = finish(app, post_image(client, aspect_ratio="9:16", n=2, negative_prompt=NEGATIVE))
+    assert ours["status"] == "succeeded" and len(ours["outputs"]) == 2
+
+    created = sdk.ImageSynthesis.async_call(model="wanx2.1-t2i-turbo", prompt=PROMPT, negative_prompt=NEGATIVE,
+                                            n=2, size="720*1280", prompt_extend=False, watermark=False)
+    assert created.status_code == 200
+    done = sdk_wait(sdk.ImageSynthesis.fetch, created.output.task_id)
+    assert done.output.task_status == "SUCCEEDED" and done.usage.image_count == 2
+    assert all(result.url.startswith(fake.base_url) for result in done.output.results)
+    mine, theirs = fake.requests_to(IMAGE_PATH)
+    assert mine == theirs
+
+
+def test_official_sdk_errors_and_truncation(fake, sdk):
+    refused = sdk.VideoSynthesis.async_call(model="wan2.2-i2v-flash", prompt=PROMPT, api_key="sk-wrong",
+                                            img_url="data:image/png;base64," + b64(picture(640, 400)))
+    assert (refused.status_code, refused.code) == (401, "InvalidApiKey")
+    raw = sdk.VideoSynthesis.async_call(model="wan2.2-i2v-flash", prompt=PROMPT, img_url=b64(picture(640, 400)))
+    assert (raw.status_code, raw.code) == (400, "InvalidParameter")
+    assert fake.tasks == {}
+
+    long = sdk.ImageSynthesis.async_call(model="wanx2.1-t2i-plus", prompt="y" * 900, n=1)
+    assert long.status_code == 200
+    remote = fake.tasks[long.output.task_id]
+    assert remote["prompt"] == "y" * 800 and remote["prompt_truncated"] is True
+    cancelled = sdk.ImageSynthesis.cancel(long.output.task_id)
+    assert cancelled.status_code == 200 and remote["status"] == "CANCELED"
+    assert sdk_wait(sdk.ImageSynthesis.fetch, long.output.task_id).output.task_status == "CANCELED"
