@@ -48,8 +48,10 @@ def provider_and_model(provider_id, model_id, kind):
             field="provider")
     capabilities = provider.capabilities()
     kind_models = [m["id"] for m in capabilities["models"] if m["kind"] == kind]
-    model = find_model(capabilities, model_id) if model_id else find_model(capabilities, kind_models[0])
-    if model is None or model["kind"] != kind:
+    # Kling uses one id for a video and an image model (kling-v1 ...): look the id up among this kind.
+    model = find_model({"models": [m for m in capabilities["models"] if m["kind"] == kind]},
+                       model_id or kind_models[0])
+    if model is None:
         raise ValidationError(
             f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(kind_models)}.",
             code="unknown_model", field="model_name", status=422)

@@ -5,9 +5,10 @@ existing scripts keep working. A good request stores its pictures and a queued t
 202 at once; the pipeline in task_query does the rest.
 """
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+import media
 import tasks
 from errors import ValidationError
 from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
@@ -75,6 +76,11 @@ def check_video_request(req):
             raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
                                   field="camera", status=422)
         camera = choose(req.camera, model["cameras"], "camera", "Camera move")
+        use = "image_to_video" if req.image is not None else "text_to_video"
+        if use not in model.get("camera_for", [use]):
+            raise ValidationError(f"{model['id']} takes a camera move only for "
+                                  f"{' and '.join(model['camera_for']).replace('_', '-')}.",
+                                  code="unsupported_value", field="camera", status=422)
         if combo not in model.get("camera_combos", model["combos"]):
             offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in model["camera_combos"]) or "none"
             raise ValidationError(f"{model['id']} takes a camera move only with: {offered}.",
@@ -104,3 +110,16 @@ def generate():
         current_app.extensions["task_store"], current_app.config["DATA_DIR"], kind="video",
         provider=provider.name, model=model["id"], params=params, images=images)
     return {"task_id": record["id"], "status": record["status"]}, 202
+
+
+@bp.get("/")
+@bp.get("/index.html", endpoint="page_index")
+def page():
+    """The video page; its form is built in the browser from /api/capabilities."""
+    return render_template("index.html", image_limits=_image_limits())
+
+
+def _image_limits():
+    """The upload checks of media.py, handed to the page so it can check pictures before sending."""
+    return {"max_bytes": media.MAX_IMAGE_BYTES, "max_pixels": media.MAX_PIXELS,
+            "min_side": media.MIN_SIDE, "max_aspect": media.MAX_ASPECT}

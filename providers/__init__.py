@@ -16,7 +16,8 @@
 Optional model keys (defaults in brackets): "mode_label" ["Mode"] for what `modes` mean (Wan
 models use them for resolution tiers), "max_negative_prompt" [max_prompt], "negative_prompt"
 [true] whether a negative prompt is accepted at all, "camera_combos" [any combo] where a camera
-move is allowed, "camera_with_tail" [true] whether a camera move may go with a tail frame,
+move is allowed, "camera_for" [both] "text_to_video"/"image_to_video" where a camera move is
+allowed, "camera_with_tail" [true] whether a camera move may go with a tail frame,
 "prompt_required" [false] whether an image model needs a prompt even with a reference picture.
 
 The same table validates API requests (validation.py) and tells the pages what to offer, so the
@@ -24,11 +25,13 @@ page, the API and the provider always agree.
 """
 
 from providers.dashscope import DashScopeProvider
+from providers.kling import KlingProvider
 from providers.liblib import LiblibProvider
 from providers.local import LocalProvider
 
 PROVIDERS = {
     "local": LocalProvider,
+    "kling": KlingProvider,
     "dashscope": DashScopeProvider,
     "liblib": LiblibProvider,
 }
