@@ -24,6 +24,7 @@ The same table validates API requests (validation.py) and tells the pages what t
 page, the API and the provider always agree.
 """
 
+from providers.ai302 import Ai302Provider
 from providers.dashscope import DashScopeProvider
 from providers.kling import KlingProvider
 from providers.liblib import LiblibProvider
@@ -32,6 +33,7 @@ from providers.local import LocalProvider
 PROVIDERS = {
     "local": LocalProvider,
     "kling": KlingProvider,
+    "ai302": Ai302Provider,
     "dashscope": DashScopeProvider,
     "liblib": LiblibProvider,
 }

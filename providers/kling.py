@@ -160,7 +160,7 @@ class KlingProvider(Provider):
     def submit(self, task):
         path, body = self.request_body(task)
         data = self._call("POST", path, task, body=body)
-        task_id = data.get("task_id") if isinstance(data, dict) else None
+        task_id = self.created_task_id(data)
         if not task_id:
             raise SubmitOutcomeUnknown("Kling accepted the submit but sent no task id; it is not re-sent.",
                                        provider=self.name)
@@ -207,13 +207,24 @@ class KlingProvider(Provider):
                                        "outcome unknown, not re-sent.", provider=self.name)
         return str(found["task_id"])
 
+    # ---- what a proxy of the same protocol (302.ai) overrides
+
+    def api_base(self):
+        return self.config.get("KLING_API_BASE") or DEFAULT_API_BASE
+
+    def authorization(self, fresh=False):
+        return f"Bearer {self.auth_token(fresh=fresh)}"
+
+    def created_task_id(self, data):
+        return data.get("task_id") if isinstance(data, dict) else None
+
     def _call(self, method, path, task, body=None):
         """One Kling call with a fresh-token retry on 1004; returns the envelope's `data`."""
         submitting = method == "POST"
-        client = self.http_client(self.config.get("KLING_API_BASE") or DEFAULT_API_BASE)
+        client = self.http_client(self.api_base())
         try:
             for attempt in (1, 2):
-                headers = {"Authorization": f"Bearer {self.auth_token(fresh=attempt == 2)}",
+                headers = {"Authorization": self.authorization(fresh=attempt == 2),
                            "Content-Type": "application/json"}
                 if submitting:
                     response = client.submit(path, json=body, headers=headers, task_id=task["id"])
