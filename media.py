@@ -121,8 +121,20 @@ def decode_image(data, field, *, label=None):
         raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise invalid(f"{label} is not valid Base64") from None
+    return check_image_bytes(raw, field, label=label)
+
+
+def check_image_bytes(raw, field, *, label=None):
+    """Check picture bytes (from Base64 or a fetched URL) and re-encode them without metadata."""
+    label = label or _FIELD_LABELS.get(field, field)
+
+    def invalid(message, code="invalid_image", status=400):
+        return ValidationError(message, code=code, field=field, status=status)
+
     if not raw:
         raise invalid(f"{label} is empty")
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
 
     fmt = sniff_format(raw[:64])
     if fmt not in ("jpeg", "png"):
@@ -145,6 +157,8 @@ def decode_image(data, field, *, label=None):
             img.load()
         except _PIL_ERRORS:
             raise invalid(f"{label} is a truncated or damaged {fmt.upper()} file") from None
+        raw = _reencode(img, fmt)
+        width, height = Image.open(io.BytesIO(raw)).size
 
     if min(width, height) < MIN_SIDE:
         raise invalid(f"{label} is {width}×{height} px; each side must be at least {MIN_SIDE} px",
@@ -155,6 +169,20 @@ def decode_image(data, field, *, label=None):
                       code="image_bad_aspect_ratio", status=422)
     return DecodedImage(data=raw, format=fmt, mime=_MIME[fmt], ext=".jpg" if fmt == "jpeg" else ".png",
                         width=width, height=height, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _reencode(img, fmt):
+    """The picture upright and re-encoded in its own format, with no EXIF, GPS or other metadata:
+    what people upload is passed on to providers, and phone photos carry their location."""
+    upright = ImageOps.exif_transpose(img)
+    if fmt == "jpeg":
+        upright = upright.convert("RGB") if upright.mode not in ("RGB", "L") else upright
+        options = {"quality": 95, "subsampling": 0}
+    else:
+        options = {"compress_level": 6}
+    out = io.BytesIO()
+    upright.save(out, "JPEG" if fmt == "jpeg" else "PNG", **options)
+    return out.getvalue()
 
 
 def _part_path(path):

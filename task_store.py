@@ -99,11 +99,12 @@ class TaskStore:
             self._catch_up()
             return len(self._entries)
 
-    def list(self, *, status=None, kind=None, provider=None, text=None, owner=None,
+    def list(self, *, status=None, kind=None, provider=None, text=None, owner=None, since=None,
              offset=0, limit=50):
         """Newest-first page of records matching every given filter, and the total that match.
 
-        `status` may be one value or a collection of values.
+        `status` may be one value or a collection of values; `since` keeps ids >= it (ids sort
+        by creation time, so that means "created since").
         """
         wanted = {"status": {status} if isinstance(status, str) else set(status or ()),
                   "kind": {kind} - {None}, "provider": {provider} - {None}, "owner": {owner} - {None}}
@@ -112,6 +113,9 @@ class TaskStore:
             self._catch_up()
             order = self._sorted_ids()
             matches = self._matching({f: v for f, v in wanted.items() if v}, needle)
+            if since:
+                pool = self._entries if matches is None else matches
+                matches = {i for i in pool if i >= since}
             if matches is None:
                 total = len(order)
                 end = total - offset

@@ -10,6 +10,7 @@ import pydantic
 from flask import current_app, request
 
 import media
+import safe_fetch
 from errors import ProviderNotConfigured, ValidationError
 from providers import find_model
 
@@ -81,9 +82,13 @@ def check_prompts(model, prompt, negative_prompt):
 
 
 def decode_images(fields):
-    """Decode every given picture ({role: (field name, base64 text or None)}) into DecodedImages."""
+    """Decode every given picture ({role: (field name, Base64 text, data: URI or URL, or None)})."""
     images = {}
     for role, (field, data) in fields.items():
-        if data is not None:
+        if data is None:
+            continue
+        if safe_fetch.is_url(data):
+            images[role] = media.check_image_bytes(safe_fetch.fetch(data.strip(), field), field)
+        else:
             images[role] = media.decode_image(data, field)
     return images

@@ -63,8 +63,21 @@ def test_decode_raw_base64_jpeg():
     image = media.decode_image(b64(raw), "image")
     assert (image.format, image.mime, image.ext) == ("jpeg", "image/jpeg", ".jpg")
     assert (image.width, image.height) == (640, 480)
-    assert image.data == raw
-    assert image.sha256 == hashlib.sha256(raw).hexdigest()
+    assert image.data.startswith(b"\xff\xd8\xff")          # re-encoded, still a JPEG
+    assert image.sha256 == hashlib.sha256(image.data).hexdigest()
+
+
+def test_metadata_is_stripped_and_orientation_applied():
+    """Phone photos carry GPS and an orientation tag: store them upright and without metadata."""
+    img = Image.new("RGB", (640, 400), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6                      # orientation: rotate 90° clockwise to view
+    exif[0x010F] = "SecretCam"            # camera make, standing in for GPS and owner data
+    out = io.BytesIO()
+    img.save(out, "JPEG", exif=exif)
+    image = media.decode_image(b64(out.getvalue()), "image")
+    assert (image.width, image.height) == (400, 640)
+    assert b"SecretCam" not in image.data and b"Exif" not in image.data[:200]
 
 
 def test_png_declared_as_jpeg_in_data_uri_is_accepted_as_png():

@@ -1,0 +1,57 @@
+"""Sliding-window rate limits shared by every worker process (login attempts, generate calls).
+
+The windows live in `DATA_DIR/ratelimits.json` under an exclusive file lock, so the limit holds
+for the whole studio, not per gunicorn worker. Only low-volume actions are limited here.
+"""
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+
+class RateLimiter:
+    def __init__(self, data_dir, clock=time.time):
+        self.path = Path(data_dir) / "ratelimits.json"
+        self.lock_path = Path(data_dir) / "ratelimits.lock"
+        self.clock = clock
+
+    def hit(self, key, limit, window):
+        """Count one event for `key`; returns None if allowed, else the seconds until it would be."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                windows = json.loads(self.path.read_text())
+            except (FileNotFoundError, ValueError):
+                windows = {}
+            now = self.clock()
+            # Forget every event older than the longest window in use (an hour).
+            windows = {k: [t for t in v if now - t < 3600] for k, v in windows.items()}
+            recent = [t for t in windows.get(key, []) if now - t < window]
+            if len(recent) >= limit:
+                return max(1, int(window - (now - recent[0])) + 1)
+            windows[key] = [*windows.get(key, []), now]
+            tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({k: v for k, v in windows.items() if v}))
+            os.replace(tmp, self.path)
+            return None
+        finally:
+            os.close(fd)
+
+    def clear(self, key):
+        """Forget a key's events (a successful login clears its failures)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                windows = json.loads(self.path.read_text())
+            except (FileNotFoundError, ValueError):
+                return
+            if windows.pop(key, None) is not None:
+                tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(windows))
+                os.replace(tmp, self.path)
+        finally:
+            os.close(fd)
