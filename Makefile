@@ -20,7 +20,9 @@ run: $(VENV)/.runtime
 	$(PY) app.py
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
+# The browser tests need Debian's chromium: ensure-chromium installs it when it is missing.
 test: $(VENV)/.dev
+	bash scripts/ensure-chromium
 	$(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 

@@ -9,6 +9,7 @@ import base64
 import io
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -156,7 +157,8 @@ def test_video_pipeline_wan22_flash(app, client, fake):
     assert set(body["input"]) == {"img_url", "prompt", "negative_prompt"}
     assert body["input"]["prompt"] == PROMPT
     assert body["input"]["negative_prompt"] == NEGATIVE
-    assert data_uri_bytes(body["input"]["img_url"]) == ("data:image/jpeg;base64", source)
+    stored = (Path(app.config["DATA_DIR"]) / task["inputs"][0]["path"]).read_bytes()   # re-encoded on intake
+    assert data_uri_bytes(body["input"]["img_url"]) == ("data:image/jpeg;base64", stored)
     assert body["parameters"] == {"resolution": "1080P", "duration": 5, "prompt_extend": False, "watermark": False}
     # The async header goes on the create only.
     assert [(method, header) for method, _, header in fake.calls] == [("POST", "enable")] + [("GET", None)] * 3

@@ -3,6 +3,7 @@
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -204,9 +205,10 @@ def test_image_to_image_end_to_end_with_upload(studio, fmt, extension):
     assert upload["fields"] == OSS_FIELDS                       # `file` last
     assert upload["query"] == ""                                # no Liblib signature sent to OSS
     assert not {"Authorization", "Accesskey", "Signature"} & set(upload["headers"])
-    assert upload["file_name"] == f"{task_id}.{extension}" and upload["file_bytes"] == len(reference)
+    stored = (Path(app.config["DATA_DIR"]) / task["inputs"][0]["path"]).read_bytes()   # re-encoded on intake
+    assert upload["file_name"] == f"{task_id}.{extension}" and upload["file_bytes"] == len(stored)
     (key,) = fake.objects
-    assert fake.objects[key][0] == reference
+    assert fake.objects[key][0] == stored
     assert fake.requests_to(I2I) == [{"templateUuid": IMG2IMG_TEMPLATE, "generateParams": {
         "prompt": "the same street in winter", "sourceImage": fake.object_url(key), "imgCount": 1}}]
     assert fake.requests_to(T2I) == []

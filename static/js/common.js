@@ -1,0 +1,584 @@
+/*
+ * What every page of the studio shares: the api() wrapper (JSON in and out, CSRF header, the
+ * {"error": {code, message, field}} shape shown as a Bootstrap alert next to its field), the
+ * translated strings, the provider/model picker, the picture drop zone and task helpers.
+ * User text is always inserted with .text(), never as HTML.
+ */
+window.Studio = (function ($) {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("studio-config").textContent);
+  const pageDataElement = document.getElementById("page-data");
+  const pageData = pageDataElement ? JSON.parse(pageDataElement.textContent) : {};
+  const ACTIVE = ["queued", "submitted", "running", "downloading"];
+  const POLL_MS = 1000;
+
+  // ---- strings --------------------------------------------------------------------------
+
+  function fmt(text, values) {
+    return String(text).replace(/\{(\w+)\}/g, (match, key) =>
+      values && values[key] !== undefined ? String(values[key]) : match);
+  }
+
+  /** A translated UI string by key, with {placeholders} filled in. */
+  function t(key, values) {
+    return fmt(config.strings[key] !== undefined ? config.strings[key] : key, values);
+  }
+
+  /** The translation of a value that comes from a provider table (labels, modes, cameras). */
+  function tr(text) {
+    return config.catalog[text] !== undefined ? config.catalog[text] : text;
+  }
+
+  function url(name, id) {
+    return config.urls[name].replace("__ID__", encodeURIComponent(id || ""));
+  }
+
+  // ---- api ------------------------------------------------------------------------------
+
+  function errorFrom(xhr) {
+    const body = xhr.responseJSON;
+    if (body && body.error && body.error.message) {
+      return { code: body.error.code, message: body.error.message, field: body.error.field, status: xhr.status };
+    }
+    if (!xhr.status) {
+      return { code: "network_error", message: t("network_error"), status: 0 };
+    }
+    return { code: "http_" + xhr.status, message: t("server_error"), status: xhr.status };
+  }
+
+  /**
+   * One JSON request. options: {url, method, data, scope, quiet}. Resolves with the body;
+   * rejects with {code, message, field, status}, which is also shown in `scope` (a form or
+   * container) next to the named field unless `quiet`.
+   */
+  function api(options) {
+    const method = (options.method || "GET").toUpperCase();
+    const headers = { Accept: "application/json" };
+    const token = $('meta[name="csrf-token"]').attr("content");
+    if (token) {
+      headers["X-CSRFToken"] = token;
+    }
+    const settings = { url: options.url, method: method, headers: headers, dataType: "json", timeout: 120000 };
+    if (method === "GET") {
+      settings.data = options.data;
+    } else if (options.data !== undefined) {
+      settings.contentType = "application/json";
+      settings.data = JSON.stringify(options.data);
+    }
+    if (options.scope) {
+      clearErrors(options.scope);
+    }
+    return $.ajax(settings).then(
+      (body) => body,
+      (xhr) => {
+        const error = errorFrom(xhr);
+        if (!options.quiet) {
+          showError(error, options.scope);
+        }
+        return $.Deferred().reject(error).promise();
+      });
+  }
+
+  function alertElement(message, kind) {
+    return $("<div>", { class: "alert alert-" + (kind || "danger") + " alert-dismissible fade show small mb-0 mt-2", role: "alert" })
+      .append($("<span>").text(message))
+      .append($("<button>", { type: "button", class: "btn-close", "data-bs-dismiss": "alert", "aria-label": "Close" }));
+  }
+
+  /** Show an error next to its field inside `scope` (else in scope's .form-alerts, else atop the page). */
+  function showError(error, scope) {
+    const $scope = scope ? $(scope) : $();
+    let $field = $();
+    if (error.field && $scope.length) {
+      $field = $scope.find('[data-field="' + $.escapeSelector(error.field) + '"]').first();
+      if (!$field.is(":visible")) {
+        $field = $();
+      }
+    }
+    let $target = $field.length ? $field.find(".field-alert").first() : $scope.find(".form-alerts").first();
+    if (!$target.length) {
+      $target = $("#page-alerts");
+    }
+    $target.empty().append(alertElement(error.message));
+    if ($field.length) {
+      $field.addClass("has-error");
+      $field.find("input:not([type=file]), select, textarea").first().attr("aria-invalid", "true");
+    }
+    const box = $target[0].getBoundingClientRect();
+    if (box.top < 60 || box.bottom > window.innerHeight) {
+      $target[0].scrollIntoView({ block: "center", behavior: "smooth" });
+    }
+  }
+
+  function clearErrors(scope) {
+    const $scope = $(scope);
+    $scope.find(".field-alert, .form-alerts").empty();
+    $scope.find(".has-error").removeClass("has-error");
+    $scope.find('[aria-invalid="true"]').removeAttr("aria-invalid");
+  }
+
+  function clearFieldError($field) {
+    $field.removeClass("has-error").find(".field-alert").empty();
+    $field.find('[aria-invalid="true"]').removeAttr("aria-invalid");
+  }
+
+  /** A fresh copy of a <template> element's content (server-rendered markup, no user text). */
+  function fromTemplate(id) {
+    return $(document.getElementById(id).content.firstElementChild.cloneNode(true));
+  }
+
+  /** A short message in the corner (the answer to an action that has no field). */
+  function toast(message, kind) {
+    const $toast = fromTemplate("toast-template");
+    $toast.addClass("text-bg-" + (kind || "dark")).find(".toast-body").text(message);
+    if (kind === "warning" || kind === "light") {
+      $toast.find(".btn-close").removeClass("btn-close-white");
+    } else {
+      $toast.find(".btn-close").addClass("btn-close-white");
+    }
+    $("#toasts").append($toast);
+    const instance = bootstrap.Toast.getOrCreateInstance($toast[0], { delay: 4000 });
+    $toast.on("hidden.bs.toast", () => $toast.remove());
+    instance.show();
+  }
+
+  /** Put a submit button into (or out of) its busy state. */
+  function busy($button, isBusy) {
+    $button.prop("disabled", isBusy).attr("aria-busy", isBusy ? "true" : null);
+    $button.find(".spinner-border, .label-busy").toggleClass("d-none", !isBusy);
+    $button.find(".label-idle").toggleClass("d-none", isBusy);
+  }
+
+  // ---- formatting -----------------------------------------------------------------------
+
+  function locale() {
+    return config.lang === "zh" ? "zh-CN" : "en-GB";
+  }
+
+  function formatTime(iso) {
+    if (!iso) {
+      return "";
+    }
+    return new Date(iso).toLocaleString(locale(), { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function formatDuration(ms) {
+    const total = Math.max(0, Math.round(ms / 1000));
+    const h = Math.floor(total / 3600);
+    const m = Math.floor((total % 3600) / 60);
+    const s = String(total % 60).padStart(2, "0");
+    return h ? h + ":" + String(m).padStart(2, "0") + ":" + s : m + ":" + s;
+  }
+
+  function formatBytes(bytes) {
+    if (bytes === null || bytes === undefined) {
+      return "";
+    }
+    const units = ["B", "KB", "MB", "GB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return (unit ? value.toFixed(value < 10 ? 1 : 0) : value) + " " + units[unit];
+  }
+
+  function formatNumber(n) {
+    return Number(n).toLocaleString(locale());
+  }
+
+  // ---- tasks ----------------------------------------------------------------------------
+
+  function isActive(task) {
+    return ACTIVE.indexOf(task.status) !== -1;
+  }
+
+  function statusClass(status) {
+    return {
+      queued: "text-bg-secondary", submitted: "text-bg-secondary", running: "text-bg-primary",
+      downloading: "text-bg-primary", succeeded: "text-bg-success", failed: "text-bg-danger",
+      cancelled: "text-bg-warning",
+    }[status] || "text-bg-secondary";
+  }
+
+  /** Fill a .badge element with a task's status. */
+  function statusBadge($badge, status) {
+    return $badge.attr("class", "badge task-status " + statusClass(status)).attr("data-status", status)
+      .text(t("status." + status));
+  }
+
+  /** Elapsed time of a task: to now while it runs, to its end once finished. */
+  function elapsed(task) {
+    const start = Date.parse(task.created_at);
+    const end = task.finished_at ? Date.parse(task.finished_at) : Date.now();
+    const text = formatDuration(end - start);
+    return isActive(task) ? t("elapsed", { time: text }) : t("took", { time: text });
+  }
+
+  function downloadUrl(mediaUrl) {
+    return mediaUrl + (mediaUrl.indexOf("?") === -1 ? "?" : "&") + "download=1";
+  }
+
+  function inputUrl(input) {
+    return "/media/" + input.path.split("/").map(encodeURIComponent).join("/");
+  }
+
+  function getTask(id, quiet) {
+    return api({ url: url("task", id), quiet: quiet !== false });
+  }
+
+  /**
+   * Poll a task until it finishes, calling onUpdate(task) after every answer.
+   * Returns a function that stops watching.
+   */
+  function watchTask(id, onUpdate) {
+    let stopped = false;
+    let timer = null;
+    let failures = 0;
+    function tick() {
+      getTask(id).then((task) => {
+        failures = 0;
+        if (stopped) {
+          return;
+        }
+        onUpdate(task);
+        if (isActive(task)) {
+          timer = setTimeout(tick, POLL_MS);
+        }
+      }, (error) => {
+        // A deleted task stops here; a hiccup of the server is retried, slower each time.
+        if (!stopped && error.status !== 404) {
+          failures += 1;
+          timer = setTimeout(tick, Math.min(30000, POLL_MS * 2 ** failures));
+        }
+      });
+    }
+    tick();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }
+
+  // ---- providers and models -------------------------------------------------------------
+
+  let capabilitiesRequest = null;
+
+  function capabilities() {
+    if (!capabilitiesRequest) {
+      capabilitiesRequest = api({ url: url("capabilities"), quiet: true });
+    }
+    return capabilitiesRequest;
+  }
+
+  /**
+   * Fill the provider and model selects of `$form` with the providers that have `kind` models.
+   * Unconfigured providers are listed but disabled, with a note on how to enable them.
+   * Returns {provider(), model(), select(providerName, modelId)}; onChange(model) on every change.
+   */
+  function providerPicker($form, kind, caps, onChange) {
+    const $provider = $form.find('select[name="provider"]');
+    const $model = $form.find('select[name="model_name"]');
+    const $description = $form.find("#provider-description");
+    const providers = caps.providers.filter((p) => p.models.some((m) => m.kind === kind));
+    const byName = {};
+    $provider.empty();
+    providers.forEach((p) => {
+      byName[p.name] = p;
+      const label = tr(p.label || p.name) + (p.configured ? "" : " — " + t("not_configured"));
+      $provider.append($("<option>", { value: p.name }).text(label).prop("disabled", !p.configured));
+    });
+    const unconfigured = providers.filter((p) => !p.configured).map((p) => tr(p.label || p.name));
+
+    function provider() {
+      return byName[$provider.val()];
+    }
+    function model() {
+      const p = provider();
+      return p ? p.models.find((m) => m.id === $model.val()) : undefined;
+    }
+    function fillModels(modelId) {
+      const p = provider();
+      $model.empty();
+      if (!p) {
+        return;
+      }
+      p.models.filter((m) => m.kind === kind).forEach((m) => {
+        $model.append($("<option>", { value: m.id }).text(tr(m.label || m.id)));
+      });
+      if (modelId && $model.find('option[value="' + $.escapeSelector(modelId) + '"]').length) {
+        $model.val(modelId);
+      }
+      $description.empty().append($("<span>").text(tr(p.description || "")));
+      if (unconfigured.length) {
+        $description.append($("<span>", { class: "d-block mt-1 unconfigured-note" })
+          .text(t("unconfigured_note", { providers: unconfigured.join(", ") })));
+      }
+    }
+    function select(providerName, modelId) {
+      const p = byName[providerName];
+      if (!p || !p.configured) {
+        return false;
+      }
+      $provider.val(providerName);
+      fillModels(modelId);
+      onChange(model());
+      return !modelId || $model.val() === modelId;
+    }
+    const first = providers.find((p) => p.configured);
+    if (first) {
+      $provider.val(first.name);
+    }
+    fillModels();
+    $provider.on("change", () => {
+      fillModels();
+      onChange(model());
+    });
+    $model.on("change", () => onChange(model()));
+    return { provider: provider, model: model, select: select };
+  }
+
+  // ---- segmented controls and counters --------------------------------------------------
+
+  /**
+   * Fill a segmented control with `options` ([{value, label}]), keeping the current choice when
+   * it is still offered. Returns the chosen value.
+   */
+  function segmentedOptions($form, name, options, preferred) {
+    const $group = $form.find('[data-options-for="' + name + '"]');
+    const current = preferred !== undefined ? preferred : $group.find("input:checked").val();
+    $group.empty();
+    const values = options.map((o) => String(o.value));
+    const chosen = values.indexOf(String(current)) !== -1 ? String(current) : values[0];
+    options.forEach((o, index) => {
+      const id = name + "-opt-" + index;
+      $group.append($("<input>", { type: "radio", class: "btn-check", name: name, id: id, value: o.value, autocomplete: "off" })
+        .prop("checked", String(o.value) === chosen));
+      $group.append($("<label>", { class: "btn btn-outline-secondary", for: id }).text(o.label));
+    });
+    return chosen;
+  }
+
+  /** Keep "n / max" next to a textarea, in red past the limit. */
+  function counter($textarea, max) {
+    const $count = $('[data-count-for="' + $textarea.attr("id") + '"]');
+    function update() {
+      const n = $textarea.val().length;
+      $count.text(formatNumber(n) + " / " + formatNumber(max)).toggleClass("text-danger", n > max)
+        .toggleClass("text-secondary", n <= max);
+    }
+    $textarea.off("input.counter").on("input.counter", update);
+    update();
+  }
+
+  /** Show an output element with the slider's value. */
+  function sliderValue($range) {
+    const $out = $('[data-value-of="' + $range.attr("id") + '"]');
+    const update = () => $out.text(Number($range.val()).toFixed(2));
+    $range.off("input.value").on("input.value", update);
+    update();
+  }
+
+  // ---- pictures -------------------------------------------------------------------------
+
+  function readAsDataUrl(blob) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  function imageSize(src) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve({ width: img.naturalWidth, height: img.naturalHeight });
+      img.onerror = () => reject(new Error("unreadable"));
+      img.src = src;
+    });
+  }
+
+  /** The server's picture checks (media.decode_image), run before sending; null when fine. */
+  function checkPicture(file, size, label) {
+    const limits = pageData.limits || {};
+    const type = (file.type || "").toLowerCase();
+    const byName = /\.(jpe?g|png)$/i.test(file.name || "");
+    if (type ? ["image/jpeg", "image/png"].indexOf(type) === -1 : !byName) {
+      return t("image_type", { label: label });
+    }
+    if (limits.max_bytes && file.size > limits.max_bytes) {
+      return t("image_bytes", { label: label });
+    }
+    if (!size) {
+      return null;
+    }
+    const values = { label: label, w: size.width, h: size.height, min: limits.min_side, max: limits.max_aspect };
+    if (limits.min_side && Math.min(size.width, size.height) < limits.min_side) {
+      return t("image_small", values);
+    }
+    const ratio = size.width / size.height;
+    if (limits.max_aspect && (ratio > limits.max_aspect || ratio < 1 / limits.max_aspect)) {
+      return t("image_aspect", values);
+    }
+    if (limits.max_pixels && size.width * size.height > limits.max_pixels) {
+      return t("image_pixels", { label: label, max: Math.round(limits.max_pixels / 1e6) });
+    }
+    return null;
+  }
+
+  /**
+   * A drop zone for one picture ($field is its .field element). onChange(value) after every
+   * change; value() is {dataUrl, name, bytes, width, height} or null.
+   */
+  function dropzone($field, onChange) {
+    const $zone = $field.find(".dropzone");
+    const $input = $zone.find('input[type="file"]');
+    const label = $field.find(".form-label").first().contents().first().text().trim();
+    let value = null;
+    let disabled = false;
+
+    function show(state) {
+      $zone.find(".dropzone-empty").toggleClass("d-none", state !== "empty");
+      $zone.find(".dropzone-loading").toggleClass("d-none", state !== "loading");
+      $zone.find(".dropzone-preview").toggleClass("d-none", state !== "preview");
+      $zone.toggleClass("has-picture", state === "preview");
+    }
+    function set(next) {
+      value = next;
+      if (next) {
+        $zone.find(".dropzone-preview img").attr("src", next.dataUrl);
+        $zone.find(".dz-name").text(next.name);
+        $zone.find(".dz-size").text(t("size", { w: next.width, h: next.height }) + " · " + formatBytes(next.bytes));
+        show("preview");
+      } else {
+        $zone.find(".dropzone-preview img").removeAttr("src");
+        $input.val("");
+        show("empty");
+      }
+      onChange(value);
+    }
+    function fail(message) {
+      set(null);
+      showError({ field: $field.data("field"), message: message }, $field.parent());
+    }
+    async function take(file) {
+      clearFieldError($field);
+      const early = checkPicture(file, null, label);
+      if (early) {
+        fail(early);
+        return false;
+      }
+      show("loading");
+      try {
+        const dataUrl = await readAsDataUrl(file);
+        const size = await imageSize(dataUrl);
+        const problem = checkPicture(file, size, label);
+        if (problem) {
+          fail(problem);
+          return false;
+        }
+        set({ dataUrl: dataUrl, name: file.name || "", bytes: file.size, width: size.width, height: size.height });
+        return true;
+      } catch (err) {
+        fail(t("image_unreadable", { label: label }));
+        return false;
+      }
+    }
+    /** Load a picture the studio serves (a result, or an earlier task's input). */
+    async function takeUrl(source) {
+      clearFieldError($field);
+      show("loading");
+      try {
+        const response = await fetch(source, { credentials: "same-origin" });
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status);
+        }
+        const blob = await response.blob();
+        const name = decodeURIComponent(new URL(source, window.location.href).pathname.split("/").pop() || "");
+        return await take(new File([blob], name, { type: blob.type }));
+      } catch (err) {
+        fail(t("image_load_failed"));
+        return false;
+      }
+    }
+
+    $zone.on("click", (event) => {
+      if (!disabled && !$(event.target).closest(".dz-remove").length && event.target !== $input[0]) {
+        $input[0].click();
+      }
+    });
+    $zone.on("keydown", (event) => {
+      if (!disabled && (event.key === "Enter" || event.key === " ")) {
+        event.preventDefault();
+        $input[0].click();
+      }
+    });
+    $input.on("change", () => {
+      if ($input[0].files && $input[0].files[0]) {
+        take($input[0].files[0]);
+      }
+    });
+    $zone.on("dragenter dragover", (event) => {
+      event.preventDefault();
+      if (!disabled) {
+        $zone.addClass("dragging");
+      }
+    });
+    $zone.on("dragleave dragend", () => $zone.removeClass("dragging"));
+    $zone.on("drop", (event) => {
+      event.preventDefault();
+      $zone.removeClass("dragging");
+      const files = event.originalEvent.dataTransfer && event.originalEvent.dataTransfer.files;
+      if (!disabled && files && files[0]) {
+        take(files[0]);
+      }
+    });
+    $zone.find(".dz-remove").on("click", (event) => {
+      event.stopPropagation();
+      clearFieldError($field);
+      set(null);
+    });
+
+    return {
+      value: () => value,
+      clear: () => set(null),
+      takeUrl: takeUrl,
+      /** Disable the zone (with a note saying why), or enable it again. */
+      setDisabled(isDisabled, note) {
+        disabled = isDisabled;
+        $zone.toggleClass("disabled", isDisabled).attr("aria-disabled", isDisabled ? "true" : null)
+          .attr("tabindex", isDisabled ? "-1" : "0");
+        $field.find(".dz-note").text(note || "");
+      },
+      note(text) {
+        $field.find(".dz-note").text(text || "");
+      },
+    };
+  }
+
+  // ---- page plumbing ----------------------------------------------------------------------
+
+  function queryParam(name) {
+    return new URLSearchParams(window.location.search).get(name);
+  }
+
+  $(function () {
+    // A dismissed or resolved problem should not linger: editing a field clears its alert.
+    $(document).on("input change", ".field.has-error :input", function () {
+      clearFieldError($(this).closest(".field"));
+    });
+  });
+
+  return {
+    config: config, pageData: pageData, t: t, tr: tr, fmt: fmt, url: url, api: api,
+    fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
+    formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
+    isActive: isActive, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
+    getTask: getTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
+    segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue, dropzone: dropzone,
+    queryParam: queryParam, ACTIVE: ACTIVE,
+  };
+}(jQuery));

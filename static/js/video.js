@@ -1,0 +1,394 @@
+/*
+ * The video page: the form follows the chosen model's table (modes, durations, tail frame,
+ * camera, freedom), mirrors the server's checks, sends POST /generate, and shows each task as a
+ * card that updates itself until the video plays.
+ */
+$(function () {
+  "use strict";
+  const S = Studio;
+  const t = S.t;
+  const $form = $("#video-form");
+  const $submit = $form.find(".submit-button");
+  const $results = $("#video-results");
+  const $empty = $("#video-empty");
+  const cards = {};          // task id -> {$card, task, stop}
+  let picker = null;
+  let preferred = {};        // settings to restore on the next refresh (prefill from a task)
+
+  const first = S.dropzone($form.find('.field[data-field="image"]'), () => refresh());
+  const tail = S.dropzone($form.find('.field[data-field="image_tail"]'), () => refresh());
+  const $prompt = $("#prompt");
+  const $negative = $("#negative-prompt");
+  const $camera = $("#camera");
+  const $aspect = $("#aspect-ratio");
+  const $cfg = $("#cfg-scale");
+  S.sliderValue($cfg);
+
+  // ---- what the chosen model allows ----------------------------------------------------
+
+  function model() {
+    return picker ? picker.model() : undefined;
+  }
+
+  function sameCombo(a, b) {
+    return a.mode === b.mode && String(a.duration) === String(b.duration);
+  }
+
+  function within(combos, allowed) {
+    return combos.filter((c) => allowed.some((a) => sameCombo(a, c)));
+  }
+
+  function camerasOffered(m) {
+    const use = first.value() ? "image_to_video" : "text_to_video";
+    return m.cameras && m.cameras.length && (!m.camera_for || m.camera_for.indexOf(use) !== -1);
+  }
+
+  function chosenCamera() {
+    const shown = !$camera.closest("[data-show-if]").hasClass("d-none");
+    return shown && !$camera.prop("disabled") ? ($camera.val() || null) : null;
+  }
+
+  /** The mode × duration pairs allowed with the current pictures and camera. */
+  function allowedCombos(m) {
+    let combos = m.combos;
+    if (tail.value()) {
+      combos = within(combos, m.tail_combos || []);
+    }
+    if (chosenCamera() && m.camera_combos) {
+      combos = within(combos, m.camera_combos);
+    }
+    return combos.length ? combos : m.combos;
+  }
+
+  function comboText(combos) {
+    return combos.map((c) => S.tr(c.mode) + " " + t("seconds", { n: c.duration })).join(", ");
+  }
+
+  function showIf(name, visible) {
+    $form.find('[data-show-if="' + name + '"]').toggleClass("d-none", !visible);
+  }
+
+  function fillSelect($select, options, preferredValue) {
+    const current = preferredValue !== undefined ? preferredValue : $select.val();
+    $select.empty();
+    options.forEach((o) => $select.append($("<option>", { value: o.value }).text(o.label)));
+    if (options.some((o) => o.value === current)) {
+      $select.val(current);
+    }
+  }
+
+  /** Rebuild the choices from the model's table; called on every change that matters. */
+  function refresh() {
+    const m = model();
+    if (!m) {
+      return;
+    }
+    // Pictures
+    const takesPictures = m.image_to_video;
+    $form.find('.field[data-field="image"], .field[data-field="image_tail"]').toggleClass("d-none", !takesPictures);
+    $("#text-only-note").toggleClass("d-none", takesPictures);
+    const tailCombos = m.tail_combos || [];
+    if (!tailCombos.length) {
+      tail.setDisabled(true, t("tail_not_supported", { model: S.tr(m.label || m.id) }));
+    } else {
+      tail.setDisabled(false, tailCombos.length < m.combos.length
+        ? t("tail_limits", { model: S.tr(m.label || m.id), combos: comboText(tailCombos) }) : "");
+    }
+
+    // Camera (before the combos: a camera move may narrow them)
+    const cameras = camerasOffered(m) ? m.cameras : [];
+    showIf("camera", cameras.length > 0);
+    if (cameras.length) {
+      const options = cameras.map((c) => ({ value: c, label: S.tr(c) }));
+      if (cameras.indexOf("auto") === -1) {
+        options.unshift({ value: "", label: t("none") });
+      }
+      fillSelect($camera, options, preferred.camera === null ? "" : preferred.camera);
+      const blocked = tail.value() && m.camera_with_tail === false;
+      $camera.prop("disabled", blocked);
+      if (blocked) {
+        $camera.val(options[0].value);
+      }
+      $("#camera-help").text(blocked ? t("camera_not_with_tail", { model: S.tr(m.label || m.id) })
+        : cameras.indexOf("auto") !== -1 ? t("camera_hint_auto") : "");
+    }
+
+    // Mode and duration
+    const combos = allowedCombos(m);
+    const modes = m.modes.filter((mode) => combos.some((c) => c.mode === mode));
+    $("#mode-label").text(S.tr(m.mode_label || "Mode"));
+    const mode = S.segmentedOptions($form, "mode", modes.map((v) => ({ value: v, label: S.tr(v) })), preferred.mode);
+    $form.find('.field[data-field="mode"]').toggleClass("d-none", m.modes.length < 2);
+    const durations = m.durations.filter((d) => combos.some((c) => c.mode === mode && String(c.duration) === String(d)));
+    S.segmentedOptions($form, "duration", durations.map((d) => ({ value: String(d), label: t("seconds", { n: d }) })),
+      preferred.duration);
+
+    // Text-to-video shape, freedom, negative prompt, counters
+    const ratios = !first.value() && m.text_to_video ? m.aspect_ratios || [] : [];
+    showIf("aspect_ratio", ratios.length > 0);
+    fillSelect($aspect, ratios.map((r) => ({ value: r, label: r })), preferred.aspect_ratio);
+    showIf("cfg_scale", Boolean(m.cfg_scale));
+    if (preferred.cfg_scale !== undefined && preferred.cfg_scale !== null) {
+      $cfg.val(preferred.cfg_scale).trigger("input");
+    }
+    const takesNegative = m.negative_prompt !== false;
+    $form.find('.field[data-field="negative_prompt"]').toggleClass("d-none", !takesNegative);
+    S.counter($prompt, m.max_prompt);
+    S.counter($negative, m.max_negative_prompt || m.max_prompt);
+    preferred = {};
+    summary();
+  }
+
+  function checked(name) {
+    return $form.find('input[name="' + name + '"]:checked').val();
+  }
+
+  function summary() {
+    const m = model();
+    const duration = checked("duration");
+    $("#form-summary").text(m && duration ? S.tr(m.label || m.id) + " · " + t("seconds", { n: duration }) : "");
+  }
+  $form.on("change", 'input[name="mode"]', () => refresh());
+  $form.on("change", 'input[name="duration"]', summary);
+  $camera.on("change", () => refresh());
+
+  // ---- checks that mirror the server's (the server stays the judge) ----------------------
+
+  function check() {
+    const m = model();
+    const label = S.tr(m.label || m.id);
+    const prompt = $prompt.val();
+    if (prompt.length > m.max_prompt) {
+      return { field: "prompt", message: t("too_long", { max: m.max_prompt }) };
+    }
+    const maxNegative = m.max_negative_prompt || m.max_prompt;
+    if (m.negative_prompt !== false && $negative.val().length > maxNegative) {
+      return { field: "negative_prompt", message: t("too_long", { max: maxNegative }) };
+    }
+    if (!first.value() && !m.text_to_video) {
+      return { field: "image", message: t("first_required", { model: label }) };
+    }
+    if (!first.value() && !prompt.trim()) {
+      return { field: "prompt", message: t("prompt_required") };
+    }
+    const combo = { mode: checked("mode"), duration: checked("duration") };
+    if (tail.value()) {
+      if (!first.value()) {
+        return { field: "image", message: t("tail_needs_first") };
+      }
+      if (!(m.tail_combos || []).length) {
+        return { field: "image_tail", message: t("tail_not_supported", { model: label }) };
+      }
+      if (!within([combo], m.tail_combos).length) {
+        return { field: "image_tail", message: t("tail_limits", { model: label, combos: comboText(m.tail_combos) }) };
+      }
+    }
+    if (!combo.mode || !combo.duration || !within([combo], m.combos).length) {
+      return { field: "duration", message: t("no_combination", { model: label }) };
+    }
+    return null;
+  }
+
+  function payload() {
+    const m = model();
+    const body = {
+      provider: picker.provider().name, model_name: m.id, prompt: $prompt.val(),
+      mode: checked("mode"), duration: checked("duration"),
+    };
+    if (m.negative_prompt !== false && $negative.val().trim()) {
+      body.negative_prompt = $negative.val();
+    }
+    if (first.value()) {
+      body.image = first.value().dataUrl;
+    }
+    if (tail.value()) {
+      body.image_tail = tail.value().dataUrl;
+    }
+    if (m.cfg_scale) {
+      body.cfg_scale = Number($cfg.val());
+    }
+    if (chosenCamera()) {
+      body.camera = chosenCamera();
+    }
+    if (!$aspect.closest("[data-show-if]").hasClass("d-none") && $aspect.val()) {
+      body.aspect_ratio = $aspect.val();
+    }
+    return body;
+  }
+
+  $form.on("submit", (event) => {
+    event.preventDefault();
+    if (!model()) {
+      return;
+    }
+    S.clearErrors($form);
+    const problem = check();
+    if (problem) {
+      S.showError(problem, $form);
+      return;
+    }
+    S.busy($submit, true);
+    S.api({ url: S.url("generate_video"), method: "POST", data: payload(), scope: $form })
+      .then((answer) => {
+        S.toast(t("queued_toast"), "success");
+        return S.getTask(answer.task_id, false).then((task) => {
+          addCard(task, true);
+          if (window.innerWidth < 992) {
+            cards[task.id].$card[0].scrollIntoView({ behavior: "smooth", block: "center" });
+          }
+        });
+      })
+      .always(() => S.busy($submit, false));
+  });
+
+  // ---- task cards ------------------------------------------------------------------------
+
+  function addCard(task, atTop) {
+    if (cards[task.id]) {
+      return;
+    }
+    const $card = S.fromTemplate("video-task-template").attr("data-task-id", task.id);
+    cards[task.id] = { $card: $card, task: task, stop: null };
+    $results.find(".results-loading").remove();
+    $empty.addClass("d-none");
+    if (atTop) {
+      $results.prepend($card);
+    } else {
+      $results.append($card);
+    }
+    $card.find(".task-details").attr("href", S.url("tasks_page") + "?task=" + encodeURIComponent(task.id));
+    $card.find(".task-cancel").on("click", () => {
+      S.api({ url: S.url("cancel", task.id), method: "POST", data: {}, scope: $card })
+        .then((updated) => {
+          S.toast(t("cancelled_toast"));
+          update(updated);
+        });
+    });
+    update(task);
+    if (S.isActive(task)) {
+      cards[task.id].stop = S.watchTask(task.id, update);
+    }
+  }
+
+  function update(task) {
+    const entry = cards[task.id];
+    if (!entry) {
+      return;
+    }
+    entry.task = task;
+    const $card = entry.$card;
+    const active = S.isActive(task);
+    S.statusBadge($card.find(".task-status"), task.status);
+    $card.find(".task-model").text(task.model);
+    $card.find(".task-elapsed").text(S.elapsed(task));
+    $card.find(".task-prompt").text(task.params.prompt || "").toggleClass("d-none", !task.params.prompt);
+    const progress = Math.max(0, Math.min(100, task.progress || 0));
+    $card.find(".task-progress").toggleClass("d-none", !active).attr("aria-valuenow", progress)
+      .find(".progress-bar").css("width", Math.max(progress, 4) + "%")
+      .toggleClass("progress-bar-striped progress-bar-animated", active);
+    $card.find(".task-overlay").toggleClass("d-none", !active);
+    $card.find(".task-overlay-text").text(progress ? progress + " %" : t("status." + task.status));
+    const output = task.status === "succeeded" && task.outputs && task.outputs[0];
+    const firstInput = (task.inputs || []).find((i) => i.role === "first");
+    const $poster = $card.find(".task-poster");
+    const $video = $card.find(".task-video");
+    if (output) {
+      $poster.addClass("d-none");
+      if ($video.attr("src") !== output.url) {
+        $video.attr({ poster: output.thumbnail_url || null, src: output.url }).removeClass("d-none");
+      }
+      $card.find(".task-download").attr("href", S.downloadUrl(output.url)).removeClass("d-none");
+    } else {
+      const poster = firstInput ? S.inputUrl(firstInput) : null;
+      $poster.toggleClass("d-none", !poster);
+      if (poster && $poster.attr("src") !== poster) {
+        $poster.attr("src", poster);
+      }
+      $card.find(".task-media").toggleClass("no-picture", !poster);
+      $card.find(".task-download").addClass("d-none");
+    }
+    $card.find(".task-cancel").toggleClass("d-none", !active || task.status === "downloading");
+    const error = task.status === "failed" && task.error;
+    $card.find(".task-error").toggleClass("d-none", !error).text(error ? error.message : "");
+    $card.find(".task-note").toggleClass("d-none", !task.cancel_note).text(task.cancel_note || "");
+    $card.toggleClass("is-active", active).attr("data-status", task.status);
+  }
+
+  // The elapsed time of running tasks ticks every second without asking the server.
+  setInterval(() => {
+    Object.keys(cards).forEach((id) => {
+      const entry = cards[id];
+      if (S.isActive(entry.task)) {
+        entry.$card.find(".task-elapsed").text(S.elapsed(entry.task));
+      }
+    });
+  }, 1000);
+
+  function loadRecent() {
+    S.api({ url: S.url("tasks"), data: { kind: "video", limit: 3 }, scope: $results.parent() })
+      .then((page) => {
+        $results.find(".results-loading").remove();
+        page.tasks.forEach((task) => addCard(task, false));
+        $empty.toggleClass("d-none", page.tasks.length > 0 || Object.keys(cards).length > 0);
+      }, () => $results.find(".results-loading").remove());
+  }
+
+  // ---- prefill: ?image=<studio media url> or ?from=<task id> ------------------------------
+
+  function studioMedia(value) {
+    try {
+      const target = new URL(value, window.location.href);
+      return target.origin === window.location.origin && target.pathname.indexOf("/media/") === 0
+        ? target.pathname + target.search : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function prefillFromTask(id) {
+    S.api({ url: S.url("task", id), scope: $form }).then((task) => {
+      if (task.kind !== "video") {
+        return;
+      }
+      const p = task.params || {};
+      preferred = { mode: p.mode, duration: p.duration, camera: p.camera, aspect_ratio: p.aspect_ratio, cfg_scale: p.cfg_scale };
+      $prompt.val(p.prompt || "");
+      $negative.val(p.negative_prompt || "");
+      if (!picker.select(task.provider, task.model)) {
+        refresh();
+      }
+      const saved = Object.assign({}, preferred);
+      (task.inputs || []).forEach((input) => {
+        const zone = input.role === "first" ? first : input.role === "tail" ? tail : null;
+        if (zone) {
+          zone.takeUrl(S.inputUrl(input)).then(() => {
+            preferred = Object.assign({}, saved);
+            refresh();
+          });
+        }
+      });
+      S.toast(t("filled_from_task", { id: task.id }), "secondary");
+    });
+  }
+
+  S.capabilities().then((caps) => {
+    picker = S.providerPicker($form, "video", caps, () => refresh());
+    if (!model()) {
+      S.showError({ field: "provider", message: t("no_models") }, $form);
+      return;
+    }
+    refresh();
+    $submit.prop("disabled", false);
+    $form.attr("aria-busy", "false");
+    const image = studioMedia(S.queryParam("image") || "");
+    if (image) {
+      first.takeUrl(image);
+    }
+    const from = S.queryParam("from");
+    if (from) {
+      prefillFromTask(from);
+    }
+  }, (error) => S.showError(error, $form));
+
+  loadRecent();
+});

@@ -1,0 +1,120 @@
+"""Helpers for the browser tests: the studio on a real port with its pipeline running, and
+Debian's Chromium (/usr/bin/chromium, installed by scripts/ensure-chromium) driven by Playwright.
+"""
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+
+from werkzeug.serving import make_server
+
+import task_query
+from tasks import TERMINAL
+
+log = logging.getLogger(__name__)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+PIPELINE_PAUSE = 0.2        # seconds between pipeline rounds
+
+
+class LiveStudio:
+    """A studio app served by werkzeug on 127.0.0.1:<free port>, with the pipeline jobs run in a
+    background thread (pausable, so a test can hold a task in `queued`)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.store = app.extensions["task_store"]
+        self.providers = app.extensions["providers"]
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.base_url = f"http://127.0.0.1:{self._server.server_port}"
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._round = threading.Lock()
+        self._threads = [threading.Thread(target=self._server.serve_forever, name="studio-http", daemon=True),
+                         threading.Thread(target=self._pipeline, name="studio-pipeline", daemon=True)]
+
+    def start(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def url(self, path):
+        return self.base_url + path
+
+    def _pipeline(self):
+        while not self._stop.is_set():
+            if not self._paused.is_set():
+                with self._round:
+                    try:
+                        task_query.dispatch(self.store, self.providers)
+                        task_query.poll(self.store, self.providers)
+                        task_query.download(self.store, self.providers)
+                    except Exception:   # keep the loop alive; the test that waits will fail
+                        log.exception("pipeline round failed")
+            self._stop.wait(PIPELINE_PAUSE)
+
+    @contextmanager
+    def paused(self):
+        """Hold the pipeline (after its current round) so new tasks stay queued."""
+        self._paused.set()
+        with self._round:
+            pass
+        try:
+            yield
+        finally:
+            self._paused.clear()
+
+    def wait_for(self, task_id, statuses=TERMINAL, timeout=60):
+        """The task once it reaches one of `statuses`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.store.get(task_id)
+            if task and task["status"] in statuses:
+                return task
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} stuck in {self.store.get(task_id)['status']}")
+
+    def stop(self):
+        self._stop.set()
+        self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._server.server_close()
+        for provider in self.providers.values():
+            close = getattr(provider, "close", None)
+            if close:
+                close()
+
+
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+class PageProblems:
+    """Console errors, uncaught exceptions and dialogs (alert/confirm) of one page."""
+
+    def __init__(self, page):
+        self.items = []
+        self.dialogs = []
+        self._allowed = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.items.append(f"uncaught: {exc}"))
+        page.on("dialog", self._dialog)
+
+    def _console(self, message):
+        if message.type == "error":
+            self.items.append(f"console: {message.text}")
+
+    def _dialog(self, dialog):
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def allow(self, fragment):
+        """Expect console errors containing `fragment` (e.g. a 422 the test provokes)."""
+        self._allowed.append(fragment)
+
+    def unexpected(self):
+        return [item for item in self.items if not any(f in item for f in self._allowed)] + self.dialogs
