@@ -38,7 +38,7 @@ DEFAULTS = {
 ENV_NAMES = (
     "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
     "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
-    "READY_MIN_FREE_MB",
+    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE",
     "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
     "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
 )
@@ -63,6 +63,8 @@ def create_app(config=None):
         app.config[name] = int(app.config[name])
     for name in ("POLL_INTERVAL_SECONDS", "HTTP_TIMEOUT_SECONDS"):
         app.config[name] = float(app.config[name])
+    # Behind HTTPS, set SESSION_COOKIE_SECURE=1 so the session cookie never travels in clear.
+    app.config["SESSION_COOKIE_SECURE"] = str(app.config.get("SESSION_COOKIE_SECURE", "")).lower() in ("1", "true", "yes")
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,7 @@ def create_app(config=None):
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
     _configure_logging(app)
 
+    import auth
     import health
     import i18n
     import image_generate
@@ -85,6 +88,7 @@ def create_app(config=None):
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
     i18n.init_app(app)
+    auth.init_app(app)
     _register_error_handlers(app)
 
     @app.get("/api/capabilities")

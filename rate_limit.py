@@ -17,8 +17,9 @@ class RateLimiter:
         self.lock_path = Path(data_dir) / "ratelimits.lock"
         self.clock = clock
 
-    def hit(self, key, limit, window):
-        """Count one event for `key`; returns None if allowed, else the seconds until it would be."""
+    def hit(self, key, limit, window, record=True):
+        """Count one event for `key` (only check, with record=False); returns None if allowed,
+        else the seconds until it would be."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -32,6 +33,8 @@ class RateLimiter:
             recent = [t for t in windows.get(key, []) if now - t < window]
             if len(recent) >= limit:
                 return max(1, int(window - (now - recent[0])) + 1)
+            if not record:
+                return None
             windows[key] = [*windows.get(key, []), now]
             tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({k: v for k, v in windows.items() if v}))

@@ -63,7 +63,11 @@ def fetch(url, field):
             raise _refuse(field, f"{field}: only http and https URLs are accepted.")
         if parts.username or parts.password:
             raise _refuse(field, f"{field}: URLs with credentials are not accepted.")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValidationError(f"{field}: the URL's port is not a number.", code="invalid_url",
+                                  field=field) from None
         address = _public_address(parts.hostname, port, field)
         response = _get(parts, address, port, field)
         try:

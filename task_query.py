@@ -17,6 +17,7 @@ from datetime import timedelta
 import requests
 from flask import Blueprint, current_app, render_template, request, send_from_directory
 
+import access
 import downloads
 import tasks
 from errors import Conflict, NotFound, ProviderError, SubmitOutcomeUnknown, ValidationError
@@ -319,10 +320,7 @@ def _store():
 
 
 def _task_or_404(task_id):
-    task = _store().get(task_id)
-    if task is None:
-        raise NotFound(f"No task '{task_id}'.")
-    return task
+    return access.task_or_404(_store(), task_id)
 
 
 @bp.get("/tasks")
@@ -345,7 +343,8 @@ def list_tasks():
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", 50, 1, 200)
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
-                                text=args.get("q") or None, offset=offset, limit=limit)
+                                text=args.get("q") or None, owner=access.visible_owner(), offset=offset,
+                                limit=limit)
     return {"tasks": page, "total": total, "offset": offset, "limit": limit}
 
 
@@ -394,6 +393,7 @@ def retry_task(task_id):
     if provider is None or not provider.configured():
         raise ValidationError(f"Provider '{old['provider']}' is not configured.",
                               code="provider_not_configured", field="provider")
+    access.check_quota(_store(), old["kind"], int(old["params"].get("n") or 1))
     record = tasks.create_task(
         _store(), current_app.config["DATA_DIR"], kind=old["kind"], provider=old["provider"],
         model=old["model"], params=old["params"], images={i["role"]: i for i in old["inputs"]},
@@ -415,7 +415,9 @@ def delete_task(task_id):
 @bp.get("/media/<path:subpath>")
 def media_file(subpath):
     """Serve a task's pictures and results (with HTTP Range for seeking)."""
-    if subpath.split("/", 1)[0] not in ("inputs", "outputs") or subpath.endswith(".part"):
+    parts = subpath.split("/")
+    if len(parts) < 3 or parts[0] not in ("inputs", "outputs") or subpath.endswith(".part"):
         raise NotFound("No such file.")
+    _task_or_404(parts[1])          # the task's owner (or the admin) only
     return send_from_directory(current_app.config["DATA_DIR"], subpath, conditional=True,
                                as_attachment=request.args.get("download") == "1", max_age=3600)

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import media
+import access
 import tasks
 from errors import ValidationError
 from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
@@ -105,10 +106,12 @@ def generate():
     """Queue a video task: 202 {"task_id", "status"}."""
     req = parse_body(VideoRequest)
     provider, model, params = check_video_request(req)
+    store = current_app.extensions["task_store"]
+    access.check_quota(store, "video", 1)
     images = decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
     record = tasks.create_task(
-        current_app.extensions["task_store"], current_app.config["DATA_DIR"], kind="video",
-        provider=provider.name, model=model["id"], params=params, images=images)
+        store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
+        params=params, images=images, owner=access.owner_id())
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

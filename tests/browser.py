@@ -3,10 +3,12 @@ Debian's Chromium (/usr/bin/chromium, installed by scripts/ensure-chromium) driv
 """
 
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
 
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 import task_query
@@ -43,6 +45,20 @@ class LiveStudio:
 
     def url(self, path):
         return self.base_url + path
+
+    def sign_in(self, context, username="admin", password=None):
+        """Give a browser context the session of a user signed in through the login form."""
+        from tests.conftest import ADMIN_PASSWORD
+
+        client = FlaskClient(self.app, self.app.response_class, use_cookies=True)
+        page = client.get("/login").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        resp = client.post("/login", data={"username": username, "password": password or ADMIN_PASSWORD,
+                                           "csrf_token": token})
+        assert resp.status_code == 302, "sign-in failed"
+        context.add_cookies([{"name": "session", "value": client.get_cookie("session").value,
+                              "url": self.base_url}])
+        return context
 
     def _pipeline(self):
         while not self._stop.is_set():

@@ -7,11 +7,34 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from PIL import Image
 
 import task_query
 from app import create_app
 from tasks import utcnow
+
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+ADMIN_KEY = "sk-test-admin-key-0123456789"
+
+
+class AdminClient(FlaskClient):
+    """A test client that calls as the admin, with the API key from API_KEYS (no CSRF needed)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environ_base.setdefault("HTTP_AUTHORIZATION", f"Bearer {ADMIN_KEY}")
+
+
+@pytest.fixture(autouse=True)
+def signed_in_as_admin(monkeypatch):
+    """Login is always on: every app a test builds knows the admin key and password, and its test
+    clients call as the admin unless a test asks for an anonymous FlaskClient itself."""
+    monkeypatch.setenv("API_KEYS", ADMIN_KEY)
+    monkeypatch.setenv("ADMIN_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.setattr(Flask, "test_client_class", AdminClient)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import av
 import requests
 
 from app import create_app
-from tests.conftest import b64, picture
+from tests.conftest import ADMIN_KEY, b64, picture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,23 +41,25 @@ def test_python_app_py_turns_a_picture_into_a_playable_video(tmp_path):
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {ADMIN_KEY}"      # a script's way in
     try:
         def up():
             try:
-                return requests.get(base + "/api/capabilities", timeout=1).ok
+                return http.get(base + "/api/capabilities", timeout=1).ok
             except requests.ConnectionError:
                 return False
         wait_for(up, 30, "the studio to start")
-        resp = requests.post(base + "/generate", json={"image": b64(picture()), "prompt": "zoom in"}, timeout=10)
+        resp = http.post(base + "/generate", json={"image": b64(picture()), "prompt": "zoom in"}, timeout=10)
         assert resp.status_code == 202
         task_id = resp.json()["task_id"]
 
         def finished():
-            task = requests.get(f"{base}/api/tasks/{task_id}", timeout=5).json()
+            task = http.get(f"{base}/api/tasks/{task_id}", timeout=5).json()
             return task if task["status"] in ("succeeded", "failed") else None
         task = wait_for(finished, 90, "the task to finish")
         assert task["status"] == "succeeded", task["error"]
-        video = requests.get(base + task["outputs"][0]["url"], timeout=10)
+        video = http.get(base + task["outputs"][0]["url"], timeout=10)
         assert video.headers["Content-Type"] == "video/mp4"
         with av.open(io.BytesIO(video.content)) as container:
             assert container.streams.video[0].codec_context.name == "h264"

@@ -23,7 +23,7 @@ from playwright.sync_api import expect, sync_playwright
 from app import create_app
 from tasks import iso, new_task_id, utcnow
 from tests.browser import LiveStudio, PageProblems, launch_chromium
-from tests.conftest import b64, picture
+from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -130,7 +130,8 @@ def studio(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DATA_DIR", raising=False)
         mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test"})
+        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
+                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD})
 
     @app.after_request
     def strict_csp(response):
@@ -158,7 +159,7 @@ def open_page(browser, studio):
     opened = []
 
     def open_(path, width=1280, height=800, locale="en-US", before=None):
-        context = browser.new_context(viewport={"width": width, "height": height}, locale=locale)
+        context = studio.sign_in(browser.new_context(viewport={"width": width, "height": height}, locale=locale))
         context.set_default_timeout(15_000)
         page = context.new_page()
         problems = PageProblems(page)
@@ -329,25 +330,22 @@ def test_errors_are_shown_next_to_their_field(open_page, pictures):
     expect(page.locator("#video-form .form-alerts .alert")).to_contain_text("did not answer")
 
 
-def test_api_calls_carry_the_csrf_token_when_the_page_has_one(open_page, studio, pictures):
-    # Login and CSRF protection come later; the pages already send the token they are given.
-    studio.app.jinja_env.globals["csrf_token"] = lambda: "token-123"
-    try:
-        page, _ = open_page("/")
-        expect(page.locator('meta[name="csrf-token"]')).to_have_attribute("content", "token-123")
-        expect(page.locator("#video-form")).to_have_attribute("aria-busy", "false")
-        page.set_input_files("#image-file", pictures["first"])
-        expect(page.locator('[data-field="image"] .dropzone')).to_have_class(re.compile("has-picture"))
-        with page.expect_request("**/generate") as sent:
-            page.click("#video-form .submit-button")
-        assert sent.value.headers["x-csrftoken"] == "token-123"
-        assert sent.value.headers["content-type"] == "application/json"
-        body = json.loads(sent.value.post_data)
-        assert body["image"].startswith("data:image/png;base64,") and body["provider"] == "local"
-        expect(page.locator("#video-results .task-card").first).to_have_attribute("data-status", "succeeded",
-                                                                                   timeout=LONG)
-    finally:
-        del studio.app.jinja_env.globals["csrf_token"]
+def test_api_calls_carry_the_sessions_csrf_token(open_page, studio, pictures):
+    page, _ = open_page("/")
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    assert token
+    expect(page.locator("#video-form")).to_have_attribute("aria-busy", "false")
+    page.set_input_files("#image-file", pictures["first"])
+    expect(page.locator('[data-field="image"] .dropzone')).to_have_class(re.compile("has-picture"))
+    with page.expect_response("**/generate") as answered:
+        page.click("#video-form .submit-button")
+    sent = answered.value.request
+    assert sent.headers["x-csrftoken"] == token and answered.value.status == 202     # the server took it
+    assert sent.headers["content-type"] == "application/json"
+    body = json.loads(sent.post_data)
+    assert body["image"].startswith("data:image/png;base64,") and body["provider"] == "local"
+    expect(page.locator("#video-results .task-card").first).to_have_attribute("data-status", "succeeded",
+                                                                               timeout=LONG)
 
 
 def test_images_then_make_a_video_prefills_the_first_frame(open_page, pictures):
@@ -502,7 +500,8 @@ def crowded_studio(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DATA_DIR", raising=False)
         mp.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test"})
+        app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test",
+                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD})
     start = utcnow() - timedelta(days=30)
     records = []
     for i in range(10_000):
@@ -527,7 +526,7 @@ def test_tasks_page_pages_through_10k_tasks(browser, crowded_studio):
     assert first["total"] == 10_000 and len(first["tasks"]) == 20
     assert first["tasks"][0]["params"]["prompt"] == "crowd task number 9999"
 
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+    context = crowded_studio.sign_in(browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US"))
     try:
         page = context.new_page()
         problems = PageProblems(page)
@@ -550,6 +549,61 @@ def test_tasks_page_pages_through_10k_tasks(browser, crowded_studio):
         context.close()
 
 
+# ---- signing in ---------------------------------------------------------------------------
+
+def test_sign_in_through_the_login_page_and_out_again(browser, studio):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+    try:
+        page = context.new_page()
+        problems = PageProblems(page)
+        page.goto(studio.url("/tasks"))
+        expect(page).to_have_url(re.compile(r"/login\?next=/tasks"))
+        page.fill("#username", "admin")
+        page.fill("#password", "not the password")
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
+        page.fill("#username", "admin")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("#login-form button[type=submit]")
+        expect(page).to_have_url(studio.url("/tasks"))
+        expect(page.locator("h1")).to_have_text("Tasks")
+        page.click("#user-menu")
+        page.click("#sign-out")
+        expect(page).to_have_url(studio.url("/login"))
+        page.goto(studio.url("/"))
+        expect(page).to_have_url(re.compile(r"/login"))
+        problems.allow("401")           # the wrong password answers 401, which Chromium logs
+        assert problems.unexpected() == []
+    finally:
+        context.close()
+
+
+def test_account_page_makes_a_key_once_and_adds_a_user(open_page, studio):
+    page, problems = open_page("/account")
+    page.fill("#key-name", "render script")
+    page.click("#key-form button[type=submit]")
+    key = page.locator("#new-key-value")
+    expect(key).to_have_text(re.compile(r"^sk-studio-"))
+    made = key.inner_text()
+    expect(page.locator("#key-list tr")).to_have_count(1)
+    expect(page.locator("#key-list")).not_to_contain_text(made)         # listed only by its hint
+    assert studio.app.test_client().get("/api/me", headers={"Authorization": f"Bearer {made}"}).status_code == 200
+    page.fill("#new-username", "<b>x</b>")
+    page.fill("#new-password", "long enough")
+    page.click("#user-form button[type=submit]")
+    expect(page.locator('#user-form [data-field="username"] .alert')).to_be_visible()   # refused next to the field
+    page.fill("#new-username", "carol")
+    page.fill("#new-images", "5")
+    page.click("#user-form button[type=submit]")
+    expect(page.locator("#user-list")).to_contain_text("carol")
+    row = page.locator("#key-list tr").first
+    row.locator("button").click()
+    row.locator("button").click()                                           # the second click deletes
+    expect(page.locator("#no-keys")).to_be_visible()
+    problems.allow("400")
+    assert problems.unexpected() == []
+
+
 # ---- screenshots: last, so the pages show the work of the tests above ------------------------
 
 SIZES = [(1280, 800), (390, 844)]
@@ -563,7 +617,7 @@ def wait_for_media(page):
         page.wait_for_timeout(1500)     # the spinner fades out slowly
 
 
-def test_screenshots_of_every_page(open_page, studio):
+def test_screenshots_of_every_page(browser, open_page, studio):
     for kind, fields in (("video", {"prompt": "gentle zoom in over the valley"}),
                          ("image", {"prompt": "soft painterly look", "n": 3, "aspect_ratio": "4:3"})):
         studio.wait_for(make_task(studio, kind, **fields))
@@ -571,7 +625,8 @@ def test_screenshots_of_every_page(open_page, studio):
     for width, height in SIZES:
         for name, path, ready in (("video", "/", "#video-results .task-card"),
                                   ("images", "/images", "#image-results .image-card"),
-                                  ("tasks", "/tasks", "#task-list .task-row")):
+                                  ("tasks", "/tasks", "#task-list .task-row"),
+                                  ("account", "/account", "#key-form")):
             page, problems = open_page(path, width, height)
             expect(page.locator(ready).first).to_be_visible()
             page.wait_for_load_state("networkidle")
@@ -580,6 +635,12 @@ def test_screenshots_of_every_page(open_page, studio):
             page.screenshot(path=ARTIFACTS / f"{name}-{width}x{height}-full.png", full_page=True,
                             animations="disabled")
             assert problems.unexpected() == []
+    for width, height in SIZES:
+        login_context = browser.new_context(viewport={"width": width, "height": height}, locale="en-US")
+        page = login_context.new_page()
+        page.goto(studio.url("/login"))
+        page.screenshot(path=ARTIFACTS / f"login-{width}x{height}.png", animations="disabled")
+        login_context.close()
     page, _ = open_page("/", 1280, 800, locale="zh-CN")
     expect(page.locator("#video-results .task-card").first).to_be_visible()
     page.wait_for_load_state("networkidle")

@@ -9,12 +9,14 @@ from pathlib import Path
 import requests
 
 from task_store import TaskStore
-from tests.conftest import b64, picture
+from tests.conftest import ADMIN_KEY, b64, picture
 from tests.fakes.kling import Server
 from tests.test_app import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 AK, SK = "AK" + "r" * 30, "SK" + "r" * 30
+HTTP = requests.Session()
+HTTP.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
 
 
 class Studio:
@@ -75,12 +77,12 @@ def test_sigkill_restarts_resume_every_task_and_submit_each_once(tmp_path):
         fake.inject("download", "error", "error", "error")   # some results linger in "downloading"
         ids = []
         for i in range(8):
-            resp = requests.post(studio.base + "/generate", timeout=10, json={
+            resp = HTTP.post(studio.base + "/generate", timeout=10, json={
                 "provider": "kling", "model_name": "kling-v1-6", "image": b64(picture(seed=i)),
                 "prompt": f"task {i}", "duration": "5", "mode": "std"})
             assert resp.status_code == 202
             ids.append(resp.json()["task_id"])
-        local = requests.post(studio.base + "/generate", json={"image": b64(picture())}, timeout=10).json()["task_id"]
+        local = HTTP.post(studio.base + "/generate", json={"image": b64(picture())}, timeout=10).json()["task_id"]
 
         # Kill the studio while tasks are queued and in flight, then again while results are
         # being saved, restarting it on the same data dir each time.
@@ -100,7 +102,7 @@ def test_sigkill_restarts_resume_every_task_and_submit_each_once(tmp_path):
         assert all(final[i] == "succeeded" for i in [*ids, local]), final
         assert dict(fake.submissions) == {task_id: 1 for task_id in ids}   # none was ever sent twice
         for task_id in ids:
-            task = requests.get(f"{studio.base}/api/tasks/{task_id}", timeout=5).json()
+            task = HTTP.get(f"{studio.base}/api/tasks/{task_id}", timeout=5).json()
             for out in task["outputs"]:
                 assert (data_dir / out["path"]).stat().st_size == out["bytes"]
     finally:
