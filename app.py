@@ -64,7 +64,8 @@ def create_app(config=None):
     for name in ("POLL_INTERVAL_SECONDS", "HTTP_TIMEOUT_SECONDS"):
         app.config[name] = float(app.config[name])
     # Behind HTTPS, set SESSION_COOKIE_SECURE=1 so the session cookie never travels in clear.
-    app.config["SESSION_COOKIE_SECURE"] = str(app.config.get("SESSION_COOKIE_SECURE", "")).lower() in ("1", "true", "yes")
+    secure = str(app.config.get("SESSION_COOKIE_SECURE", "")).lower()
+    app.config["SESSION_COOKIE_SECURE"] = secure in ("1", "true", "yes")
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

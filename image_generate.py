@@ -8,8 +8,8 @@ its reference picture and a queued task and answers 202 at once.
 from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-import media
 import access
+import media
 import tasks
 from errors import ValidationError
 from validation import check_prompts, choose, decode_images, parse_body, provider_and_model

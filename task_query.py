@@ -22,8 +22,20 @@ import downloads
 import tasks
 from errors import Conflict, NotFound, ProviderError, SubmitOutcomeUnknown, ValidationError
 from providers import base
-from tasks import (ACTIVE, CANCELLED, DOWNLOADING, FAILED, QUEUED, RUNNING, SUBMITTED, SUCCEEDED,
-                   TERMINAL, iso, parse_iso, utcnow)
+from tasks import (
+    ACTIVE,
+    CANCELLED,
+    DOWNLOADING,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUBMITTED,
+    SUCCEEDED,
+    TERMINAL,
+    iso,
+    parse_iso,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("task_query", __name__)
@@ -277,7 +289,7 @@ def download(store, providers, clock=utcnow):
             _download_problem(store, task, outputs, exc, now)
             continue
 
-        def finished(record):
+        def finished(record, outputs=outputs, now=now):
             if record["status"] != DOWNLOADING:
                 return
             record.update(outputs=outputs, status=SUCCEEDED, finished_at=iso(now), download_error=None,

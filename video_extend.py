@@ -8,8 +8,8 @@ existing scripts keep working. A good request stores its pictures and a queued t
 from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-import media
 import access
+import media
 import tasks
 from errors import ValidationError
 from validation import check_prompts, choose, decode_images, parse_body, provider_and_model

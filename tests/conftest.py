@@ -15,7 +15,6 @@ import task_query
 from app import create_app
 from tasks import utcnow
 
-
 ADMIN_PASSWORD = "admin-password-for-tests"
 ADMIN_KEY = "sk-test-admin-key-0123456789"
 
@@ -84,7 +83,7 @@ def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeo
     rounds = 0
     while time.monotonic() < deadline:
         rounds += 1
-        clock = (lambda: utcnow() + timedelta(minutes=10 * rounds)) if skip_waits else utcnow
+        clock = (lambda ahead=timedelta(minutes=10 * rounds): utcnow() + ahead) if skip_waits else utcnow
         task_query.dispatch(store, providers, clock)
         task_query.poll(store, providers, clock)
         task_query.download(store, providers, clock)

@@ -240,7 +240,8 @@ def test_stuck_task_times_out_and_a_late_success_is_still_saved(app, client, mon
     step = 0
     while store.get(task_id)["status"] != "succeeded" and utcnow() < deadline:
         step += 1
-        clock = (lambda s=step: later + timedelta(minutes=6 * s))
+        def clock(s=step):
+            return later + timedelta(minutes=6 * s)
         task_query.poll(store, providers, clock=clock)
         task_query.download(store, providers, clock=clock)
         time.sleep(0.1)
