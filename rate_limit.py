@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,9 +18,9 @@ class RateLimiter:
         self.lock_path = Path(data_dir) / "ratelimits.lock"
         self.clock = clock
 
-    def hit(self, key, limit, window, record=True):
-        """Count one event for `key` (only check, with record=False); returns None if allowed,
-        else the seconds until it would be."""
+    @contextmanager
+    def _windows(self):
+        """The stored windows under the lock; the dict left behind is written back atomically."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -27,34 +28,31 @@ class RateLimiter:
                 windows = json.loads(self.path.read_text())
             except (FileNotFoundError, ValueError):
                 windows = {}
-            now = self.clock()
-            # Forget every event older than the longest window in use (an hour).
-            windows = {k: [t for t in v if now - t < 3600] for k, v in windows.items()}
-            recent = [t for t in windows.get(key, []) if now - t < window]
-            if len(recent) >= limit:
-                return max(1, int(window - (now - recent[0])) + 1)
-            if not record:
-                return None
-            windows[key] = [*windows.get(key, []), now]
-            tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({k: v for k, v in windows.items() if v}))
-            os.replace(tmp, self.path)
-            return None
-        finally:
-            os.close(fd)
-
-    def clear(self, key):
-        """Forget a key's events (a successful login clears its failures)."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                windows = json.loads(self.path.read_text())
-            except (FileNotFoundError, ValueError):
-                return
-            if windows.pop(key, None) is not None:
+            before = json.dumps(windows)
+            yield windows
+            if json.dumps(windows) != before:
                 tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(windows))
+                tmp.write_text(json.dumps({k: v for k, v in windows.items() if v}))
                 os.replace(tmp, self.path)
         finally:
             os.close(fd)
+
+    def hit(self, key, limit, window, record=True):
+        """Count one event for `key` (only check, with record=False); returns None if allowed,
+        else the seconds until it would be."""
+        with self._windows() as windows:
+            now = self.clock()
+            # Forget every event older than the longest window in use (an hour).
+            for name in list(windows):
+                windows[name] = [t for t in windows[name] if now - t < 3600]
+            recent = [t for t in windows.get(key, []) if now - t < window]
+            if len(recent) >= limit:
+                return max(1, int(window - (now - recent[0])) + 1)
+            if record:
+                windows[key] = [*windows.get(key, []), now]
+            return None
+
+    def clear(self, key):
+        """Forget a key's events (a successful login clears its failures)."""
+        with self._windows() as windows:
+            windows.pop(key, None)

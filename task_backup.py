@@ -23,6 +23,8 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from task_store import TaskStore, fsync_dir
+
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^tasks-(\d{8}T\d{6}Z)\.jsonl\.gz$")
@@ -83,7 +85,7 @@ def take_backup(store, backup_dir, now=None):
             os.fsync(f.fileno())
         read_backup(part)                   # verify before it counts as a backup
         os.replace(part, dest)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     log.info("backup %s: %d tasks", dest.name, count)
     return dest
 
@@ -118,8 +120,6 @@ def newest_good_backup(backup_dir):
 
 def restore(store_dir, backup_dir, path):
     """Replace the task store with a backup's records, after a safety backup of the current one."""
-    from task_store import TaskStore
-
     records = read_backup(path)
     store = TaskStore(store_dir, check=False)
     # The safety copy is the raw log, byte for byte: if the store is damaged, every readable
@@ -138,14 +138,6 @@ def backup_job(backup_dir, keep):
         take_backup(store, backup_dir)
         prune(backup_dir, keep)
     return backup
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main(argv=None):

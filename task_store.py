@@ -226,7 +226,7 @@ class TaskStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self.unreadable = 0
         self._reload()
 
@@ -381,7 +381,8 @@ def _now_iso():
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """Make a rename or new file in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
