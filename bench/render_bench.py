@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from the repository or from anywhere else
 
-from providers.local import render_images, render_video  # noqa: E402
+from providers.local_render import render_images, render_video  # noqa: E402
 
 CLIP_SECONDS = 5
 BUDGET_SECONDS = 90  # later measurements are skipped rather than overrun the 2-minute promise

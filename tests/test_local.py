@@ -1,4 +1,4 @@
-"""Tests for providers/local.py: the camera-move renderer, the image looks and the provider lifecycle."""
+"""Tests for providers/local.py and local_render.py: the camera-move renderer, the image looks and the provider lifecycle."""
 
 import json
 import os
@@ -12,9 +12,10 @@ import pytest
 
 import media
 from errors import ProviderRejected
-from providers import local
+from providers import local_render
 from providers.base import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
-from providers.local import LocalProvider, camera_from_prompt, render_images, render_video
+from providers.local import LocalProvider
+from providers.local_render import camera_from_prompt, render_images, render_video
 
 # ---- pictures and clips
 
@@ -157,7 +158,7 @@ def test_ten_second_clip_has_240_frames(tmp_path):
 def test_render_video_stops_when_asked(tmp_path):
     first = write_picture(tmp_path / "first.png")
     seen = []
-    with pytest.raises(local.RenderCancelled):
+    with pytest.raises(local_render.RenderCancelled):
         render_video(first, tmp_path / "clip.mp4", progress=lambda done, total: seen.append(done),
                      should_stop=lambda: len(seen) >= 10)
     assert seen == list(range(1, 11))
@@ -175,13 +176,13 @@ def test_images_have_the_asked_count_aspect_and_looks(tmp_path):
     assert all(p.shape == (320, 427, 3) for p in pictures)
     for i in range(9):
         for j in range(i + 1, 9):
-            assert mean_abs_diff(pictures[i], pictures[j]) > 1.0, (local.LOOKS[i], local.LOOKS[j])
+            assert mean_abs_diff(pictures[i], pictures[j]) > 1.0, (local_render.LOOKS[i], local_render.LOOKS[j])
 
 
 def test_more_variations_than_looks_is_refused(tmp_path):
     reference = write_picture(tmp_path / "ref.png", 480, 320)
     with pytest.raises(ValueError):
-        render_images(reference, tmp_path / "out", n=len(local.LOOKS) + 1)
+        render_images(reference, tmp_path / "out", n=len(local_render.LOOKS) + 1)
 
 
 def test_fidelity_one_gives_the_centre_crop(tmp_path):
@@ -247,7 +248,7 @@ def wait_for(engine, task, states, deadline=30.0, min_progress=0):
 def paused_renders(monkeypatch):
     """Make renders stop after their 5th frame until `.set()` is called (never longer than 20 s)."""
     gate = threading.Event()
-    real_render = local.render_video
+    real_render = local_render.render_video
 
     def render_with_pause(*args, progress=None, **kwargs):
         def progress_then_pause(done, total):
@@ -256,7 +257,7 @@ def paused_renders(monkeypatch):
                 gate.wait(20)
         return real_render(*args, progress=progress_then_pause, **kwargs)
 
-    monkeypatch.setattr(local, "render_video", render_with_pause)
+    monkeypatch.setattr(local_render, "render_video", render_with_pause)
     yield gate
     gate.set()
 
