@@ -1,4 +1,4 @@
-"""Tests for providers/local.py and local_render.py: the camera-move renderer, the image looks and the provider lifecycle."""
+"""Tests for the local engine (providers/local.py, local_render.py): renders, looks, provider lifecycle."""
 
 import json
 import os
