@@ -8,6 +8,7 @@ given to `create_app` (tests). `python app.py` serves the studio on APP_HOST:APP
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -153,6 +154,22 @@ def _configure_logging(app):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # APScheduler logs every run of every job at INFO: once a second per job is noise.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for name in ("werkzeug", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactLoginLinks) for f in logger.filters):
+            logger.addFilter(_RedactLoginLinks())
+
+
+class _RedactLoginLinks(logging.Filter):
+    """Access logs show request paths; a one-time login link's token must not be kept in them."""
+
+    pattern = re.compile(r"/login/[A-Za-z0-9_-]+")
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "/login/" in message:
+            record.msg, record.args = self.pattern.sub("/login/[redacted]", message), ()
+        return True
 
 
 def _register_error_handlers(app):
