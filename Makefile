@@ -29,3 +29,4 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) bench/store_bench.py
 	$(PY) bench/render_bench.py
+	$(PY) bench/poll_bench.py

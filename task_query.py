@@ -44,7 +44,7 @@ POLL_WORKERS = 16                # bounded: polls are I/O-bound; providers' quer
 LATE_CHECK_WINDOW = timedelta(hours=24)     # how long a timed-out task is still looked at
 LATE_CHECK_INTERVAL = timedelta(minutes=5)
 MAX_BACKOFF_SECONDS = 300
-MAX_DOWNLOAD_PROBLEMS = 12       # for links with no known expiry: about an hour of tries
+MAX_DOWNLOAD_PROBLEMS = 12       # for refused links, or links of unknown expiry: about an hour of tries
 MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
 
 
