@@ -11,12 +11,7 @@ from datetime import UTC, datetime, timedelta
 from flask import g
 
 import tasks
-from errors import AppError, NotFound
-
-
-class QuotaExceeded(AppError):
-    status = 429
-    code = "quota_exceeded"
+from errors import NotFound, QuotaExceeded
 
 
 def current_user():

@@ -16,7 +16,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from accounts import ADMIN, Accounts
-from errors import AppError, NotFound, ValidationError
+from errors import Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
 from rate_limit import RateLimiter
 
 bp = Blueprint("auth", __name__)
@@ -29,25 +29,6 @@ GENERATING_ENDPOINTS = {"video_extend.generate", "image_generate.generate_image"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "media-src 'self' blob:; connect-src 'self'; font-src 'self' data:; object-src 'none'; "
        "base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
-
-
-class LoginRequired(AppError):
-    status = 401
-    code = "login_required"
-
-
-class Forbidden(AppError):
-    status = 403
-    code = "forbidden"
-
-
-class RateLimited(AppError):
-    status = 429
-    code = "rate_limited"
-
-    def __init__(self, message, retry_after):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def init_app(app):

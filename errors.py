@@ -40,6 +40,36 @@ class PayloadTooLarge(ValidationError):
     code = "payload_too_large"
 
 
+class LoginRequired(AppError):
+    """No session and no valid API key."""
+
+    status = 401
+    code = "login_required"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(AppError):
+    """Too many attempts; `retry_after` seconds until the next one is allowed."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(AppError):
+    """A user's daily images/videos limit is reached."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
 class NotFound(AppError):
     status = 404
     code = "not_found"
