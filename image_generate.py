@@ -110,10 +110,4 @@ def generate_image():
 @bp.get("/images")
 def page():
     """The images page; its form is built in the browser from /api/capabilities."""
-    return render_template("images.html", image_limits=_image_limits())
-
-
-def _image_limits():
-    """The upload checks of media.py, handed to the page so it can check pictures before sending."""
-    return {"max_bytes": media.MAX_IMAGE_BYTES, "max_pixels": media.MAX_PIXELS,
-            "min_side": media.MIN_SIDE, "max_aspect": media.MAX_ASPECT}
+    return render_template("images.html", image_limits=media.image_limits())

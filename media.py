@@ -97,6 +97,11 @@ def sniff_format(head):
     return None
 
 
+def image_limits():
+    """The upload checks below, handed to the pages so they can check pictures before sending."""
+    return {"max_bytes": MAX_IMAGE_BYTES, "max_pixels": MAX_PIXELS, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT}
+
+
 def decode_image(data, field, *, label=None):
     """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`."""
     label = label or _FIELD_LABELS.get(field, field)

@@ -119,10 +119,4 @@ def generate():
 @bp.get("/index.html", endpoint="page_index")
 def page():
     """The video page; its form is built in the browser from /api/capabilities."""
-    return render_template("index.html", image_limits=_image_limits())
-
-
-def _image_limits():
-    """The upload checks of media.py, handed to the page so it can check pictures before sending."""
-    return {"max_bytes": media.MAX_IMAGE_BYTES, "max_pixels": media.MAX_PIXELS,
-            "min_side": media.MIN_SIDE, "max_aspect": media.MAX_ASPECT}
+    return render_template("index.html", image_limits=media.image_limits())
