@@ -33,10 +33,10 @@ import io
 import logging
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageOps
 
+import downloads
 import media
 from errors import (
     ProviderAuthError,
@@ -368,10 +368,8 @@ def _prompts_of(entry):
 
 def _expiry(url):
     """When a result URL stops working: its signed OSS `Expires` (Unix seconds), at most 24 h away."""
-    latest = datetime.now(UTC) + RESULT_LIFETIME
-    value = parse_qs(urlsplit(url).query).get("Expires", [""])[0]
-    moment = min(latest, datetime.fromtimestamp(int(value), UTC)) if value.isdigit() else latest
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    latest = (datetime.now(UTC) + RESULT_LIFETIME).isoformat()
+    return downloads.link_expiry(url, latest).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error_fields(response):
