@@ -230,6 +230,39 @@ window.Studio = (function ($) {
   }
 
   /**
+   * The generate forms' submit: check in the browser first (the server stays the judge), send,
+   * then hand the new task to `show`, which returns the element to scroll to on narrow screens.
+   * options: {$form, $submit, endpoint, ready, check, payload, show}.
+   */
+  function submitTask(options) {
+    const $form = options.$form;
+    $form.on("submit", (event) => {
+      event.preventDefault();
+      if (!options.ready()) {
+        return;
+      }
+      clearErrors($form);
+      const problem = options.check();
+      if (problem) {
+        showError(problem, $form);
+        return;
+      }
+      busy(options.$submit, true);
+      api({ url: url(options.endpoint), method: "POST", data: options.payload(), scope: $form })
+        .then((answer) => {
+          toast(t("queued_toast"), "success");
+          return getTask(answer.task_id, false).then((task) => {
+            const element = options.show(task);
+            if (window.innerWidth < 992) {
+              element.scrollIntoView({ behavior: "smooth", block: "center" });
+            }
+          });
+        })
+        .always(() => busy(options.$submit, false));
+    });
+  }
+
+  /**
    * Poll a task until it finishes, calling onUpdate(task) after every answer.
    * Returns a function that stops watching.
    */
@@ -577,7 +610,7 @@ window.Studio = (function ($) {
     fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
     isActive: isActive, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
-    getTask: getTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
+    getTask: getTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
     segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue, dropzone: dropzone,
     queryParam: queryParam, ACTIVE: ACTIVE,
   };

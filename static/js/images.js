@@ -172,29 +172,12 @@ $(function () {
     return body;
   }
 
-  $form.on("submit", (event) => {
-    event.preventDefault();
-    if (!model()) {
-      return;
-    }
-    S.clearErrors($form);
-    const problem = check();
-    if (problem) {
-      S.showError(problem, $form);
-      return;
-    }
-    S.busy($submit, true);
-    S.api({ url: S.url("generate_image"), method: "POST", data: payload(), scope: $form })
-      .then((answer) => {
-        S.toast(t("queued_toast"), "success");
-        return S.getTask(answer.task_id, false).then((task) => {
-          addGroup(task, true);
-          if (window.innerWidth < 992) {
-            groups[task.id].$group.children().first()[0].scrollIntoView({ behavior: "smooth", block: "center" });
-          }
-        });
-      })
-      .always(() => S.busy($submit, false));
+  S.submitTask({
+    $form: $form, $submit: $submit, endpoint: "generate_image", ready: model, check: check, payload: payload,
+    show: (task) => {
+      addGroup(task, true);
+      return groups[task.id].$group.children().first()[0];
+    },
   });
 
   // ---- the results grid -------------------------------------------------------------------

@@ -216,29 +216,12 @@ $(function () {
     return body;
   }
 
-  $form.on("submit", (event) => {
-    event.preventDefault();
-    if (!model()) {
-      return;
-    }
-    S.clearErrors($form);
-    const problem = check();
-    if (problem) {
-      S.showError(problem, $form);
-      return;
-    }
-    S.busy($submit, true);
-    S.api({ url: S.url("generate_video"), method: "POST", data: payload(), scope: $form })
-      .then((answer) => {
-        S.toast(t("queued_toast"), "success");
-        return S.getTask(answer.task_id, false).then((task) => {
-          addCard(task, true);
-          if (window.innerWidth < 992) {
-            cards[task.id].$card[0].scrollIntoView({ behavior: "smooth", block: "center" });
-          }
-        });
-      })
-      .always(() => S.busy($submit, false));
+  S.submitTask({
+    $form: $form, $submit: $submit, endpoint: "generate_video", ready: model, check: check, payload: payload,
+    show: (task) => {
+      addCard(task, true);
+      return cards[task.id].$card[0];
+    },
   });
 
   // ---- task cards ------------------------------------------------------------------------
