@@ -116,15 +116,19 @@ def _open_store(data_dir, backup_dir):
     from task_backup import newest_good_backup
     from task_store import StoreCorrupt, TaskStore
 
-    problem = None
-    if not (data_dir / "tasks.jsonl").exists() and newest_good_backup(backup_dir):
-        problem = f"{data_dir / 'tasks.jsonl'} is missing"
-    else:
+    store_file = data_dir / "tasks.jsonl"
+    backup = None
+    if store_file.exists():
         try:
             return TaskStore(data_dir)
         except StoreCorrupt as exc:
             problem = str(exc)
-    backup = newest_good_backup(backup_dir)
+    else:
+        backup = newest_good_backup(backup_dir)
+        if backup is None:
+            return TaskStore(data_dir)          # a new studio
+        problem = f"{store_file} is missing"
+    backup = backup or newest_good_backup(backup_dir)
     advice = (f"The newest good backup is {backup}; restore it with: python task_backup.py restore {backup}"
               if backup else "No good backup was found; repair the file by hand.")
     raise StartupRefused(f"Refusing to start: {problem}. {advice}")

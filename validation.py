@@ -12,7 +12,6 @@ from flask import current_app, request
 import media
 import safe_fetch
 from errors import ProviderNotConfigured, ValidationError
-from providers import find_model
 
 # Pydantic error types that mean "the value is of the right kind but not allowed".
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than",
@@ -47,14 +46,12 @@ def provider_and_model(provider_id, model_id, kind):
         raise ProviderNotConfigured(
             f"Provider '{provider_id}' is not configured: set its API keys in the environment or .env.",
             field="provider")
-    capabilities = provider.capabilities()
-    kind_models = [m["id"] for m in capabilities["models"] if m["kind"] == kind]
     # Kling uses one id for a video and an image model (kling-v1 ...): look the id up among this kind.
-    model = find_model({"models": [m for m in capabilities["models"] if m["kind"] == kind]},
-                       model_id or kind_models[0])
+    models = {m["id"]: m for m in provider.capabilities()["models"] if m["kind"] == kind}
+    model = models.get(model_id or next(iter(models)))
     if model is None:
         raise ValidationError(
-            f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(kind_models)}.",
+            f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(models)}.",
             code="unknown_model", field="model_name", status=422)
     return provider, model
 

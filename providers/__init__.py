@@ -43,7 +43,3 @@ def build_providers(config):
     """One instance of every registered provider, keyed by id."""
     return {name: cls(config) for name, cls in PROVIDERS.items()}
 
-
-def find_model(capabilities, model_id):
-    """The model entry with this id in a capability table, or None."""
-    return next((m for m in capabilities["models"] if m["id"] == model_id), None)
