@@ -42,4 +42,3 @@ PROVIDERS = {
 def build_providers(config):
     """One instance of every registered provider, keyed by id."""
     return {name: cls(config) for name, cls in PROVIDERS.items()}
-
