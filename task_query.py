@@ -303,7 +303,8 @@ def _download_problem(store, task, outputs, exc, now):
         message = "The disk is full: free some space. The result is kept at the provider and saved when there is room."
     else:
         message = f"Saving the result failed ({type(exc).__name__}: {exc}); retrying."
-    known_expiry = any(o.get("remote_expires_at") or "Expires=" in (o.get("remote_url") or "") for o in outputs)
+    known_expiry = any(o.get("remote_url") and downloads.link_expiry(o["remote_url"], o.get("remote_expires_at"))
+                       for o in outputs)
     # A link the server keeps refusing (403/404/410) is gone, whatever its stated expiry;
     # network trouble and 5xx are worth retrying until the link expires.
     status = exc.response.status_code if isinstance(exc, requests.HTTPError) and exc.response is not None else 0
