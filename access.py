@@ -1,17 +1,31 @@
 """Who is asking, and what they may see and spend.
 
 `auth.py` identifies the caller (a session or an API key) and leaves the user in `g.user`; the
-feature modules ask here whose tasks a request may touch and whether today's quota allows one
-more. Users see only their own tasks and files; the admin sees everything. A task that is not
-yours answers 404, exactly like one that does not exist.
+feature modules ask here whose tasks a request may touch, and create tasks through
+`create_within_limits`, which holds the user's limits (set by the admin, None = no limit):
+
+- `images_per_day`, `videos_per_day`: counted in the spending ledger (ledger.py), UTC days;
+- `max_duration`: the longest video in seconds; `max_resolution`: the largest output side in
+  pixels, where the model states its output size (`output_side`);
+- `max_in_flight`: tasks not yet finished at once.
+
+Users see only their own tasks and files; the admin sees everything. A task that is not yours
+answers 404, exactly like one that does not exist.
 """
 
+import re
 from datetime import UTC, datetime, timedelta
 
-from flask import g
+from flask import current_app, g
 
 import tasks
-from errors import NotFound, QuotaExceeded
+from errors import NotFound, QuotaExceeded, ValidationError
+
+# Output sizes that the model tables state only in words: a Wan resolution tier ("720P"), a
+# Kling label ("std 720p / pro 1080p", or "(720p)"). Heights, turned into the long side of 16:9.
+_TIER = re.compile(r"(\d{3,4})P$")
+_LABEL_TIERS = re.compile(r"(std|pro)\s+(\d{3,4})p")
+_LABEL_TIER = re.compile(r"\((\d{3,4})p\)")
 
 
 def current_user():
@@ -44,22 +58,77 @@ def task_or_404(store, task_id):
     return task
 
 
-def check_quota(store, kind, count, now=None):
-    """Refuse a new task when it would pass the user's daily videos/images limit (UTC days)."""
+def units(kind, params):
+    """What a task spends of the daily limit: one video, or n images."""
+    return int(params.get("n") or 1) if kind == "image" else 1
+
+
+def output_side(model, params):
+    """The long side in pixels of what a model makes with these settings, when it says so."""
+    mode = str(params.get("mode") or "")
+    tier = _TIER.search(mode.upper())
+    if tier is None:
+        tiers = dict(_LABEL_TIERS.findall(model.get("label", "")))
+        height = tiers.get(mode) or next(iter(_LABEL_TIER.findall(model.get("label", ""))), None)
+    else:
+        height = tier.group(1)
+    return round(int(height) * 16 / 9) if height else None
+
+
+def check_request_limits(kind, model, params, user=None):
+    """Refuse, with a 403 naming the field, a video longer or an output larger than the user's limits."""
+    limits = (user or current_user()).get("limits") or {}
+    duration = params.get("duration")
+    if kind == "video" and limits.get("max_duration") is not None and duration:
+        if int(float(duration)) > limits["max_duration"]:
+            raise ValidationError(f"Your account allows videos of at most {limits['max_duration']} s.",
+                                  code="limit_exceeded", field="duration", status=403)
+    side = output_side(model, params)
+    if limits.get("max_resolution") is not None and side and side > limits["max_resolution"]:
+        raise ValidationError(f"Your account allows results of at most {limits['max_resolution']} px on the long "
+                              f"side; this setting makes {side} px.", code="limit_exceeded",
+                              field="mode" if params.get("mode") else "size", status=403)
+
+
+def usage(user, now=None):
+    """Today's spending against the daily limits, for the account page and /api/me."""
+    ledger = current_app.extensions["ledger"]
+    limits = user.get("limits") or {}
+    result = {}
+    for kind, name in (("image", "images_per_day"), ("video", "videos_per_day")):
+        used = ledger.spent_today(user["id"], kind, now)
+        limit = limits.get(name)
+        result[f"{kind}s"] = {"used": used, "limit": limit, "left": None if limit is None else max(0, limit - used)}
+    return result
+
+
+def create_within_limits(store, kind, params, create, now=None):
+    """Check the caller's daily quota and tasks in flight, create the task and record the spend,
+    all in one step under the ledger lock; returns what `create()` made."""
     user = current_user()
-    limit = (user.get("quota") or {}).get("videos" if kind == "video" else "images")
-    if limit is None:
-        return
-    now = now or datetime.now(UTC)
+    ledger = current_app.extensions["ledger"]
+    limits = user.get("limits") or {}
+    count = units(kind, params)
+    with ledger.locked():
+        now = now or datetime.now(UTC)
+        limit = limits.get(f"{kind}s_per_day")
+        if limit is not None:
+            used = ledger.spent_today(user["id"], kind, now)
+            if used + count > limit:
+                raise _quota_exceeded(kind, limit, used, now)
+        if limits.get("max_in_flight") is not None:
+            _, in_flight = store.list(owner=user["id"], status=list(tasks.ACTIVE), limit=1)
+            if in_flight >= limits["max_in_flight"]:
+                raise QuotaExceeded(f"You have {in_flight} tasks in progress, the most your account allows at once; "
+                                    "wait for one to finish.", code="too_many_in_flight")
+        record = create()
+        ledger.record(user["id"], kind, count, record["id"], now)
+    return record
+
+
+def _quota_exceeded(kind, limit, used, now):
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    since = tasks.new_task_id(midnight)[:18]
-    todays, _ = store.list(owner=user["id"], kind=kind, since=since, limit=10_000)
-    # Tasks that never reached a provider cost nothing and do not count.
-    spent = [t for t in todays if t.get("provider_task_id") or t["status"] not in ("failed", "cancelled")]
-    used = sum(int(t["params"].get("n") or 1) for t in spent) if kind == "image" else len(spent)
-    if used + count > limit:
-        reset = midnight + timedelta(days=1)
-        hours, minutes = divmod(int((reset - now).total_seconds()) // 60, 60)
-        what = "videos" if kind == "video" else "images"
-        raise QuotaExceeded(f"Your daily limit of {limit} {what} is reached ({used} used today). It resets at "
-                            f"00:00 UTC, in {hours} h {minutes} min.")
+    hours, minutes = divmod(int((midnight + timedelta(days=1) - now).total_seconds()) // 60, 60)
+    what = "videos" if kind == "video" else "images"
+    return QuotaExceeded(f"Your daily limit of {limit} {what} is reached ({used} used today). It resets at "
+                         f"00:00 UTC, in {hours} h {minutes} min.")

@@ -1,9 +1,15 @@
-"""Users, their API keys and one-time login links, kept in `DATA_DIR/accounts.json`.
+"""Users, their limits, API keys, sessions and one-time login links, kept in `DATA_DIR/accounts.json`.
 
 A small file rewritten whole under an exclusive lock (atomic replace + fsync), read again by
-every process whenever it changed. Passwords are werkzeug scrypt hashes; API keys and login links
-are random tokens stored only as SHA-256 digests (they are long and random, so a fast hash is
-enough) and shown in full once, when made. Keys from the `API_KEYS` setting act for the admin.
+every process whenever it changed. Passwords are werkzeug scrypt hashes; API keys, session ids
+and login links are random tokens stored only as SHA-256 digests (they are long and random, so a
+fast hash is enough) and shown in full once, when made. Keys from the `API_KEYS` setting act for
+the admin with every scope.
+
+A user's `id` is made once and never reused: tasks, keys, sessions and the spending ledger point
+at it, so a user deleted and made again under the same name starts with nothing of the old one.
+Sessions live here, not only in the signed cookie, so signing out or changing the password ends
+them for real.
 """
 
 import fcntl
@@ -24,22 +30,47 @@ from errors import Conflict, NotFound, ValidationError
 ADMIN = "admin"
 KEY_PREFIX = "sk-studio-"
 LOGIN_LINK_SECONDS = 15 * 60
+SESSION_SECONDS = 14 * 24 * 3600
+SCOPES = ("generate", "read", "admin")
+DEFAULT_SCOPES = ("generate", "read")
+# Per-user limits the admin sets; None means no limit. Daily counts reset at 00:00 UTC.
+LIMITS = ("images_per_day", "videos_per_day", "max_resolution", "max_duration", "max_in_flight")
+MIN_PASSWORD = 10
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash("not a password", method="scrypt")
+_COMMON_PASSWORDS = frozenset(
+    (Path(__file__).with_name("common_passwords.txt")).read_text().split())
 
 
 def digest(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_password_policy(password, username="", field="password"):
+    """Refuse passwords that are short, blank, repetitive, common, or the user name itself."""
+    password = password if isinstance(password, str) else ""
+    problem = None
+    if len(password) < MIN_PASSWORD:
+        problem = f"A password needs at least {MIN_PASSWORD} characters."
+    elif not password.strip():
+        problem = "A password cannot be only spaces."
+    elif len(set(password)) < 4:
+        problem = "A password needs at least 4 different characters."
+    elif password.lower() in _COMMON_PASSWORDS or (username and username.lower() in password.lower()):
+        problem = "This password is too easy to guess (a common password, or the user name): choose another."
+    if problem:
+        raise ValidationError(problem, code="weak_password", field=field, status=422)
+
+
 class Accounts:
-    def __init__(self, data_dir, env_api_keys=""):
+    def __init__(self, data_dir, env_api_keys="", clock=time.time):
         self.path = Path(data_dir) / "accounts.json"
         self.lock_path = Path(data_dir) / "accounts.lock"
         self._env_keys = {digest(k.strip()) for k in str(env_api_keys or "").split(",") if k.strip()}
         self._mutex = threading.Lock()
         self._cache = None
         self._stamp = None
+        self.clock = clock
 
     # ---- storage
 
@@ -47,11 +78,11 @@ class Accounts:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return {"users": {}, "api_keys": [], "login_links": []}
+            return _empty()
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._mutex:
             if stamp != self._stamp:
-                self._cache, self._stamp = json.loads(self.path.read_text()), stamp
+                self._cache, self._stamp = _upgraded(json.loads(self.path.read_text())), stamp
             return json.loads(json.dumps(self._cache))      # callers may not change the cache
 
     @contextmanager
@@ -62,7 +93,7 @@ class Accounts:
             fcntl.flock(fd, fcntl.LOCK_EX)
             data = self._read()
             yield data
-            tmp = self.path.with_name(f"accounts.{os.getpid()}.tmp")
+            tmp = self.path.with_name(f"accounts.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 json.dump(data, f, indent=1)
                 f.flush()
@@ -76,83 +107,144 @@ class Accounts:
     def user(self, user_id):
         return self._read()["users"].get(user_id)
 
+    def user_by_name(self, username):
+        wanted = (username or "").strip().lower() if isinstance(username, str) else ""
+        return next((u for u in self._read()["users"].values() if u["username"] == wanted), None)
+
     def users(self):
         return sorted(self._read()["users"].values(), key=lambda u: u["created_at"])
 
-    def ensure_admin(self, password=None):
+    def ensure_admin(self, password=None, reset=False):
         """Make sure the admin exists. Returns the generated password when one was made, else None.
 
-        With `password` (ADMIN_PASSWORD) the admin's password follows the setting.
+        `password` (ADMIN_PASSWORD) is used only when the admin is first made, so a password
+        changed on the account page stays changed; `reset` (ADMIN_PASSWORD_RESET) applies it again.
         """
+        if password:
+            try:
+                check_password_policy(password, field="ADMIN_PASSWORD")
+            except ValidationError as exc:
+                raise ValueError(f"ADMIN_PASSWORD is refused: {exc.message}") from None
         generated = None
         with self._edit() as data:
             admin = data["users"].get(ADMIN)
             if admin is None:
                 generated = None if password else secrets.token_urlsafe(12)
-                data["users"][ADMIN] = self._new_user(ADMIN, password or generated, "admin", None, None)
-            elif password and not check_password_hash(admin["password_hash"], password):
+                data["users"][ADMIN] = self._new_user(ADMIN, password or generated, "admin", {}, user_id=ADMIN)
+            elif password and reset and not check_password_hash(admin["password_hash"], password):
                 admin["password_hash"] = generate_password_hash(password, method="scrypt")
+                _end_sessions(data, ADMIN)
         return generated
 
-    def create_user(self, username, password, *, role="user", images_per_day=None, videos_per_day=None):
-        username = (username or "").strip().lower()
-        if not username.isascii() or not username.replace("-", "").replace("_", "").isalnum() or len(username) > 32:
+    def create_user(self, username, password, *, role="user", **limits):
+        username = (username or "").strip().lower() if isinstance(username, str) else ""
+        if (not username or not username.isascii() or len(username) > 32
+                or not username.replace("-", "").replace("_", "").isalnum()):
             raise ValidationError("A user name is 1–32 letters, digits, '-' or '_'.", code="invalid_field",
                                   field="username")
-        if len(password or "") < 8:
-            raise ValidationError("A password needs at least 8 characters.", code="invalid_field", field="password")
+        check_password_policy(password, username)
         with self._edit() as data:
-            if username in data["users"]:
+            if any(u["username"] == username for u in data["users"].values()):
                 raise Conflict(f"There is already a user '{username}'.")
-            data["users"][username] = self._new_user(username, password, role, images_per_day, videos_per_day)
-            return _public(data["users"][username])
+            user = self._new_user(username, password, role, limits)
+            data["users"][user["id"]] = user
+            return public(user)
 
     @staticmethod
-    def _new_user(username, password, role, images_per_day, videos_per_day):
-        return {"id": username, "username": username, "role": role, "created_at": time.time(),
-                "password_hash": generate_password_hash(password, method="scrypt"),
-                "quota": {"images": images_per_day, "videos": videos_per_day}}
+    def _new_user(username, password, role, limits, user_id=None):
+        return {"id": user_id or f"u-{secrets.token_hex(8)}", "username": username, "role": role,
+                "created_at": time.time(), "password_hash": generate_password_hash(password, method="scrypt"),
+                "limits": {name: limits.get(name) for name in LIMITS}}
 
-    def set_password(self, user_id, password):
-        if len(password or "") < 8:
-            raise ValidationError("A password needs at least 8 characters.", code="invalid_field",
-                                  field="new_password")
+    def set_limits(self, user_id, limits):
+        """Change some of a user's limits (None removes one)."""
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
                 raise NotFound(f"No user '{user_id}'.")
+            user["limits"].update({k: v for k, v in limits.items() if k in LIMITS})
+            return public(user)
+
+    def set_password(self, user_id, password, *, keep_session=None, revoke_keys=()):
+        """Change a password; every other session of the user ends, and the chosen API keys
+        (ids, or "all") are revoked."""
+        with self._edit() as data:
+            user = data["users"].get(user_id)
+            if user is None:
+                raise NotFound(f"No user '{user_id}'.")
+            check_password_policy(password, user["username"], field="new_password")
             user["password_hash"] = generate_password_hash(password, method="scrypt")
-            return user
+            _end_sessions(data, user_id, keep=digest(keep_session) if keep_session else None)
+            data["api_keys"] = [k for k in data["api_keys"] if not (
+                k["user_id"] == user_id and (revoke_keys == "all" or k["id"] in revoke_keys))]
+            return public(user)
 
     def delete_user(self, user_id):
-        """Remove a user and their API keys; False if there was none. Their tasks stay (the admin sees them)."""
+        """Remove a user, their API keys and sessions; False if there was none. Their tasks stay
+        (the admin sees them) and their id is never given to anyone else."""
         with self._edit() as data:
             if data["users"].pop(user_id, None) is None:
                 return False
             data["api_keys"] = [k for k in data["api_keys"] if k["user_id"] != user_id]
+            _end_sessions(data, user_id)
             return True
 
     def check_password(self, username, password):
         """The user if the password is right, else None (same work either way)."""
-        user = self._read()["users"].get((username or "").strip().lower())
-        ok = check_password_hash(user["password_hash"] if user else _DUMMY_HASH, password or "")
+        user = self.user_by_name(username)
+        password = password if isinstance(password, str) else ""
+        ok = check_password_hash(user["password_hash"] if user else _DUMMY_HASH, password)
         return user if user and ok else None
+
+    # ---- sessions
+
+    def create_session(self, user_id):
+        """A new session id for a signed-in browser (kept only as a digest)."""
+        token = secrets.token_urlsafe(32)
+        with self._edit() as data:
+            now = self.clock()
+            data["sessions"] = {h: s for h, s in data["sessions"].items() if s["expires_at"] > now}
+            data["sessions"][digest(token)] = {"user_id": user_id, "created_at": now,
+                                               "expires_at": now + SESSION_SECONDS}
+        return token
+
+    def session_user(self, token):
+        """The user of a live session, else None."""
+        if not isinstance(token, str) or not token:
+            return None
+        data = self._read()
+        found = data["sessions"].get(digest(token))
+        if found is None or found["expires_at"] <= self.clock():
+            return None
+        return data["users"].get(found["user_id"])
+
+    def end_session(self, token):
+        if isinstance(token, str) and token:
+            with self._edit() as data:
+                data["sessions"].pop(digest(token), None)
 
     # ---- API keys
 
-    def create_api_key(self, user_id, name):
+    def create_api_key(self, user_id, name, scopes=DEFAULT_SCOPES, expires_in_days=None):
         """A new key for the user: (the key, shown once; its public record)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        record = {"id": secrets.token_hex(6), "user_id": user_id, "name": (name or "key").strip()[:60],
-                  "hash": digest(key), "hint": key[:len(KEY_PREFIX) + 4] + "…", "created_at": time.time()}
+        now = time.time()
+        record = {"id": secrets.token_hex(6), "user_id": user_id, "name": (name or "key").strip()[:60] or "key",
+                  "hash": digest(key), "hint": key[:len(KEY_PREFIX) + 4] + "…", "created_at": now,
+                  "scopes": sorted(set(scopes)),
+                  "expires_at": now + expires_in_days * 86400 if expires_in_days else None}
         with self._edit() as data:
-            if user_id not in data["users"]:
+            user = data["users"].get(user_id)
+            if user is None:
                 raise NotFound(f"No user '{user_id}'.")
+            if "admin" in record["scopes"] and user["role"] != "admin":
+                raise ValidationError("Only the admin's keys can have the admin scope.", code="invalid_field",
+                                      field="scopes", status=422)
             data["api_keys"].append(record)
-        return key, _public(record)
+        return key, public(record)
 
     def api_keys(self, user_id):
-        return [_public(k) for k in self._read()["api_keys"] if k["user_id"] == user_id]
+        return [public(k) for k in self._read()["api_keys"] if k["user_id"] == user_id]
 
     def delete_api_key(self, user_id, key_id):
         with self._edit() as data:
@@ -162,15 +254,18 @@ class Accounts:
             data["api_keys"] = kept
 
     def user_for_key(self, key):
-        """The user an API key belongs to, or None."""
+        """(user, scopes) for a valid, unexpired API key, or (None, ())."""
         wanted = digest(key)
         if any(hmac.compare_digest(wanted, env) for env in self._env_keys):
-            return self.user(ADMIN)
+            return self.user(ADMIN), SCOPES
         data = self._read()
         for record in data["api_keys"]:
             if hmac.compare_digest(wanted, record["hash"]):
-                return data["users"].get(record["user_id"])
-        return None
+                if record.get("expires_at") and record["expires_at"] <= time.time():
+                    return None, ()
+                user = data["users"].get(record["user_id"])
+                return (user, tuple(record.get("scopes") or DEFAULT_SCOPES)) if user else (None, ())
+        return None, ()
 
     # ---- one-time login links
 
@@ -193,6 +288,27 @@ class Accounts:
             return data["users"].get(match["user_id"]) if match else None
 
 
-def _public(record):
+def _empty():
+    return {"users": {}, "api_keys": [], "login_links": [], "sessions": {}}
+
+
+def _upgraded(data):
+    """Accounts written by older versions: daily quotas under `quota`, no sessions."""
+    data = {**_empty(), **data}
+    for user in data["users"].values():
+        old = user.pop("quota", None) or {}
+        limits = user.setdefault("limits", {})
+        limits.setdefault("images_per_day", old.get("images"))
+        limits.setdefault("videos_per_day", old.get("videos"))
+        for name in LIMITS:
+            limits.setdefault(name, None)
+    return data
+
+
+def _end_sessions(data, user_id, keep=None):
+    data["sessions"] = {h: s for h, s in data["sessions"].items() if s["user_id"] != user_id or h == keep}
+
+
+def public(record):
     """A record without its secrets (hashes)."""
     return {k: v for k, v in record.items() if k not in ("password_hash", "hash")}

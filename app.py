@@ -39,7 +39,7 @@ DEFAULTS = {
 ENV_NAMES = (
     "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
     "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
-    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE",
+    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE", "TRUSTED_PROXIES", "ADMIN_PASSWORD_RESET",
     "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
     "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
 )
@@ -70,6 +70,7 @@ def create_app(config=None):
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)           # keys, accounts and people's pictures: for the studio's user only
     app.config["DATA_DIR"] = str(data_dir)
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
     _configure_logging(app)
@@ -199,5 +200,6 @@ def _register_error_handlers(app):
 
 
 if __name__ == "__main__":
+    os.umask(0o077)                 # every file the studio writes is private to its user (gunicorn: umask)
     studio = create_app()
     studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)

@@ -99,11 +99,11 @@ def generate_image():
     req = parse_body(ImageRequest)
     provider, model, params = check_image_request(req)
     store = current_app.extensions["task_store"]
-    access.check_quota(store, "image", params["n"])
+    access.check_request_limits("image", model, params)
     images = decode_images({"reference": ("image", req.image)})
-    record = tasks.create_task(
+    record = access.create_within_limits(store, "image", params, lambda: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="image", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id())
+        params=params, images=images, owner=access.owner_id()))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

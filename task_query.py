@@ -393,7 +393,11 @@ def cancel_task(task_id):
         if record.get("provider_task_id"):
             record["cancel_requested"] = True   # the poller asks the provider to stop it
         record.update(status=CANCELLED, finished_at=iso(now))
-    return _store().update(task_id, change)
+    record = _store().update(task_id, change)
+    if not record.get("submit_started_at") and record.get("owner"):
+        # No provider ever saw it, so it cost nothing: its quota comes back.
+        current_app.extensions["ledger"].refund(record["owner"], record["kind"], task_id)
+    return record
 
 
 @bp.post("/api/tasks/<task_id>/retry")
@@ -406,11 +410,13 @@ def retry_task(task_id):
     if provider is None or not provider.configured():
         raise ValidationError(f"Provider '{old['provider']}' is not configured.",
                               code="provider_not_configured", field="provider")
-    access.check_quota(_store(), old["kind"], int(old["params"].get("n") or 1))
-    record = tasks.create_task(
+    model = next((m for m in provider.capabilities()["models"]
+                  if m["id"] == old["model"] and m["kind"] == old["kind"]), {})
+    access.check_request_limits(old["kind"], model, old["params"])
+    record = access.create_within_limits(_store(), old["kind"], old["params"], lambda: tasks.create_task(
         _store(), current_app.config["DATA_DIR"], kind=old["kind"], provider=old["provider"],
         model=old["model"], params=old["params"], images={i["role"]: i for i in old["inputs"]},
-        owner=old.get("owner"), retry_of=old["id"])
+        owner=old.get("owner"), retry_of=old["id"]))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

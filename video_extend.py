@@ -107,11 +107,11 @@ def generate():
     req = parse_body(VideoRequest)
     provider, model, params = check_video_request(req)
     store = current_app.extensions["task_store"]
-    access.check_quota(store, "video", 1)
+    access.check_request_limits("video", model, params)
     images = decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
-    record = tasks.create_task(
+    record = access.create_within_limits(store, "video", params, lambda: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id())
+        params=params, images=images, owner=access.owner_id()))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

@@ -42,7 +42,9 @@ $(function () {
         $list.append($("<tr>").append(
           $("<td>").text(key.name),
           $("<td>").append($("<code>").text(key.hint)),
+          $("<td>", { class: "small" }).text((key.scopes || []).map((s) => S.t("scope_" + s)).join(", ")),
           $("<td>", { class: "small text-secondary" }).text(made(key.created_at)),
+          $("<td>", { class: "small text-secondary" }).text(key.expires_at ? made(key.expires_at) : S.t("never")),
           $("<td>", { class: "text-end" }).append(deleteButton(function () {
             S.api({ url: urls.key.replace("__ID__", encodeURIComponent(key.id)), method: "DELETE",
                     scope: "#keys-card" }).then(function () {
@@ -57,7 +59,9 @@ $(function () {
 
   $("#key-form").on("submit", function (event) {
     event.preventDefault();
-    S.api({ url: urls.keys, method: "POST", data: { name: $("#key-name").val() }, scope: this })
+    const scopes = $(".key-scope:checked").map(function () { return this.value; }).get();
+    S.api({ url: urls.keys, method: "POST", scope: this,
+            data: { name: $("#key-name").val(), scopes: scopes, expires_in_days: number("#key-days") } })
       .then(function (body) {
         $("#new-key-value").text(body.key);
         $("#new-key").removeClass("d-none");
@@ -68,9 +72,7 @@ $(function () {
 
   // ---- users (admin)
 
-  function limit(value) {
-    return value === null || value === undefined ? S.t("no_limit") : S.formatNumber(value);
-  }
+  const LIMITS = ["images_per_day", "videos_per_day", "max_duration", "max_resolution", "max_in_flight"];
 
   function loadUsers() {
     S.api({ url: urls.users, scope: "#users-card" }).then(function (body) {
@@ -86,12 +88,30 @@ $(function () {
             });
           }));
         }
-        $list.append($("<tr>").append(
+        const $row = $("<tr>", { "data-user": user.id }).append(
           $("<td>").text(user.username),
-          $("<td>").text(user.role === "admin" ? S.t("role_admin") : S.t("role_user")),
-          $("<td>").text(limit(user.quota.images)),
-          $("<td>").text(limit(user.quota.videos)),
-          $actions));
+          $("<td>").text(user.role === "admin" ? S.t("role_admin") : S.t("role_user")));
+        LIMITS.forEach(function (name) {
+          $row.append($("<td>").append($("<input>", {
+            class: "form-control form-control-sm limit-input", type: "number", min: 0, step: 1,
+            "data-limit": name, "aria-label": name, placeholder: S.t("no_limit"),
+          }).val(user.limits[name] === null ? "" : user.limits[name])));
+        });
+        $row.append($("<td>", { class: "small text-secondary" }).text(S.t("spent_today", {
+          images: S.formatNumber(user.usage.images.used), videos: S.formatNumber(user.usage.videos.used) })));
+        $actions.prepend($("<button>", { type: "button", class: "btn btn-sm btn-outline-primary me-1 save-limits" })
+          .text(S.t("save")).on("click", function () {
+            const limits = {};
+            $row.find(".limit-input").each(function () {
+              limits[$(this).data("limit")] = this.value === "" ? null : Number(this.value);
+            });
+            S.api({ url: urls.user.replace("__ID__", encodeURIComponent(user.id)), method: "PATCH",
+                    data: limits, scope: "#users-card" }).then(function () {
+              S.toast(S.fmt(S.t("limits_saved"), { name: user.username }), "success");
+              loadUsers();
+            });
+          }));
+        $list.append($row.append($actions));
       });
     });
   }
@@ -107,6 +127,8 @@ $(function () {
     S.api({ url: urls.users, method: "POST", scope: form, data: {
       username: $("#new-username").val(), password: $("#new-password").val(),
       images_per_day: number("#new-images"), videos_per_day: number("#new-videos"),
+      max_duration: number("#new-duration"), max_resolution: number("#new-resolution"),
+      max_in_flight: number("#new-in-flight"),
     } }).then(function (user) {
       form.reset();
       S.toast(S.fmt(S.t("user_added"), { name: user.username }), "success");
@@ -121,9 +143,11 @@ $(function () {
     const form = this;
     S.api({ url: urls.password, method: "POST", scope: form, data: {
       current_password: $("#current-password").val(), new_password: $("#new-password-own").val(),
+      revoke_keys: $("#revoke-keys").is(":checked") ? "all" : null,
     } }).then(function () {
       form.reset();
       S.toast(S.t("password_changed"), "success");
+      loadKeys();
     });
   });
 
