@@ -12,11 +12,9 @@ Sessions live here, not only in the signed cookie, so signing out or changing th
 them for real.
 """
 
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from errors import Conflict, NotFound, ValidationError
+from fileio import atomic_write, locked
 
 ADMIN = "admin"
 KEY_PREFIX = "sk-studio-"
@@ -88,19 +87,10 @@ class Accounts:
     @contextmanager
     def _edit(self):
         """The current data under the lock; what the block leaves in it is written atomically."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.lock_path):
             data = self._read()
             yield data
-            tmp = self.path.with_name(f"accounts.{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            os.close(fd)
+            atomic_write(self.path, json.dumps(data, indent=1))
 
     # ---- users
 

@@ -226,16 +226,16 @@ def _known_device():
 
 def _login_keys(username):
     """The sign-in counters this attempt counts against, with their free tries."""
-    address = request.remote_addr or "?"
-    keys = {f"login-pair:{address}:{username}": LOGIN_FREE_TRIES["pair"],
-            f"login-address:{address}": LOGIN_FREE_TRIES["address"]}
     device, device_user = _known_device()
     known = current_app.extensions["accounts"].user_by_name(username)
     if device and known and device_user == known["id"]:
-        keys[f"login-device:{device}"] = LOGIN_FREE_TRIES["device"]     # the owner's own browser
-    else:
-        keys[f"login-user:{username}"] = LOGIN_FREE_TRIES["user"]
-    return keys
+        # A browser this user signed in with before: whatever a guesser elsewhere did, it is
+        # slowed only by its own failures.
+        return {f"login-device:{device}": LOGIN_FREE_TRIES["device"]}
+    address = request.remote_addr or "?"
+    return {f"login-pair:{address}:{username}": LOGIN_FREE_TRIES["pair"],
+            f"login-address:{address}": LOGIN_FREE_TRIES["address"],
+            f"login-user:{username}": LOGIN_FREE_TRIES["user"]}
 
 
 # ---- pages

@@ -10,12 +10,12 @@ spending and the tasks in flight, runs the create, and records the spend, so par
 (threads or gunicorn workers) can never pass a limit together.
 """
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+from fileio import locked, write_all
 
 
 class Ledger:
@@ -41,14 +41,9 @@ class Ledger:
                 continue            # a torn last line after a crash: that spend was never acknowledged
         return entries
 
-    @contextmanager
     def locked(self):
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        """The ledger's lock: hold it around a check of spending and the spend it allows."""
+        return locked(self.lock_path)
 
     def spent_today(self, user_id, kind, now=None):
         """Units (videos, or images) the user spent today, refunds subtracted."""
@@ -62,9 +57,7 @@ class Ledger:
                            "at": now.astimezone(UTC).isoformat()}) + "\n"
         fd = os.open(self._day_file(now), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            data = line.encode()
-            while data:
-                data = data[os.write(fd, data):]
+            write_all(fd, line.encode())
             os.fsync(fd)
         finally:
             os.close(fd)

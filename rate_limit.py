@@ -11,14 +11,14 @@ handful of tries an hour, while the real owner waits seconds, not a quarter of a
 browser that has signed in before is throttled on its own (see auth.py).
 """
 
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from fileio import atomic_write, locked
 
 FORGET_AFTER = 3600         # seconds after which an event no longer counts
 MAX_DELAY = 900
@@ -42,9 +42,7 @@ class RateLimiter:
     @contextmanager
     def _windows(self):
         """The stored events under the lock, old ones forgotten; what is left is written back."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.lock_path):
             try:
                 windows = json.loads(self.path.read_text())
             except (FileNotFoundError, ValueError):
@@ -54,13 +52,7 @@ class RateLimiter:
             windows = {k: [t for t in v if now - t < FORGET_AFTER] for k, v in windows.items()}
             yield windows, now
             if json.dumps(windows) != before:
-                tmp = self.path.with_name(f"ratelimits.{os.getpid()}.tmp")
-                fd_tmp = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd_tmp, "w") as f:
-                    json.dump({k: v for k, v in windows.items() if v}, f)
-                os.replace(tmp, self.path)
-        finally:
-            os.close(fd)
+                atomic_write(self.path, json.dumps({k: v for k, v in windows.items() if v}))
 
     def hit(self, key, limit, window):
         """Count one event for `key` if fewer than `limit` happened in the last `window` seconds.

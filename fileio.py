@@ -1,0 +1,64 @@
+"""The few ways the studio writes files safely, in one place.
+
+`atomic_write` (temp file in the same folder, fsync, rename, fsync the folder: a reader sees the
+old file or the new one, never half of either, even after a power cut), `fsync_dir`, and
+`locked` (an exclusive `flock` on a lock file, shared by threads and processes alike). Every file
+made here is private to the studio's user (0600). This module imports nothing of the studio, so
+the store, the accounts and the media code can all use it.
+"""
+
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_dir(path):
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd, data):
+    """Write every byte (os.write may write fewer than asked, e.g. on a nearly full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write(path, data, mode=0o600):
+    """Replace `path` with `data` (bytes or str) all at once."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def locked(lock_path):
+    """Hold an exclusive lock on `lock_path` (made if missing) for the block."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
