@@ -56,7 +56,6 @@ LATE_CHECK_INTERVAL = timedelta(minutes=5)
 MAX_BACKOFF_SECONDS = 300
 MAX_DOWNLOAD_PROBLEMS = 12       # for refused links, or links of unknown expiry: about an hour of tries
 MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
-MAX_SUBMIT_ATTEMPTS = 5          # sends of one task (each may be charged if it arrived) before it fails
 MAX_QUERY_PROBLEMS = 30          # failed status checks in a row before a task fails (~2 h at the backoff cap)
 
 
@@ -188,12 +187,6 @@ def _submit(store, provider, task, now):
         else:
             journal.not_created(task_id, provider.name, iso(now))
     if provider_task_id is None:
-        if sent and sent.count >= MAX_SUBMIT_ATTEMPTS:
-            _fail(store, task_id, "submit_gave_up", (
-                f"{_label(provider)} failed {sent.count} submits of this task, so the studio stopped trying. "
-                "Retry the task later."), now)
-            return False
-
         # Record the attempt before sending, so a crash mid-submit is reconciled, not re-sent.
         def mark(record):
             if record["status"] != QUEUED:
@@ -254,8 +247,8 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
         if record["status"] != QUEUED:
             return
         problem = _problem(record, now, code, template)
-        record.update(problem=problem, last_error=problem["message"], **_backoff(record, now, 10 if ambiguous else 15,
-                                                                              retry_after))
+        record.update(problem=problem, last_error=exc.message,
+                      **_backoff(record, now, 10 if ambiguous else 15, retry_after))
         if not ambiguous:
             record["submit_started_at"] = None      # certainly not created: a later try is a fresh submit
         if record["problems"] > MAX_SUBMIT_PROBLEMS or _problem_age(problem, now) > provider.max_running_seconds:
