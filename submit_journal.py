@@ -73,9 +73,12 @@ class SubmitJournal:
 
     def _append(self, entry):
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line        # end a line torn by a crash, so this one stays readable
             written = 0
             while written < len(line):      # a short write is finished, never left torn
                 written += os.write(fd, line[written:])

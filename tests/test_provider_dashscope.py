@@ -626,3 +626,34 @@ def test_official_sdk_errors_and_truncation(fake, sdk):
     cancelled = sdk.ImageSynthesis.cancel(long.output.task_id)
     assert cancelled.status_code == 200 and remote["status"] == "CANCELED"
     assert sdk_wait(sdk.ImageSynthesis.fetch, long.output.task_id).output.task_status == "CANCELED"
+
+
+def test_official_sdk_lists_tasks_like_our_reconcile(app, client, fake, sdk):
+    fake.inject("submit", "created_then_error")
+    ours = drive(app, post_video(client))
+    assert ours["status"] == "succeeded"
+    now = datetime.now(ds.BEIJING)
+    listed = sdk.VideoSynthesis.list(start_time=f"{now - timedelta(hours=1):%Y%m%d%H%M%S}",
+                                     end_time=f"{now + timedelta(minutes=5):%Y%m%d%H%M%S}",
+                                     model_name="wan2.2-i2v-flash", page_no=1, page_size=10)
+    assert listed.status_code == 200
+    assert [entry["task_id"] for entry in listed.output["data"]] == [ours["provider_task_id"]]
+    mine, theirs = fake.list_queries
+    assert set(mine) == set(theirs) == {"start_time", "end_time", "model_name", "page_no", "page_size"}
+    assert mine["model_name"] == theirs["model_name"] and len(mine["start_time"]) == len(theirs["start_time"]) == 14
+
+
+def test_a_restored_task_whose_submit_was_unanswered_is_reconciled_not_sent_again(app, client, fake, tmp_path):
+    """Backup while queued; the submit is created but its answer lost; restore: reconciled, one create."""
+    store = app.extensions["task_store"]
+    task_id = post_video(client)
+    backup = task_backup.take_backup(store, tmp_path / "backups")
+    fake.inject("submit", "created_then_error")
+    task_query.dispatch(store, app.extensions["providers"])
+    assert store.get(task_id)["status"] == "queued" and store.get(task_id)["submit_started_at"]
+    task_backup.restore(app.config["DATA_DIR"], tmp_path / "backups", backup)
+    assert not store.get(task_id).get("submit_started_at")      # the record has forgotten the attempt
+    task = drive(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1 and len(fake.tasks) == 1
+    assert task["provider_task_id"] == next(iter(fake.tasks))

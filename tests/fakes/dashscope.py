@@ -88,6 +88,7 @@ class Server(FakeServer):
         self.hang_seconds = hang_seconds
         self.concurrency_limit = concurrency_limit
         self.calls = []     # (method, path, X-DashScope-Async header or None) of every protocol request
+        self.list_queries = []  # query parameters of every task-list request
         super().__init__(polls_to_finish=polls_to_finish, url_ttl=url_ttl)
 
     def add_routes(self, app):
@@ -284,6 +285,8 @@ class Server(FakeServer):
         if self.take_fault("list") == "server_error":
             return self.error(500, "InternalError", "An internal error has occured, please try again later.")
         args = request.args
+        with self.lock:
+            self.list_queries.append(dict(args))
         try:
             now = time.time()
             end = _beijing_seconds(args["end_time"], "end_time") if args.get("end_time") else now
