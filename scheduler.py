@@ -14,6 +14,7 @@ import threading
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import health
+import janitor
 import task_backup
 import task_query
 
@@ -82,6 +83,7 @@ def start(app):
     scheduler.add_job(as_leader(task_query.poll), "interval", seconds=1, id="poll")
     scheduler.add_job(as_leader(task_query.download), "interval", seconds=1, id="download")
     scheduler.add_job(as_leader(task_query.compact_store), "interval", minutes=10, id="compact")
+    scheduler.add_job(as_leader(janitor.janitor_job), "interval", minutes=30, id="janitor")
     scheduler.add_job(as_leader(task_backup.backup_job(config["BACKUP_DIR"], config["BACKUP_KEEP"])),
                       "interval", minutes=config["BACKUP_INTERVAL_MINUTES"], id="backup")
     scheduler.add_job(as_leader(lambda store, providers: health.beat(config["DATA_DIR"])),

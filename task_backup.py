@@ -1,17 +1,21 @@
-"""Timestamped backups of the task store: take, verify, prune, list, restore.
+"""Timestamped backups of the task store and the accounts: take, verify, prune, list, restore.
 
 A backup is `BACKUP_DIR/tasks-YYYYmmddTHHMMSSZ.jsonl.gz`: the live task records, taken under the
 store's lock (so it is one consistent moment), written to a temporary name, read back and
-checked, then renamed into place. Retention keeps the `BACKUP_KEEP` newest plus the newest of
-each of the last 7 days. Task records hold no secrets (provider keys live only in the
-environment), so neither do backups.
+checked, then renamed into place. Beside it, `accounts-YYYYmmddTHHMMSSZ.json` is a copy of
+`DATA_DIR/accounts.json` (users, password hashes, API key digests) taken under the accounts lock,
+mode 0600, parsed back before it counts. Retention keeps the `BACKUP_KEEP` newest plus the newest
+of each of the last 7 days, and the few newest `pre-restore-*` safety copies. Backups dated in the
+future (a clock that was wrong when they were taken) are never taken for the newest one. Task
+records hold no secrets (provider keys live only in the environment), so neither do task backups.
 
     python task_backup.py list
     python task_backup.py verify FILE
-    python task_backup.py restore FILE     # keeps a safety copy of the current store first
+    python task_backup.py restore FILE [--accounts]   # keeps safety copies of what it replaces
 """
 
 import argparse
+import fcntl
 import gzip
 import json
 import logging
@@ -28,7 +32,11 @@ from task_store import TaskStore, fsync_dir
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^tasks-(\d{8}T\d{6}Z)\.jsonl\.gz$")
+PRE_RESTORE = re.compile(r"^pre-restore-(\d{8}T\d{6}Z)-")
 DAILY_DAYS = 7
+PRE_RESTORE_KEEP = 3            # safety copies of replaced stores kept (each set: tasks, accounts)
+FUTURE_SKEW = timedelta(minutes=5)
+ACCOUNTS = "accounts.json"
 
 
 class BackupError(Exception):
@@ -66,12 +74,67 @@ def read_backup(path):
     return records
 
 
+def accounts_backup(path):
+    """The accounts copy that belongs with a tasks backup."""
+    path = Path(path)
+    return path.with_name(path.name.replace("tasks-", "accounts-", 1).replace(".jsonl.gz", ".json"))
+
+
+def read_accounts(path):
+    """The accounts data in a backup copy; BackupError if it does not parse as accounts."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("users"), dict):
+        raise BackupError(f"{path}: not an accounts file")
+    return data
+
+
+def _accounts_lock(data_dir, mode):
+    fd = os.open(Path(data_dir) / "accounts.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, mode)
+    return fd
+
+
+def _write_private(data, dest):
+    """Write bytes to `dest` atomically, readable by the owner only, fsynced."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)        # whatever the umask or an older file said
+    os.replace(tmp, dest)
+
+
+def _backup_accounts(data_dir, dest):
+    """Copy accounts.json (if there is one) under its lock, verified; returns the copy or None."""
+    source = Path(data_dir) / ACCOUNTS
+    fd = _accounts_lock(data_dir, fcntl.LOCK_SH)       # no account change half-written meanwhile
+    try:
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            return None
+    finally:
+        os.close(fd)
+    _write_private(data, dest)
+    try:
+        read_accounts(dest)
+    except BackupError:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def take_backup(store, backup_dir, now=None):
-    """Snapshot the store into a verified gzip file; returns its path."""
+    """Snapshot the store (and the accounts) into verified files; returns the tasks backup's path."""
     now = now or datetime.now(UTC)
     folder = Path(backup_dir)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"tasks-{now:%Y%m%dT%H%M%SZ}.jsonl.gz"
+    _backup_accounts(store.dir, accounts_backup(dest))     # first: a tasks backup implies its accounts
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         raw = Path(tmp) / "snapshot.jsonl"
         count = store.snapshot(raw)
@@ -91,9 +154,11 @@ def take_backup(store, backup_dir, now=None):
 
 
 def prune(backup_dir, keep, now=None):
-    """Delete backups beyond the `keep` newest, except the newest of each of the last 7 days."""
+    """Delete backups beyond the `keep` newest, except the newest of each of the last 7 days, and
+    safety copies beyond the PRE_RESTORE_KEEP newest. Backups dated in the future are left alone
+    (not counted among the newest, not deleted): the clock may have been wrong, not the backup."""
     now = now or datetime.now(UTC)
-    backups = list_backups(backup_dir)
+    backups = [p for p in list_backups(backup_dir) if backup_time(p) <= now + FUTURE_SKEW]
     kept = set(backups[:keep])
     days = set()
     for path in backups:
@@ -104,12 +169,24 @@ def prune(backup_dir, keep, now=None):
     removed = [p for p in backups if p not in kept]
     for path in removed:
         path.unlink(missing_ok=True)
+        accounts_backup(path).unlink(missing_ok=True)
+    folder = Path(backup_dir)
+    stamps = sorted({m.group(1) for p in folder.glob("pre-restore-*") if (m := PRE_RESTORE.match(p.name))},
+                    reverse=True) if folder.is_dir() else []
+    for stamp in stamps[PRE_RESTORE_KEEP:]:
+        for path in folder.glob(f"pre-restore-{stamp}-*"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
-def newest_good_backup(backup_dir):
-    """The newest backup that verifies, or None."""
+def newest_good_backup(backup_dir, now=None):
+    """The newest backup that verifies and is not dated in the future, or None."""
+    now = now or datetime.now(UTC)
     for path in list_backups(backup_dir):
+        if backup_time(path) > now + FUTURE_SKEW:
+            log.warning("backup %s is dated in the future; not taken for the newest", path.name)
+            continue
         try:
             read_backup(path)
             return path
@@ -118,17 +195,32 @@ def newest_good_backup(backup_dir):
     return None
 
 
-def restore(store_dir, backup_dir, path):
-    """Replace the task store with a backup's records, after a safety backup of the current one."""
+def restore(store_dir, backup_dir, path, accounts=False):
+    """Replace the task store with a backup's records (and, with `accounts`, the users and API
+    keys with the backup's copy), after safety copies of what is replaced."""
     records = read_backup(path)
+    account_data = None
+    if accounts:
+        account_data = read_accounts(accounts_backup(path))     # refuse before anything is replaced
     store = TaskStore(store_dir, check=False)
     # The safety copy is the raw log, byte for byte: if the store is damaged, every readable
     # line is still there to be recovered by hand.
     folder = Path(backup_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    safety = folder / f"pre-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-tasks.jsonl"
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    safety = folder / f"pre-restore-{stamp}-tasks.jsonl"
     shutil.copy2(store.path, safety)
     store.replace_all(records)
+    if account_data is not None:
+        live = Path(store_dir) / ACCOUNTS
+        fd = _accounts_lock(store_dir, fcntl.LOCK_EX)
+        try:
+            if live.exists():
+                _write_private(live.read_bytes(), folder / f"pre-restore-{stamp}-accounts.json")
+            _write_private(json.dumps(account_data, indent=1).encode(), live)
+        finally:
+            os.close(fd)
+        fsync_dir(Path(store_dir))
     return safety, len(records)
 
 
@@ -150,7 +242,10 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list backups, newest first")
     sub.add_parser("verify", help="check that a backup reads back whole").add_argument("file")
-    sub.add_parser("restore", help="replace the task store with a backup").add_argument("file")
+    restore_cmd = sub.add_parser("restore", help="replace the task store with a backup")
+    restore_cmd.add_argument("file")
+    restore_cmd.add_argument("--accounts", action="store_true",
+                             help="also replace the users and API keys with the backup's copy")
     args = parser.parse_args(argv)
     if args.command == "list":
         for path in list_backups(args.backup_dir):
@@ -158,10 +253,14 @@ def main(argv=None):
         return 0
     try:
         if args.command == "verify":
-            print(f"{args.file}: OK, {len(read_backup(args.file))} tasks")
+            count = len(read_backup(args.file))
+            companion = accounts_backup(args.file)
+            users = f", {len(read_accounts(companion)['users'])} users" if companion.exists() else ""
+            print(f"{args.file}: OK, {count} tasks{users}")
         else:
-            safety, count = restore(args.data_dir, args.backup_dir, args.file)
-            print(f"restored {count} tasks from {args.file}; the previous store is kept in {safety}")
+            safety, count = restore(args.data_dir, args.backup_dir, args.file, accounts=args.accounts)
+            also = " and the accounts" if args.accounts else ""
+            print(f"restored {count} tasks{also} from {args.file}; the previous store is kept in {safety}")
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

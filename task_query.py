@@ -19,8 +19,18 @@ from flask import Blueprint, current_app, render_template, request, send_from_di
 
 import access
 import downloads
+import submit_journal
 import tasks
-from errors import Conflict, NotFound, ProviderError, SubmitOutcomeUnknown, ValidationError
+from errors import (
+    AppError,
+    Conflict,
+    NotFound,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderRateLimited,
+    SubmitOutcomeUnknown,
+    ValidationError,
+)
 from providers import base
 from tasks import (
     ACTIVE,
@@ -46,6 +56,7 @@ LATE_CHECK_INTERVAL = timedelta(minutes=5)
 MAX_BACKOFF_SECONDS = 300
 MAX_DOWNLOAD_PROBLEMS = 12       # for refused links, or links of unknown expiry: about an hour of tries
 MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
+MAX_QUERY_PROBLEMS = 30          # failed status checks in a row before a task fails (~2 h at the backoff cap)
 
 
 # ---- pipeline -------------------------------------------------------------------------------
@@ -62,14 +73,57 @@ def _backoff(task, now, base_seconds, retry_after=None):
     return {"problems": problems, "next_check_at": iso(now + timedelta(seconds=delay))}
 
 
-def _fail(store, task_id, code, message, now):
+def _fail(store, task_id, code, message, now, late_check=False):
+    """End a task with an error. With `late_check` the provider may still have the work: the
+    poller keeps looking for a day (querying it, or reconciling when its id is unknown)."""
     def change(record):
         if record["status"] in TERMINAL:
             return
-        record.update(status=FAILED, finished_at=iso(now), error={"code": code, "message": message,
-                                                                  "retryable": False})
+        record.update(status=FAILED, finished_at=iso(now), problem=None, error={
+            "code": code, "message": message, "retryable": False})
+        if late_check:
+            record.update(late_check_until=iso(now + LATE_CHECK_WINDOW), next_check_at=iso(now + LATE_CHECK_INTERVAL))
     store.update(task_id, change)
     log.info("task %s failed: %s", task_id, code)
+
+
+def _label(provider):
+    """The provider's human name (from its capability table), for messages users read."""
+    label = getattr(provider, "label", None)
+    if not label:
+        try:
+            label = provider.capabilities().get("label")
+        except Exception:       # a capability table that cannot be built must not hide the problem
+            label = None
+    return label or provider.name
+
+
+def _problem(record, now, code, template):
+    """The task's latest problem. `since` stays while the same problem goes on; the message says
+    it in the studio's words (never a provider's raw answer, URL or key)."""
+    old = record.get("problem") or {}
+    since = old.get("since") if old.get("code") == code and old.get("since") else iso(now)
+    return {"code": code, "since": since, "message": template.format(since=f"{parse_iso(since):%H:%M} UTC")}
+
+
+def _problem_text(label, exc, submitting):
+    """(code, message template) for a provider call that failed; `{since}` is filled in later."""
+    if isinstance(exc, SubmitOutcomeUnknown):
+        return exc.code, (f"{label} did not confirm the submit (since {{since}}); checking whether it arrived "
+                          "before sending anything again.")
+    if isinstance(exc, ProviderRateLimited):
+        return exc.code, f"{label} has been busy (rate limited) since {{since}}; trying again later."
+    if isinstance(exc, ProviderBadResponse):
+        return exc.code, f"{label} has answered with unreadable replies since {{since}}; still checking."
+    if isinstance(exc, ProviderError) and not exc.retryable:
+        return exc.code, (f"{label} has refused the studio's {'submit' if submitting else 'status checks'} "
+                          f"since {{since}} ({exc.code}); still trying.")
+    return "provider_unreachable", f"{label} has not answered since {{since}}; still checking."
+
+
+def _problem_age(problem, now):
+    since = parse_iso((problem or {}).get("since"))
+    return (now - since).total_seconds() if since else 0
 
 
 def dispatch(store, providers, clock=utcnow):
@@ -98,21 +152,40 @@ def dispatch(store, providers, clock=utcnow):
 
 
 def _submit(store, provider, task, now):
-    """Submit one task; True if it is now in flight at the provider."""
+    """Submit one task; True if it is now in flight at the provider.
+
+    The submit journal (submit_journal.py) is asked first: a task it knows was sent is adopted
+    (id known) or reconciled (outcome unknown), never sent again, even when the task record came
+    back from a backup as if it had never left.
+    """
     task_id = task["id"]
+    journal = submit_journal.for_dir(store.dir)
+    missing = _missing_inputs(store.dir, task)
+    if missing:
+        _fail(store, task_id, "input_missing", _input_missing_message(missing), now)
+        return False
     provider_task_id = None
-    if task.get("submit_started_at"):
+    sent = journal.lookup(task_id)
+    if sent and sent.provider_task_id:
+        provider_task_id = sent.provider_task_id
+        log.info("task %s: the submit journal has %s task %s; adopting it", task_id, provider.name, provider_task_id)
+    elif task.get("submit_started_at") or (sent and sent.open):
+        if not task.get("submit_started_at"):
+            task = store.update(task_id, {"submit_started_at": sent.last_at})   # the window to reconcile in
         # An earlier submit may have reached the provider before we lost track of it.
         try:
             provider_task_id = provider.reconcile(task)
         except SubmitOutcomeUnknown as exc:
-            _fail(store, task_id, exc.code, exc.message, now)
+            _fail(store, task_id, exc.code, exc.message, now, late_check=True)
             return False
         except ProviderError as exc:
-            store.update(task_id, _backoff(task, now, 10, getattr(exc, "retry_after", None)))
+            _submit_problem(store, provider, task, exc, now, ambiguous=True)
             return False
         if provider_task_id:
+            journal.created(task_id, provider.name, iso(now), provider_task_id)
             log.info("task %s reconciled with %s task %s", task_id, provider.name, provider_task_id)
+        else:
+            journal.not_created(task_id, provider.name, iso(now))
     if provider_task_id is None:
         # Record the attempt before sending, so a crash mid-submit is reconciled, not re-sent.
         def mark(record):
@@ -123,37 +196,85 @@ def _submit(store, provider, task, now):
             task = store.update(task_id, mark)
         except Conflict:
             return False
+        journal.sent(task_id, provider.name, iso(now))
         try:
             provider_task_id = provider.submit(task)
-        except SubmitOutcomeUnknown:
+        except SubmitOutcomeUnknown as exc:
             log.warning("task %s: submit outcome unknown; will reconcile", task_id)
-            store.update(task_id, _backoff(task, now, 10))
+            _submit_problem(store, provider, task, exc, now, ambiguous=True)
             return False
         except ProviderError as exc:
             # Any other submit error guarantees nothing was created (providers/base.py), so a
             # retryable one (rate limit, provider down) keeps the task queued for a while.
-            if exc.retryable and task.get("problems", 0) < MAX_SUBMIT_PROBLEMS:
-                store.update(task_id, {"submit_started_at": None, "last_error": exc.message,
-                                       **_backoff(task, now, 15, getattr(exc, "retry_after", None))})
+            journal.not_created(task_id, provider.name, iso(now))
+            if exc.retryable:
+                _submit_problem(store, provider, task, exc, now, ambiguous=False)
                 log.info("task %s: %s refused for now (%s); retrying later", task_id, provider.name, exc.code)
             else:
                 _fail(store, task_id, exc.code, exc.message, now)
+            return False
+        except FileNotFoundError:
+            # The picture vanished between the check above and the read: nothing was sent.
+            journal.not_created(task_id, provider.name, iso(now))
+            _fail(store, task_id, "input_missing", _input_missing_message(_missing_inputs(store.dir, task)), now)
             return False
         except Exception:
             log.exception("task %s: submit crashed", task_id)
             _fail(store, task_id, "submit_failed", "The submit failed unexpectedly; see the server log.", now)
             return False
+        journal.created(task_id, provider.name, iso(now), provider_task_id)
 
     def submitted(record):
-        record.update(provider_task_id=provider_task_id, submitted_at=iso(now), problems=0,
-                      next_check_at=None, last_error=None)
+        record.update(provider_task_id=provider_task_id, submitted_at=record.get("submitted_at") or iso(now),
+                      problems=0, next_check_at=None, last_error=None, problem=None)
         if record["status"] == CANCELLED:
             record["cancel_requested"] = True     # cancelled while sending: stop it at the provider
-        else:
+        elif record["status"] == QUEUED:
             record["status"] = SUBMITTED
     store.update(task_id, submitted)
     log.info("task %s submitted to %s as %s", task_id, provider.name, provider_task_id)
     return True
+
+
+def _submit_problem(store, provider, task, exc, now, *, ambiguous):
+    """A submit (or its reconcile) went wrong in a way worth another try: show it on the task, back
+    off, and end the task once the retry cap or the running-time limit is reached."""
+    label = _label(provider)
+    code, template = _problem_text(label, exc, submitting=True)
+    retry_after = getattr(exc, "retry_after", None)
+
+    def change(record):
+        if record["status"] != QUEUED:
+            return
+        problem = _problem(record, now, code, template)
+        record.update(problem=problem, last_error=exc.message,
+                      **_backoff(record, now, 10 if ambiguous else 15, retry_after))
+        if not ambiguous:
+            record["submit_started_at"] = None      # certainly not created: a later try is a fresh submit
+        if record["problems"] > MAX_SUBMIT_PROBLEMS or _problem_age(problem, now) > provider.max_running_seconds:
+            message = (f"{label} kept failing since {parse_iso(problem['since']):%H:%M} UTC ({record['problems']} "
+                       "tries), so the studio stopped trying.")
+            if ambiguous:
+                message += (f" A try may have reached {label}: the studio keeps checking for a day and saves the "
+                            "result if it turns up.")
+            record.update(status=FAILED, finished_at=iso(now), problem=None, error={
+                "code": "provider_unreachable" if code == "provider_unreachable" else "submit_gave_up",
+                "message": message, "retryable": False})
+            if ambiguous:
+                record.update(late_check_until=iso(now + LATE_CHECK_WINDOW),
+                              next_check_at=iso(now + LATE_CHECK_INTERVAL))
+    store.update(task["id"], change)
+
+
+def _missing_inputs(data_dir, task):
+    """Roles of the task's input pictures that are no longer on disk."""
+    return [item["role"] for item in task.get("inputs") or [] if not (data_dir / item["path"]).is_file()]
+
+
+def _input_missing_message(roles):
+    names = {"first": "first frame", "tail": "last frame", "reference": "reference picture"}
+    what = ", ".join(names.get(role, role) for role in roles) or "input picture"
+    return f"The task's {what} is no longer on the studio's disk (deleted?), so it cannot be sent. Create a new task."
 
 
 def poll(store, providers, clock=utcnow):
@@ -187,19 +308,94 @@ def _poll_one(store, providers, task, now):
     if task.get("cancel_requested"):
         _cancel_at_provider(store, provider, task, now)
         return
+    if not task.get("provider_task_id"):
+        _late_reconcile(store, provider, task, now)
+        return
     if provider.query_throttle:
         provider.query_throttle.wait()
     try:
         status = provider.query(task)
-    except ProviderError as exc:
-        log.warning("task %s: %s query failed (%s)", task_id, provider.name, exc.code)
-        store.update(task_id, _backoff(task, now, provider.poll_interval, getattr(exc, "retry_after", None)))
-        return
-    except Exception:
-        log.exception("task %s: %s query crashed", task_id, provider.name)
-        store.update(task_id, _backoff(task, now, provider.poll_interval))
+    except Exception as exc:
+        if isinstance(exc, ProviderError):
+            log.warning("task %s: %s query failed (%s)", task_id, provider.name, exc.code)
+        else:
+            log.exception("task %s: %s query crashed", task_id, provider.name)
+        store.update(task_id, lambda record, exc=exc: _query_problem(record, provider, exc, now))
         return
     store.update(task_id, lambda record: _apply_status(record, status, provider, now))
+
+
+def _query_problem(record, provider, exc, now):
+    """A status query failed: show it on the task and back off; the running-time limit and the
+    retry cap still apply, so a provider that never answers cannot keep a task open forever."""
+    late = record["status"] == FAILED and record.get("late_check_until")
+    if record["status"] not in (SUBMITTED, RUNNING) and not late:
+        return
+    record.update(_backoff(record, now, provider.poll_interval, getattr(exc, "retry_after", None)))
+    if late:
+        _next_late_check(record, now)
+        return
+    label = _label(provider)
+    code, template = _problem_text(label, exc, submitting=False)
+    record["problem"] = problem = _problem(record, now, code, template)
+    if _over_time(record, provider, now):
+        _timed_out(record, provider, now, f"{label} has not given a usable answer since "
+                                          f"{parse_iso(problem['since']):%H:%M} UTC, and ")
+    elif record["problems"] > MAX_QUERY_PROBLEMS:
+        record.update(status=FAILED, finished_at=iso(now), problem=None, late_check_until=iso(now + LATE_CHECK_WINDOW),
+                      next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
+                          "code": "provider_unreachable", "retryable": False,
+                          "message": f"{label} failed {record['problems']} status checks in a row since "
+                                     f"{parse_iso(problem['since']):%H:%M} UTC, so the studio stopped waiting. It "
+                                     "keeps checking for a day and saves the result if it arrives late."})
+
+
+def _late_reconcile(store, provider, task, now):
+    """A task that failed after a submit of unknown outcome has no provider id to query: ask the
+    provider (now and then, for a day) whether the submit arrived after all, and adopt it if so."""
+    journal = submit_journal.for_dir(store.dir)
+    try:
+        found = provider.reconcile(task) if task.get("submit_started_at") else None
+    except ProviderError:
+        found = False           # still unknown: look again later
+
+    def change(record):
+        if record["status"] != FAILED or not record.get("late_check_until") or record.get("provider_task_id"):
+            return
+        if found:
+            record.update(provider_task_id=found, submitted_at=record.get("submitted_at") or iso(now),
+                          next_check_at=None)
+        elif found is None:
+            record.update(late_check_until=None, next_check_at=None)    # certainly not created
+        else:
+            _next_late_check(record, now)
+    store.update(task["id"], change)
+    if found:
+        journal.created(task["id"], provider.name, iso(now), found)
+        log.info("task %s: a late check found %s task %s", task["id"], provider.name, found)
+
+
+def _next_late_check(record, now):
+    record["next_check_at"] = iso(now + LATE_CHECK_INTERVAL)
+    if parse_iso(record["late_check_until"]) <= now:
+        record["late_check_until"] = None       # stop looking; it stays failed
+
+
+def _over_time(record, provider, now):
+    started = parse_iso(record.get("submitted_at")) or now
+    return (now - started).total_seconds() > provider.max_running_seconds
+
+
+def _timed_out(record, provider, now, reason=""):
+    """Fail a task that ran past the provider's limit; `reason` starts the sentence when the
+    provider was not answering either."""
+    minutes = provider.max_running_seconds / 60
+    subject = f"{reason}it" if reason else _label(provider)
+    record.update(status=FAILED, finished_at=iso(now), late_check_until=iso(now + LATE_CHECK_WINDOW), problem=None,
+                  next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
+                      "code": "timeout", "retryable": False,
+                      "message": f"{subject} did not finish within {minutes:.0f} minutes. The studio keeps checking "
+                                 "for a day and saves the result if it arrives late."})
 
 
 def _apply_status(record, status, provider, now):
@@ -207,7 +403,7 @@ def _apply_status(record, status, provider, now):
     late = record["status"] == FAILED and record.get("late_check_until")
     if record["status"] not in (SUBMITTED, RUNNING) and not late:
         return              # cancelled or finished meanwhile
-    record.update(provider_status=status.raw_status, problems=0,
+    record.update(provider_status=status.raw_status, problems=0, problem=None,
                   next_check_at=iso(now + timedelta(seconds=provider.poll_interval)))
     if status.progress is not None:
         record["progress"] = status.progress
@@ -231,20 +427,12 @@ def _apply_status(record, status, provider, now):
     elif status.state == base.CANCELLED:
         record.update(status=CANCELLED, finished_at=iso(now), late_check_until=None)
     elif late:
-        record["next_check_at"] = iso(now + LATE_CHECK_INTERVAL)
-        if parse_iso(record["late_check_until"]) <= now:
-            record["late_check_until"] = None       # stop looking; it stays failed
+        _next_late_check(record, now)
     else:
         if status.state == base.RUNNING:
             record["status"] = RUNNING
-        started = parse_iso(record.get("submitted_at")) or now
-        if (now - started).total_seconds() > provider.max_running_seconds:
-            minutes = provider.max_running_seconds / 60
-            record.update(status=FAILED, finished_at=iso(now), late_check_until=iso(now + LATE_CHECK_WINDOW),
-                          next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
-                              "code": "timeout", "retryable": False,
-                              "message": f"{provider.name} did not finish within {minutes:.0f} minutes. The studio "
-                                         "keeps checking for a day and saves the result if it arrives late."})
+        if _over_time(record, provider, now):
+            _timed_out(record, provider, now)
 
 
 def _output_entry(output):
@@ -410,6 +598,11 @@ def retry_task(task_id):
     if provider is None or not provider.configured():
         raise ValidationError(f"Provider '{old['provider']}' is not configured.",
                               code="provider_not_configured", field="provider")
+    missing = _missing_inputs(_store().dir, old)
+    if missing:
+        # Gone for good: 410 with the task error's code, not a 500 from copying a missing file.
+        raise AppError(_input_missing_message(missing).replace("so it cannot be sent", "so it cannot be retried"),
+                       code="input_missing", status=410)
     model = next((m for m in provider.capabilities()["models"]
                   if m["id"] == old["model"] and m["kind"] == old["kind"]), {})
     access.check_request_limits(old["kind"], model, old["params"])

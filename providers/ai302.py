@@ -80,6 +80,7 @@ class WanVia302(DashScopeProvider):
 
     name = NAME
     key_setting = "AI302_API_KEY"
+    lists_tasks = False     # 302's account is shared and its pass-through of the task list unverified
 
     def api_key(self):
         return self.config.get("AI302_API_KEY")

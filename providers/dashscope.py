@@ -21,8 +21,9 @@ the result URLs, which (like the task id) live 24 h. Decisions worth knowing:
 - `Throttling.AllocationQuota` (the quota allocated for the period is used up) is treated as a rate
   limit with a long backoff: it recovers by itself, and the pipeline fails the task after repeated
   refusals anyway.
-- DashScope tasks carry no client id, so a submit whose answer was lost cannot be matched to a
-  task there: `reconcile` says so instead of guessing.
+- DashScope tasks carry no client id, so a submit whose answer was lost is matched through the
+  batch task query by model and time window: exactly one unclaimed candidate is adopted, anything
+  else is reported as unknown with the console hint, never guessed.
 
 Base URL, auth headers and the async header sit behind small methods and the model tables are
 module data, so a proxy that speaks the same protocol (302.ai's `/aliyun/api/v1`) can reuse this class.
@@ -32,12 +33,13 @@ import base64
 import io
 import logging
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from PIL import Image, ImageOps
 
 import downloads
 import media
+import submit_journal
 from errors import (
     ProviderAuthError,
     ProviderBadResponse,
@@ -90,6 +92,10 @@ AUTH_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied"}
 BILLING_CODES = {"Arrearage", "PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased",
                  "AllocationQuota.FreeTierOnly"}
 ALLOCATION_QUOTA_BACKOFF = 60           # seconds before trying again after Throttling.AllocationQuota
+BEIJING = timezone(timedelta(hours=8))  # DashScope's timestamps and task-list filters are Beijing time
+RECONCILE_SLACK = timedelta(seconds=60)  # clock skew between us and DashScope, either way
+LIST_PAGE_SIZE = 50
+LIST_MAX_PAGES = 4
 
 
 def model_table():
@@ -124,6 +130,7 @@ class DashScopeProvider(Provider):
     max_concurrency = 2
     query_rate = 20         # documented: about 20 status queries a second per account
     prompt_extend = False
+    lists_tasks = True      # the batch task query is there to reconcile lost submits with
 
     # ---- what a proxy of the same protocol overrides
 
@@ -215,11 +222,62 @@ class DashScopeProvider(Provider):
         raise self._error(response, creating=False)
 
     def reconcile(self, task):
-        """DashScope tasks carry no id of ours, so a lost submit cannot be matched reliably."""
+        """After a submit whose answer was lost: DashScope's id for it, from the batch task query.
+
+        DashScope tasks carry no id of ours, so the task is found by what is known: the model and
+        the moment it was sent. `GET /tasks/?start_time=&end_time=&model_name=&page_no=&page_size=`
+        (Model Studio "Manage asynchronous tasks", batch query; PROVIDERS.md §3.6; the official SDK's
+        `VideoSynthesis.list` sends the same parameters) lists the account's tasks in a window of at
+        most 24 h given as `YYYYMMDDhhmmss`, read as Beijing time like the service's own timestamps,
+        in pages of `data` entries with `task_id`, `model_name` and `status` (`total` counts them
+        all). Exactly one candidate that no other studio task already owns (per the submit journal)
+        is adopted; none or several leave the outcome unknown, with the console hint.
+        """
+        if not self.lists_tasks:
+            raise SubmitOutcomeUnknown(
+                f"The submit to {self.name} got no usable answer, and DashScope tasks carry no id of ours to "
+                "look it up by. It was not sent again to avoid a double charge: check the task list in the "
+                "Model Studio console, then retry this task if nothing was created.", provider=self.name)
+        started = datetime.fromisoformat(task["submit_started_at"].replace("Z", "+00:00"))
+        # From a little before the attempt was recorded until the read timeout has surely passed.
+        read_timeout = float(self.config.get("HTTP_TIMEOUT_SECONDS") or 30)
+        window = (started - RECONCILE_SLACK, started + timedelta(seconds=read_timeout) + RECONCILE_SLACK)
+        claimed = submit_journal.for_dir(self.data_dir).claimed()
+        candidates = [t for t in self._listed(task, *window) if t not in claimed]
+        if len(candidates) == 1:
+            log.info("task %s: the batch task query found %s task %s", task["id"], self.name, candidates[0])
+            return candidates[0]
         raise SubmitOutcomeUnknown(
             f"The submit to {self.name} got no usable answer, and DashScope tasks carry no id of ours to "
-            "look it up by. It was not sent again to avoid a double charge: check the task list in the "
-            "Model Studio console, then retry this task if nothing was created.", provider=self.name)
+            f"look it up by; its task list shows {len(candidates) or 'no'} {task['model']} task"
+            f"{'' if len(candidates) == 1 else 's'} from that moment. It was not sent again to avoid a double "
+            "charge: check the task list in the Model Studio console, then retry this task if nothing was "
+            "created.", provider=self.name)
+
+    def _listed(self, task, start, end):
+        """Task ids of the task's model created in [start, end], from every page of the batch query."""
+        params = {"start_time": _beijing(start), "end_time": _beijing(end), "model_name": task["model"],
+                  "page_size": LIST_PAGE_SIZE}
+        found = []
+        with self._client() as client:
+            for page_no in range(1, LIST_MAX_PAGES + 1):
+                response = client.get("/tasks/", params={**params, "page_no": page_no},
+                                      headers=self.auth_headers(), task_id=task["id"])
+                if response.status_code != 200:
+                    raise self._error(response, creating=False)
+                body = json_body(response, self.name)
+                entries = body.get("data")
+                if not isinstance(entries, list):
+                    raise ProviderBadResponse(f"{self.name} answered the task list without data.",
+                                              provider=self.name, http_status=200)
+                found += [e["task_id"] for e in entries if isinstance(e, dict) and isinstance(e.get("task_id"), str)
+                          and e.get("model_name") in (None, task["model"])]
+                total = body.get("total")
+                if not entries or not isinstance(total, int) or page_no * LIST_PAGE_SIZE >= total:
+                    return found
+        # More candidates than we page through cannot be told apart anyway.
+        raise SubmitOutcomeUnknown(f"{self.name}'s task list has too many tasks in the submit's window to tell "
+                                   "which one is this task's; check the Model Studio console.", provider=self.name)
 
     # ---- request bodies
 
@@ -370,6 +428,11 @@ def _expiry(url):
     """When a result URL stops working: its signed OSS `Expires` (Unix seconds), at most 24 h away."""
     latest = (datetime.now(UTC) + RESULT_LIFETIME).isoformat()
     return downloads.link_expiry(url, latest).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _beijing(moment):
+    """A moment as the batch task query's `YYYYMMDDhhmmss` (Beijing time)."""
+    return moment.astimezone(BEIJING).strftime("%Y%m%d%H%M%S")
 
 
 def _error_fields(response):

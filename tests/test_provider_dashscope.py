@@ -8,7 +8,7 @@ create a task, so a double submit cannot hide.
 import base64
 import io
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,10 +18,13 @@ import requests
 from PIL import Image
 
 import providers.http
+import submit_journal
+import task_backup
 import task_query
 from app import create_app
 from providers import dashscope as ds
 from providers.dashscope import IMAGE_PATH, VIDEO_PATH, DashScopeProvider
+from tasks import utcnow
 from tests.conftest import b64, picture, run_pipeline
 from tests.fakes import sample_mp4
 from tests.fakes.dashscope import API_KEY, PARTIAL_FAILURE, Server, usage
@@ -308,19 +311,99 @@ def test_wrong_key_fails_clearly(make_app, fake):
     assert "sk-wrong" not in task["error"]["message"] and fake.tasks == {}
 
 
-@pytest.mark.parametrize("fault", ["server_error", "hang"])
-def test_submit_with_unknown_outcome_is_never_sent_again(app, client, fake, fault):
+def drive(app, task_id, step=timedelta(seconds=15), rounds=40):
+    """Run the pipeline on a clock that starts now and moves `step` a round: backoff never holds
+    the test up, and submit times stay close to the real ones the server stamps its tasks with."""
+    store, providers = app.extensions["task_store"], app.extensions["providers"]
+    for i in range(rounds):
+        def clock(ahead=step * i):
+            return utcnow() + ahead
+        task_query.dispatch(store, providers, clock)
+        task_query.poll(store, providers, clock)
+        task_query.download(store, providers, clock)
+        task = store.get(task_id)
+        if task["status"] in ("succeeded", "failed", "cancelled") and not task.get("late_check_until"):
+            return task
+    return store.get(task_id)
+
+
+def test_submit_refused_with_500_is_not_sent_again_and_fails_with_the_console_hint(app, client, fake):
+    fake.inject("submit", "server_error")
+    task = drive(app, post_video(client))
+    assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
+    assert "not sent again" in task["error"]["message"] and "Model Studio console" in task["error"]["message"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1 and fake.tasks == {}
+
+
+@pytest.mark.parametrize("fault", ["created_then_error", "hang"])
+def test_lost_submit_answer_is_reconciled_through_the_task_list(app, client, fake, fault):
     fake.inject("submit", fault)
     started = time.monotonic()
-    task = finish(app, post_video(client))
+    task_id = post_video(client)
+    task = drive(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1 and len(fake.tasks) == 1 and time.monotonic() - started < 20
+    assert task["provider_task_id"] == next(iter(fake.tasks))
+    assert_never_resubmitted(fake)
+    (listing,) = [call for call in fake.calls if call[0] == "GET" and call[1] == "/tasks/"]
+    assert listing[2] is None       # no async header on the list
+    journal = submit_journal.for_dir(app.config["DATA_DIR"]).lookup(task_id)
+    assert journal.provider_task_id == task["provider_task_id"] and journal.count == 1
+
+
+def test_lost_submit_with_two_candidates_in_its_window_fails_with_the_hint(app, client, fake):
+    other = requests.post(fake.base_url + VIDEO_PATH, headers={"Authorization": f"Bearer {API_KEY}",
+                                                               "X-DashScope-Async": "enable"},
+                          json={"model": "wan2.2-i2v-flash", "input": {"img_url": b64(picture(640, 400), "image/png")}},
+                          timeout=5)
+    assert other.status_code == 200
+    fake.inject("submit", "created_then_error")
+    task = drive(app, post_video(client))
     assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
-    assert "not sent again" in task["error"]["message"] or "not re-sent" in task["error"]["message"]
-    assert len(fake.requests_to(VIDEO_PATH)) == 1
-    if fault == "hang":                     # created at DashScope, answer lost: exactly one task there
-        assert len(fake.tasks) == 1 and time.monotonic() - started < 10
-        assert_never_resubmitted(fake)
-    else:
-        assert fake.tasks == {}
+    assert "2 wan2.2-i2v-flash tasks" in task["error"]["message"]
+    assert "Model Studio console" in task["error"]["message"] and task["provider_task_id"] is None
+    assert len(fake.tasks) == 2 and len(fake.requests_to(VIDEO_PATH)) == 2
+
+
+def test_task_list_server_checks_auth_window_and_pages(fake):
+    for _ in range(3):
+        requests.post(fake.base_url + IMAGE_PATH, headers={"Authorization": f"Bearer {API_KEY}",
+                                                           "X-DashScope-Async": "enable"},
+                      json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": PROMPT}, "parameters": {"n": 1}},
+                      timeout=5).raise_for_status()
+        fake.concurrency_limit += 1
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert requests.get(fake.base_url + "/tasks/", timeout=5).status_code == 401
+    bad = requests.get(fake.base_url + "/tasks/", params={"start_time": "2025-01-01"}, headers=auth, timeout=5)
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter"
+    now = datetime.now(ds.BEIJING)
+    too_long = {"start_time": f"{now - timedelta(hours=25):%Y%m%d%H%M%S}", "end_time": f"{now:%Y%m%d%H%M%S}"}
+    assert requests.get(fake.base_url + "/tasks/", params=too_long, headers=auth, timeout=5).status_code == 400
+    seen = []
+    for page_no in (1, 2, 3, 4):
+        body = requests.get(fake.base_url + "/tasks/", params={"page_no": page_no, "page_size": 1,
+                                                               "model_name": "wanx2.1-t2i-turbo"},
+                            headers=auth, timeout=5).json()
+        assert body["total"] == 3 and body["total_page"] == 3
+        seen += [entry["task_id"] for entry in body["data"]]
+    assert sorted(seen) == sorted(fake.tasks)
+    other_model = requests.get(fake.base_url + "/tasks/", params={"model_name": "wan2.2-i2v-flash"}, headers=auth,
+                               timeout=5).json()
+    assert other_model["total"] == 0 and other_model["data"] == []
+
+
+def test_restored_backup_never_submits_a_task_twice(app, client, fake, tmp_path):
+    """Backup while queued, run to success, restore the backup, run again: one create, still succeeded."""
+    store = app.extensions["task_store"]
+    task_id = post_image(client)
+    backup = task_backup.take_backup(store, tmp_path / "backups")
+    assert finish(app, task_id)["status"] == "succeeded"
+    task_backup.restore(app.config["DATA_DIR"], tmp_path / "backups", backup)
+    assert store.get(task_id)["status"] == "queued"
+    task = finish(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(fake.requests_to(IMAGE_PATH)) == 1 and sum(fake.submissions.values()) == 1
+    assert task["provider_task_id"] == next(iter(fake.tasks))
 
 
 @pytest.mark.parametrize("fault", ["malformed", "server_error"])
@@ -543,3 +626,34 @@ def test_official_sdk_errors_and_truncation(fake, sdk):
     cancelled = sdk.ImageSynthesis.cancel(long.output.task_id)
     assert cancelled.status_code == 200 and remote["status"] == "CANCELED"
     assert sdk_wait(sdk.ImageSynthesis.fetch, long.output.task_id).output.task_status == "CANCELED"
+
+
+def test_official_sdk_lists_tasks_like_our_reconcile(app, client, fake, sdk):
+    fake.inject("submit", "created_then_error")
+    ours = drive(app, post_video(client))
+    assert ours["status"] == "succeeded"
+    now = datetime.now(ds.BEIJING)
+    listed = sdk.VideoSynthesis.list(start_time=f"{now - timedelta(hours=1):%Y%m%d%H%M%S}",
+                                     end_time=f"{now + timedelta(minutes=5):%Y%m%d%H%M%S}",
+                                     model_name="wan2.2-i2v-flash", page_no=1, page_size=10)
+    assert listed.status_code == 200
+    assert [entry["task_id"] for entry in listed.output["data"]] == [ours["provider_task_id"]]
+    mine, theirs = fake.list_queries
+    assert set(mine) == set(theirs) == {"start_time", "end_time", "model_name", "page_no", "page_size"}
+    assert mine["model_name"] == theirs["model_name"] and len(mine["start_time"]) == len(theirs["start_time"]) == 14
+
+
+def test_a_restored_task_whose_submit_was_unanswered_is_reconciled_not_sent_again(app, client, fake, tmp_path):
+    """Backup while queued; the submit is created but its answer lost; restore: reconciled, one create."""
+    store = app.extensions["task_store"]
+    task_id = post_video(client)
+    backup = task_backup.take_backup(store, tmp_path / "backups")
+    fake.inject("submit", "created_then_error")
+    task_query.dispatch(store, app.extensions["providers"])
+    assert store.get(task_id)["status"] == "queued" and store.get(task_id)["submit_started_at"]
+    task_backup.restore(app.config["DATA_DIR"], tmp_path / "backups", backup)
+    assert not store.get(task_id).get("submit_started_at")      # the record has forgotten the attempt
+    task = drive(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(fake.requests_to(VIDEO_PATH)) == 1 and len(fake.tasks) == 1
+    assert task["provider_task_id"] == next(iter(fake.tasks))

@@ -144,3 +144,61 @@ def test_backups_hold_no_secrets(tmp_path, client, app, png_b64):
     text = gzip.decompress(path.read_bytes()).decode()
     assert secret not in text and app.config["SECRET_KEY"] not in text
     assert json.loads(text.splitlines()[1])["status"] == "queued"
+
+
+def test_backups_carry_the_accounts_privately_and_restore_them_on_request(tmp_path):
+    from accounts import Accounts
+
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    store = TaskStore(data)
+    fill(store, 2)
+    accounts = Accounts(data)
+    accounts.ensure_admin("admin-password")
+    alice = accounts.create_user("alice", "alice-password-1")
+    accounts.create_api_key(alice["id"], "laptop")
+    path = task_backup.take_backup(store, backups)
+    copy = task_backup.accounts_backup(path)
+    assert copy.name == path.name.replace("tasks-", "accounts-").replace(".jsonl.gz", ".json")
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert json.loads(copy.read_text()) == json.loads((data / "accounts.json").read_text())
+
+    accounts.delete_user(alice["id"])
+    task_backup.restore(data, backups, path)                        # tasks only, unless asked
+    assert accounts.check_password("alice", "alice-password-1") is None
+    task_backup.restore(data, backups, path, accounts=True)
+    assert accounts.check_password("alice", "alice-password-1")["username"] == "alice"
+    assert len(accounts.api_keys(alice["id"])) == 1
+    assert (data / "accounts.json").stat().st_mode & 0o777 == 0o600
+    (saved,) = backups.glob("pre-restore-*-accounts.json")
+    assert saved.stat().st_mode & 0o777 == 0o600 and "alice" not in saved.read_text()
+
+    copy.write_text("{not json")
+    with pytest.raises(task_backup.BackupError):
+        task_backup.restore(data, backups, path, accounts=True)
+
+
+def test_prune_keeps_only_a_few_pre_restore_copies(tmp_path):
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for day in range(1, 7):
+        for part in ("tasks.jsonl", "accounts.json"):
+            (folder / f"pre-restore-202611{day:02d}T120000Z-{part}").write_text("x")
+    task_backup.prune(folder, keep=3, now=datetime(2026, 11, 22, tzinfo=UTC))
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted(f"pre-restore-202611{day:02d}T120000Z-{part}" for day in (4, 5, 6)
+                          for part in ("tasks.jsonl", "accounts.json"))
+
+
+def test_backups_dated_in_the_future_are_not_taken_for_the_newest(tmp_path):
+    store = TaskStore(tmp_path / "data")
+    fill(store, 3)
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    good = task_backup.take_backup(store, tmp_path / "b", now=now - timedelta(hours=1))
+    fill(store, 1, prefix="x")
+    future = task_backup.take_backup(store, tmp_path / "b", now=now + timedelta(days=30))
+    assert task_backup.newest_good_backup(tmp_path / "b", now=now) == good
+    for hours in range(2, 6):
+        task_backup.take_backup(store, tmp_path / "b", now=now - timedelta(hours=hours))
+    task_backup.prune(tmp_path / "b", keep=2, now=now)
+    assert future.exists() and good.exists()                   # the future one does not push out the newest
+    assert len(task_backup.list_backups(tmp_path / "b")) == 3

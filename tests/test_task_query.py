@@ -139,6 +139,19 @@ def test_retry_makes_a_new_linked_task(app, client):
     assert new["inputs"][0]["path"].startswith(f"inputs/{new['id']}/")
 
 
+def test_a_deleted_input_picture_fails_the_task_clearly_and_retry_answers_410(app, client):
+    task_id = create(client, prompt="zoom out")
+    task = app.extensions["task_store"].get(task_id)
+    os.remove(os.path.join(app.config["DATA_DIR"], task["inputs"][0]["path"]))
+    task = run_pipeline(app, task_id)
+    assert task["status"] == "failed" and task["error"]["code"] == "input_missing"
+    assert "first frame is no longer on the studio's disk" in task["error"]["message"]
+    resp = client.post(f"/api/tasks/{task_id}/retry")
+    assert resp.status_code == 410 and resp.get_json()["error"]["code"] == "input_missing"
+    assert len(app.extensions["task_store"]) == 1           # no new task, no half-made input folder
+    assert os.listdir(os.path.join(app.config["DATA_DIR"], "inputs")) == [task_id]
+
+
 def test_retry_of_an_unfinished_task_is_refused(client):
     task_id = create(client)
     assert client.post(f"/api/tasks/{task_id}/retry").status_code == 409

@@ -2,21 +2,25 @@
 
 Routes, under `prefix` ("" here; 302.ai mounts the same protocol under "/aliyun/api/v1"):
 `POST /services/aigc/video-generation/video-synthesis`, `POST /services/aigc/text2image/image-synthesis`,
-`GET /tasks/<id>`, `POST /tasks/<id>/cancel`. Like the real service it wants `Authorization: Bearer
-<key>` everywhere and `X-DashScope-Async: enable` on creates, answers errors as `{code, message,
-request_id}`, checks each model's resolutions and durations, `img_url` formats (http(s), `oss://`,
-or a `data:image/...;base64,` URI; raw Base64 is refused) and picture sides (360-2000 px, no
-transparency), `size` as "W*H" with sides 512-1440, `n` 1-4 (4 when left out), silently cuts
-prompts to 800 and negative prompts to 500 characters (keeping what it used in the task), moves
-tasks PENDING -> RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks, answers UNKNOWN for
-unknown or day-old ids, and refuses a third task in flight with 429 Throttling.RateQuota.
+`GET /tasks/<id>`, `POST /tasks/<id>/cancel`, and the batch task query `GET /tasks/`. Like the real
+service it wants `Authorization: Bearer <key>` everywhere and `X-DashScope-Async: enable` on creates,
+answers errors as `{code, message, request_id}`, checks each model's resolutions and durations,
+`img_url` formats (http(s), `oss://`, or a `data:image/...;base64,` URI; raw Base64 is refused) and
+picture sides (360-2000 px, no transparency), `size` as "W*H" with sides 512-1440, `n` 1-4 (4 when
+left out), silently cuts prompts to 800 and negative prompts to 500 characters (keeping what it used
+in the task), moves tasks PENDING -> RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks,
+answers UNKNOWN for unknown or day-old ids, and refuses a third task in flight with 429
+Throttling.RateQuota. The task list checks its window (Beijing-time `YYYYMMDDhhmmss`, at most 24 h),
+`status`, `page_no` and `page_size` (1-100), and pages newest first.
 
 Faults, queued with `inject(where, *names)`:
   "submit":   "rate_limit" (429 Throttling.RateQuota), "allocation_quota" (429 Throttling.AllocationQuota),
               "overdue" (429 PrepaidBillOverdue), "arrearage" (400 Arrearage),
               "server_error" (500 InternalError, nothing created),
               "hang" (the task IS created; the answer comes `hang_seconds` later)
+              "created_then_error" (the task IS created, then the answer is 500 InternalError)
   "query":    "malformed" (200 with a cut JSON body), "server_error" (500 InternalError)
+  "list":     "server_error" (500 InternalError)
   "result":   "partial" (the second of n images fails), "moderation" (FAILED DataInspectionFailed),
               "expired_url" (result links that have already expired)
   "download": "truncate", "error" (FakeServer)
@@ -30,7 +34,7 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from flask import Response, request
 from PIL import Image
@@ -39,6 +43,7 @@ from tests.fakes import FakeServer, sample_mp4, sample_png
 
 API_KEY = "fake-dashscope-key"
 TASK_TTL = 24 * 3600
+BEIJING = timezone(timedelta(hours=8))
 
 # The models this server knows, written from the documentation, not from the client's tables.
 VIDEO_MODELS = {
@@ -83,6 +88,7 @@ class Server(FakeServer):
         self.hang_seconds = hang_seconds
         self.concurrency_limit = concurrency_limit
         self.calls = []     # (method, path, X-DashScope-Async header or None) of every protocol request
+        self.list_queries = []  # query parameters of every task-list request
         super().__init__(polls_to_finish=polls_to_finish, url_ttl=url_ttl)
 
     def add_routes(self, app):
@@ -91,6 +97,7 @@ class Server(FakeServer):
                          lambda: self._create("video"), methods=["POST"])
         app.add_url_rule(f"{p}/services/aigc/text2image/image-synthesis", "image",
                          lambda: self._create("image"), methods=["POST"])
+        app.add_url_rule(f"{p}/tasks/", "list", self._list, methods=["GET"], strict_slashes=False)
         app.add_url_rule(f"{p}/tasks/<task_id>", "query", self._query, methods=["GET"])
         app.add_url_rule(f"{p}/tasks/<task_id>/cancel", "cancel", self._cancel, methods=["POST"])
 
@@ -154,6 +161,8 @@ class Server(FakeServer):
             self.submissions[hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]] += 1
         if fault == "hang":
             time.sleep(self.hang_seconds)   # created, but the answer comes after the client gave up
+        if fault == "created_then_error":
+            return self.error(500, "InternalError", "An internal error has occured, please try again later.")
         return {"output": {"task_status": "PENDING", "task_id": task_id}, "request_id": str(uuid.uuid4())}
 
     def _prompts(self, body_input, required):
@@ -266,6 +275,42 @@ class Server(FakeServer):
                 answer["usage"] = task["usage"]
             return answer
 
+    def _list(self):
+        """The batch task query (PROVIDERS.md §3.6): a window of at most 24 h, given as Beijing-time
+        `YYYYMMDDhhmmss` (the last 24 h when left out), `model_name` and `status` filters, pages of
+        `page_size` (1-100) numbered from 1, newest first."""
+        self.record()
+        if (denied := self._auth_error()) is not None:
+            return denied
+        if self.take_fault("list") == "server_error":
+            return self.error(500, "InternalError", "An internal error has occured, please try again later.")
+        args = request.args
+        with self.lock:
+            self.list_queries.append(dict(args))
+        try:
+            now = time.time()
+            end = _beijing_seconds(args["end_time"], "end_time") if args.get("end_time") else now
+            start = _beijing_seconds(args["start_time"], "start_time") if args.get("start_time") else end - TASK_TTL
+            if end < start or end - start > TASK_TTL:
+                raise Invalid("The time window must not be longer than 24 hours, and end_time not before start_time.")
+            page_no, page_size = _int_arg(args, "page_no", 1, 1, 10**6), _int_arg(args, "page_size", 10, 1, 100)
+            status = args.get("status")
+            if status is not None and status not in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"):
+                raise Invalid(f"The status {status!r} is not valid.")
+        except Invalid as exc:
+            return self.error(400, exc.code, str(exc))
+        with self.lock:
+            found = [t for t in self.tasks.values()
+                     if start <= int(t["created"]) <= end and self._live(t["id"])
+                     and args.get("model_name") in (None, t["model"]) and status in (None, t["status"])]
+            found.sort(key=lambda t: t["created"], reverse=True)
+            page = found[(page_no - 1) * page_size: page_no * page_size]
+            data = [{"task_id": t["id"], "status": t["status"], "model_name": t["model"], "region": "cn-beijing",
+                     "api_key_id": "fake-key-id", "gmt_create": int(t["created"] * 1000),
+                     "start_time": int(t["created"] * 1000), "end_time": None} for t in page]
+        return {"request_id": str(uuid.uuid4()), "data": data, "total": len(found),
+                "total_page": (len(found) + page_size - 1) // page_size, "page_no": page_no, "page_size": page_size}
+
     def _live(self, task_id):
         task = self.tasks.get(task_id)
         return task if task and time.time() - task["created"] < TASK_TTL else None
@@ -314,6 +359,24 @@ class Server(FakeServer):
                                   "Failed to cancel the task, please confirm if the task is in PENDING status.")
             task.update(status="CANCELED", end_time=_now_text())
         return {"request_id": str(uuid.uuid4())}
+
+
+def _beijing_seconds(text, name):
+    """Unix seconds of a `YYYYMMDDhhmmss` time in Beijing time (UTC+8), as DashScope reads its filters."""
+    try:
+        moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+    except ValueError:
+        raise Invalid(f"{name} must be YYYYMMDDhhmmss.") from None
+    return moment.timestamp()
+
+
+def _int_arg(args, name, default, low, high):
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Invalid(f"{name} must be a whole number in [{low}, {high}].")
+    return int(raw)
 
 
 def usage(url):

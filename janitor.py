@@ -1,0 +1,80 @@
+"""The janitor: removes files under DATA_DIR that no task owns any more.
+
+What it removes, each only when nothing in it changed for `min_age` (an hour), so nothing being
+written right now is touched:
+
+- `inputs/<id>/` and `outputs/<id>/` of ids the task store does not know (a create that failed
+  after its pictures were written, a process killed mid-create, a delete cut short);
+- `inputs/<id>/*.part`: uploads cut before they were renamed into place;
+- `outputs/<id>/*.part` of tasks no longer downloading (a downloading task may resume from it);
+- `tasks.jsonl.rewrite`, left by a compaction killed before its rename.
+
+A pure function of the data directory, the store and the time; `janitor_job` runs it from the
+scheduler.
+"""
+
+import logging
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from tasks import DOWNLOADING, utcnow
+
+log = logging.getLogger(__name__)
+
+MIN_AGE = timedelta(hours=1)
+
+
+def sweep(data_dir, store, now, min_age=MIN_AGE):
+    """Remove orphaned files; returns the removed paths (relative to `data_dir`)."""
+    data_dir = Path(data_dir)
+    cutoff = now.timestamp() - min_age.total_seconds()
+    removed = []
+    for area in ("inputs", "outputs"):
+        folder = data_dir / area
+        if not folder.is_dir():
+            continue
+        for task_dir in folder.iterdir():
+            if not task_dir.is_dir():
+                continue
+            task = store.get(task_dir.name)
+            if task is None:
+                if _newest_mtime(task_dir) < cutoff:
+                    shutil.rmtree(task_dir, ignore_errors=True)
+                    removed.append(task_dir)
+                continue
+            if area == "outputs" and task["status"] == DOWNLOADING:
+                continue                # its .part files are resumed downloads
+            for part in task_dir.glob("*.part"):
+                if _mtime(part) < cutoff:
+                    part.unlink(missing_ok=True)
+                    removed.append(part)
+    rewrite = data_dir / "tasks.jsonl.rewrite"
+    if rewrite.exists() and _mtime(rewrite) < cutoff:
+        rewrite.unlink(missing_ok=True)
+        removed.append(rewrite)
+    removed = [p.relative_to(data_dir).as_posix() for p in removed]
+    if removed:
+        log.info("janitor removed %d orphaned file(s) or folder(s): %s", len(removed), ", ".join(removed[:20]))
+    return removed
+
+
+def janitor_job(store, providers=None, clock=utcnow):
+    """The scheduler job: sweep the store's data directory."""
+    return sweep(store.dir, store, clock())
+
+
+def _mtime(path):
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")         # gone meanwhile: nothing to do
+
+
+def _newest_mtime(folder):
+    newest = _mtime(folder)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            newest = max(newest, _mtime(Path(root) / name))
+    return newest
