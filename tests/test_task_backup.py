@@ -153,8 +153,8 @@ def test_backups_carry_the_accounts_privately_and_restore_them_on_request(tmp_pa
     store = TaskStore(data)
     fill(store, 2)
     accounts = Accounts(data)
-    accounts.ensure_admin("admin-password")
-    alice = accounts.create_user("alice", "alice-password-1")
+    accounts.ensure_admin("a long admin secret")
+    alice = accounts.create_user("alice", "rabbit hole 1865")
     accounts.create_api_key(alice["id"], "laptop")
     path = task_backup.take_backup(store, backups)
     copy = task_backup.accounts_backup(path)
@@ -164,9 +164,9 @@ def test_backups_carry_the_accounts_privately_and_restore_them_on_request(tmp_pa
 
     accounts.delete_user(alice["id"])
     task_backup.restore(data, backups, path)                        # tasks only, unless asked
-    assert accounts.check_password("alice", "alice-password-1") is None
+    assert accounts.check_password("alice", "rabbit hole 1865") is None
     task_backup.restore(data, backups, path, accounts=True)
-    assert accounts.check_password("alice", "alice-password-1")["username"] == "alice"
+    assert accounts.check_password("alice", "rabbit hole 1865")["username"] == "alice"
     assert len(accounts.api_keys(alice["id"])) == 1
     assert (data / "accounts.json").stat().st_mode & 0o777 == 0o600
     (saved,) = backups.glob("pre-restore-*-accounts.json")
