@@ -650,10 +650,11 @@ def test_compaction_resets_the_mark_and_the_check_holds_after_it(tmp_path):
 def test_leftover_rewrite_is_removed_at_open_and_a_store_without_a_mark_gets_one(tmp_path):
     store = _store_with_history(tmp_path, 3)
     store.close()
-    store.rewrite_path.write_bytes(b'{"id":"half a compac')
-    store.mark_path.unlink()                         # a store written before marks existed
+    rewrite = tmp_path / "tasks.jsonl.rewrite"
+    rewrite.write_bytes(b'{"id":"half a compac')    # a compaction killed while writing
+    (tmp_path / "tasks.length").unlink(missing_ok=True)   # a store written before marks existed
     fresh = TaskStore(tmp_path)
-    assert not store.rewrite_path.exists()
+    assert not rewrite.exists()
     assert int(store.mark_path.read_bytes()) == store.path.stat().st_size
     assert len(fresh) == 3
     # A deleted log is app.py's to judge against the backups; a new one starts a new mark.
