@@ -99,6 +99,7 @@ class TaskStore:
         self._mark_fd = None
         self._inode = None
         self._offset = 0                    # bytes of self.path consumed into the index
+        self._tail = b""                    # the last line consumed, with its newline
         self._lines = 0                     # lines in the file, live or superseded
         self.unreadable = 0                 # lines that did not parse as a record
         existed = self.path.exists()
@@ -371,6 +372,7 @@ class TaskStore:
         finally:
             os.close(fd)
         self._offset += len(data)
+        self._tail = data
         self._lines += 1
         self._apply(record, line)
         self._write_mark(self._offset)  # after the fsync: the mark never exceeds the durable log
@@ -451,26 +453,42 @@ class TaskStore:
         self._inode = None
         self._catch_up()
 
+    def _open_log(self):
+        """(Re)open the log and empty the index, to read it from the start."""
+        # Holding the indexed file open keeps its inode allocated, so a compacted file can
+        # never reuse the number and pass for the file we have already read.
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            log.debug("task store file replaced; reloading")
+        self._read_fd = os.open(self.path, os.O_RDONLY)
+        self._entries, self._order, self._order_dirty = {}, [], False
+        self._by = {f: {} for f in FILTER_FIELDS}
+        self._texts = {}
+        st = os.fstat(self._read_fd)
+        self._inode, self._offset, self._lines, self._tail = st.st_ino, 0, 0, b""
+        return st
+
     def _catch_up(self):
         """Read what other processes appended since our offset (everything after a compaction)."""
         self._after_fork()
         st = os.stat(self.path)
         if self._read_fd is None or st.st_ino != self._inode or st.st_size < self._offset:
-            # Holding the indexed file open keeps its inode allocated, so a compacted file can
-            # never reuse the number and pass for the file we have already read.
-            if self._read_fd is not None:
-                os.close(self._read_fd)
-                log.debug("task store file replaced; reloading")
-            self._read_fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(self._read_fd)
-            self._entries, self._order, self._order_dirty = {}, [], False
-            self._by = {f: {} for f in FILTER_FIELDS}
-            self._texts = {}
-            self._inode, self._offset, self._lines = st.st_ino, 0, 0
-        if st.st_size == self._offset:
-            return
-        chunk = os.pread(self._read_fd, st.st_size - self._offset, self._offset)
+            st = self._open_log()
+        # Re-read the last line we indexed along with what follows: if it is no longer there,
+        # its append was rolled back (its fsync failed after we read it) and other lines now
+        # fill its place, so our index would keep a record nobody stored and skip real ones.
+        start = self._offset - len(self._tail)
+        chunk = os.pread(self._read_fd, st.st_size - start, start)
+        if chunk.startswith(self._tail):
+            chunk = chunk[len(self._tail):]
+        else:
+            log.warning("task store: a line this process read was rolled back; reloading")
+            st = self._open_log()
+            chunk = os.pread(self._read_fd, st.st_size, 0)
         end = chunk.rfind(b"\n") + 1
+        if not end:
+            return
+        self._tail = chunk[chunk.rfind(b"\n", 0, end - 1) + 1:end]
         for line in chunk[:end].splitlines():
             self._lines += 1
             try:

@@ -568,6 +568,34 @@ def test_a_failed_fsync_rolls_the_append_back(tmp_path, monkeypatch):
     assert store.get("t2") is None and TaskStore(tmp_path).get("t2") is None
 
 
+def test_another_process_that_read_a_rolled_back_line_drops_it(tmp_path, monkeypatch):
+    """A line can be whole in the file when its fsync fails: a reader may index it before the
+    rollback, and a line of the same length may then take its place (a retried create)."""
+    writer, reader = TaskStore(tmp_path), TaskStore(tmp_path)   # two indexes, as two processes
+    writer.create({"id": "t1", "value": 1})
+    real_fsync, seen = os.fsync, []
+
+    def write_then_let_the_reader_look(fd, data):
+        written = os.write(fd, data)
+        seen.append(reader.get("t2"))        # whole and newline-terminated: the reader indexes it
+        return written
+
+    def failing_fsync(fd):
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise OSError(errno.EIO, "Input/output error")
+
+    writer._write = write_then_let_the_reader_look
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        writer.create({"id": "t2", "value": "phantom"})
+    assert seen == [{"id": "t2", "value": "phantom"}]
+    del writer._write
+    writer.create({"id": "t3", "value": "realone"})     # exactly as long as the rolled-back line
+    assert file_records(writer.path) == [{"id": "t1", "value": 1}, {"id": "t3", "value": "realone"}]
+    assert reader.get("t2") is None and reader.get("t3") == {"id": "t3", "value": "realone"}
+    assert [r["id"] for r in all_records(reader)] == ["t3", "t1"]
+
+
 # ---- truncation: the high-water mark ---------------------------------------------------------
 
 def _store_with_history(data_dir, n=10):
