@@ -12,7 +12,9 @@ rewrite file left by a killed compaction is removed at the next open.
 
 An append is written whole or not at all: partial writes are continued, and any failure
 (a full disk above all) rolls the file back to its old length and raises, so a call that
-returns has its record on disk (fsync'd) and a call that raises left nothing.
+returns has its record on disk (fsync'd) and a call that raises left nothing. A line can be
+whole when its fsync fails, and another process may have read it by then: every catch-up
+re-reads the last line it consumed, so such a process sees the rollback and reloads.
 
 `tasks.length` is the store's high-water mark: the log's length after the last append, so a
 log found shorter than it was truncated and the store refuses to open instead of starting with
@@ -419,7 +421,8 @@ class TaskStore:
         if mark is not None and self._offset < mark:
             raise StoreCorrupt(
                 f"{self.path} is shorter than it was ({self._offset} of {mark} bytes): it has been "
-                f"truncated, and the tasks or changes in the missing part would be lost")
+                f"truncated, and the tasks or changes in the missing part would be lost (to accept "
+                f"the file as it is, delete {self.mark_path.name})")
 
     def _apply(self, record, line):
         task_id = record.get("id")
