@@ -15,7 +15,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from errors import AppError
+from errors import AppError, InsufficientStorage
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,12 @@ def _register_error_handlers(app):
         message = ("The request is larger than the studio accepts (two pictures of 10 MB at most)."
                    if exc.code == 413 else exc.description)
         return jsonify({"error": {"code": code, "message": message}}), exc.code
+
+    @app.errorhandler(OSError)
+    def os_error(exc):
+        # A full disk is the operator's to fix, not a bug: say so (507) whichever write met it.
+        full = InsufficientStorage.from_os_error(exc)
+        return app_error(full) if full is not None else unexpected(exc)
 
     @app.errorhandler(Exception)
     def unexpected(exc):

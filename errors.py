@@ -5,6 +5,10 @@ Every failure that reaches a client is an `AppError`; it renders as
 provider's structured code so the pipeline can decide retry/fail from data, never from text.
 """
 
+import errno as _errno
+
+DISK_FULL_ERRNOS = (_errno.ENOSPC, _errno.EDQUOT)
+
 
 class AppError(Exception):
     """Base of every error the studio answers with; `status` is the HTTP status."""
@@ -80,6 +84,32 @@ class Conflict(AppError):
 
     status = 409
     code = "conflict"
+
+
+class InsufficientStorage(AppError, OSError):
+    """The disk under DATA_DIR is full (ENOSPC) or over quota (EDQUOT); nothing was written.
+
+    It is also an OSError carrying that errno, so code that treats a failed write as "try again
+    later" (the pipeline) and `downloads.disk_full` keep recognising it.
+    """
+
+    status = 507
+    code = "disk_full"
+    default_message = ("The studio's disk is full, so nothing was saved. Free some space where "
+                       "DATA_DIR lives and try again.")
+
+    def __init__(self, message=None, *, errno=None):
+        AppError.__init__(self, message or self.default_message)
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, exc):
+        """The 507 for a disk-full OSError, or None when `exc` is some other failure."""
+        if isinstance(exc, cls):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return cls(errno=exc.errno)
+        return None
 
 
 class ProviderNotConfigured(ValidationError):

@@ -2,18 +2,32 @@
 
 `DATA_DIR/tasks.jsonl` holds one full task record per line; the last line for an id wins and a
 `{"id": ..., "_deleted": true}` line removes it. Writers serialise on an exclusive `fcntl` lock
-on `tasks.lock`, catch up with what others appended, append one line with a single `write`,
-fsync, and release — so read-modify-write updates are never lost, whichever process makes them.
-Every process keeps an in-memory index and, before answering, reads only the bytes appended
-since its last offset, so an update costs the same at 1k and 100k tasks. A crash can leave at
-most one torn last line: readers ignore it and the next writer truncates it. Compaction rewrites
-the live records into a new file and `os.replace`s it; other processes notice the new inode and
-reload.
+on `tasks.lock`, catch up with what others appended, append one line, fsync, and release — so
+read-modify-write updates are never lost, whichever process makes them. Every process keeps an
+in-memory index and, before answering, reads only the bytes appended since its last offset, so
+an update costs the same at 1k and 100k tasks. A crash can leave at most one torn last line:
+readers ignore it and the next writer truncates it. Compaction rewrites the live records into
+`tasks.jsonl.rewrite` and `os.replace`s it; other processes notice the new inode and reload; a
+rewrite file left by a killed compaction is removed at the next open.
+
+An append is written whole or not at all: partial writes are continued, and any failure
+(a full disk above all) rolls the file back to its old length and raises, so a call that
+returns has its record on disk (fsync'd) and a call that raises left nothing. A line can be
+whole when its fsync fails, and another process may have read it by then: every catch-up
+re-reads the last line it consumed, so such a process sees the rollback and reloads.
+
+`tasks.length` is the store's high-water mark: the log's length after the last append, so a
+log found shorter than it was truncated and the store refuses to open instead of starting with
+tasks missing or old states back. The mark may lag the log but never exceed its durable length:
+an append writes it only after the log's fsync (without an fsync of its own: a mark lost in a
+power cut is merely older), and a compaction lowers it durably before the swap and raises it
+after. It is compared under the lock only, where no append or swap can run in between.
 
 The index keeps each record as its raw JSON line plus the few fields listing filters on, which
 costs a fraction of the memory of parsed dicts at 100k tasks.
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -23,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +70,11 @@ def _entry(record, line):
 
 
 class StoreCorrupt(Exception):
-    """The log has lines that are not task records (not merely a torn last line)."""
+    """The log has lines that are not task records (not merely a torn last line), or it is
+    shorter than its high-water mark says it was."""
+
+
+MARK_FORMAT = b"%020d\n"   # fixed width: rewritten in place, never longer or shorter
 
 
 class TaskStore:
@@ -65,6 +85,9 @@ class TaskStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "tasks.jsonl"
         self.lock_path = self.dir / "tasks.lock"
+        self.mark_path = self.dir / "tasks.length"
+        self.rewrite_path = self.path.with_name(self.path.name + ".rewrite")
+        self._check = check
         self._mutex = threading.RLock()     # flock is per process; threads need their own lock
         self._lock_fd = None
         self._lock_depth = 0
@@ -75,13 +98,24 @@ class TaskStore:
         self._order_dirty = False
         self._pid = os.getpid()             # descriptors are reopened in a forked child
         self._read_fd = None
+        self._mark_fd = None
         self._inode = None
         self._offset = 0                    # bytes of self.path consumed into the index
+        self._tail = b""                    # the last line consumed, with its newline
         self._lines = 0                     # lines in the file, live or superseded
         self.unreadable = 0                 # lines that did not parse as a record
+        existed = self.path.exists()
         self.path.touch(exist_ok=True)
-        with self._mutex:
+        with self._mutex, self._flock():
+            # Reading at open under the lock sees the log and its mark from the same moment.
             self._catch_up()
+            self.rewrite_path.unlink(missing_ok=True)   # under the lock nobody is compacting
+            if not existed or self._read_mark() is None:
+                # A new log (or one from before marks existed) starts its mark at its length;
+                # a missing log is app.py's to judge, against the backups.
+                self._write_mark(self._offset)
+            elif check:
+                self._check_length()
         if check and self.unreadable:
             raise StoreCorrupt(f"{self.path} has {self.unreadable} unreadable line(s)")
 
@@ -219,14 +253,27 @@ class TaskStore:
 
     def _rewrite(self, lines):
         """Write a new log beside the old one and swap it in atomically; other processes reload."""
-        tmp = self.path.with_name(self.path.name + ".rewrite")
-        with open(tmp, "wb") as f:
-            for line in lines:
-                f.write(line + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        tmp = self.rewrite_path
+        try:
+            with open(tmp, "wb") as f:
+                for line in lines:
+                    f.write(line + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+                length = f.tell()
+            # The mark must fit the old log until the swap and the new one after it: lower it
+            # (durably) first, raise it once the swap is durable. A crash in between leaves a
+            # mark below both, which only weakens the check until the next append.
+            self._write_mark(min(self._read_mark() or 0, length), durable=True)
+            os.replace(tmp, self.path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            full = InsufficientStorage.from_os_error(exc)
+            if full is not None and full is not exc:
+                raise full from exc
+            raise
         fsync_dir(self.dir)
+        self._write_mark(length)
         self.unreadable = 0
         self._reload()
 
@@ -259,51 +306,123 @@ class TaskStore:
         those: reusing them would let parent and child "hold" the lock at once."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            for fd in (self._lock_fd, self._read_fd):
+            for fd in (self._lock_fd, self._read_fd, self._mark_fd):
                 if fd is not None:
                     os.close(fd)    # the parent keeps its own descriptor, and its lock
-            self._lock_fd = self._read_fd = self._inode = None
+            self._lock_fd = self._read_fd = self._mark_fd = self._inode = None
             self._lock_depth = 0
 
     def close(self):
         """Release the file descriptors this store holds."""
         with self._mutex:
-            for fd in (self._lock_fd, self._read_fd):
+            for fd in (self._lock_fd, self._read_fd, self._mark_fd):
                 if fd is not None and self._pid == os.getpid():
                     os.close(fd)
-            self._lock_fd = self._read_fd = self._inode = None
+            self._lock_fd = self._read_fd = self._mark_fd = self._inode = None
+
+    @contextmanager
+    def _flock(self):
+        """The exclusive lock across processes (re-entrant; the caller holds self._mutex)."""
+        self._after_fork()
+        if self._lock_depth == 0:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _locked(self):
         """Exclusive lock across threads and processes, with the index caught up."""
-        with self._mutex:
-            self._after_fork()
-            if self._lock_depth == 0:
-                if self._lock_fd is None:
-                    self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            self._lock_depth += 1
-            try:
-                if self._lock_depth == 1:
-                    self._catch_up(writer=True)
-                yield
-            finally:
-                self._lock_depth -= 1
-                if self._lock_depth == 0:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self._mutex, self._flock():
+            if self._lock_depth == 1:
+                self._catch_up()
+                if self._check:
+                    self._check_length()    # before cutting anything, and before an append moves the mark
+                self._cut_torn_tail()
+            yield
+
+    def _write(self, fd, data):
+        """One `os.write`: the seam tests replace to make the disk fill up mid-line."""
+        return os.write(fd, data)
 
     def _append(self, record):
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        data = line + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            # One write call: a reader sees the line whole or not at all (unterminated).
-            os.write(fd, line + b"\n")
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:     # a short write (the disk filling up) is continued, never ignored
+                    written = self._write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, "no progress writing the task store")
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError as exc:
+                self._roll_back(fd, start)
+                full = InsufficientStorage.from_os_error(exc)
+                if full is not None and full is not exc:
+                    raise full from exc
+                raise
         finally:
             os.close(fd)
-        self._offset += len(line) + 1
+        self._offset += len(data)
+        self._tail = data
         self._lines += 1
         self._apply(record, line)
+        self._write_mark(self._offset)  # after the fsync: the mark never exceeds the durable log
+
+    def _roll_back(self, fd, length):
+        """Cut a failed append off again, so the caller's "not written" is true."""
+        try:
+            os.ftruncate(fd, length)
+            os.fsync(fd)
+        except OSError:
+            # Left unterminated, the partial line is ignored by readers and cut by the next writer.
+            log.exception("task store: could not roll back a failed append in %s", self.path)
+
+    def _mark_descriptor(self):
+        if self._mark_fd is None:
+            self._mark_fd = os.open(self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._mark_fd
+
+    def _read_mark(self):
+        """The high-water mark in bytes, or None when there is none yet (or it is unreadable)."""
+        data = os.pread(self._mark_descriptor(), 64, 0).strip()
+        if not data:
+            return None
+        try:
+            return int(data)
+        except ValueError:
+            log.warning("task store: ignoring an unreadable high-water mark in %s", self.mark_path)
+            return None
+
+    def _write_mark(self, length, durable=False):
+        try:
+            os.pwrite(self._mark_descriptor(), MARK_FORMAT % length, 0)
+            if durable:
+                os.fsync(self._mark_fd)
+        except OSError:
+            if durable:
+                raise
+            # The record is already durable: a mark left behind only weakens the check.
+            log.warning("task store: could not update the high-water mark %s", self.mark_path, exc_info=True)
+
+    def _check_length(self):
+        """StoreCorrupt if the log holds fewer bytes than it did (it was truncated)."""
+        mark = self._read_mark()
+        if mark is not None and self._offset < mark:
+            raise StoreCorrupt(
+                f"{self.path} is shorter than it was ({self._offset} of {mark} bytes): it has been "
+                f"truncated, and the tasks or changes in the missing part would be lost (to accept "
+                f"the file as it is, delete {self.mark_path.name})")
 
     def _apply(self, record, line):
         task_id = record.get("id")
@@ -337,26 +456,42 @@ class TaskStore:
         self._inode = None
         self._catch_up()
 
-    def _catch_up(self, writer=False):
+    def _open_log(self):
+        """(Re)open the log and empty the index, to read it from the start."""
+        # Holding the indexed file open keeps its inode allocated, so a compacted file can
+        # never reuse the number and pass for the file we have already read.
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            log.debug("task store file replaced; reloading")
+        self._read_fd = os.open(self.path, os.O_RDONLY)
+        self._entries, self._order, self._order_dirty = {}, [], False
+        self._by = {f: {} for f in FILTER_FIELDS}
+        self._texts = {}
+        st = os.fstat(self._read_fd)
+        self._inode, self._offset, self._lines, self._tail = st.st_ino, 0, 0, b""
+        return st
+
+    def _catch_up(self):
         """Read what other processes appended since our offset (everything after a compaction)."""
         self._after_fork()
         st = os.stat(self.path)
         if self._read_fd is None or st.st_ino != self._inode or st.st_size < self._offset:
-            # Holding the indexed file open keeps its inode allocated, so a compacted file can
-            # never reuse the number and pass for the file we have already read.
-            if self._read_fd is not None:
-                os.close(self._read_fd)
-                log.debug("task store file replaced; reloading")
-            self._read_fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(self._read_fd)
-            self._entries, self._order, self._order_dirty = {}, [], False
-            self._by = {f: {} for f in FILTER_FIELDS}
-            self._texts = {}
-            self._inode, self._offset, self._lines = st.st_ino, 0, 0
-        if st.st_size == self._offset:
-            return
-        chunk = os.pread(self._read_fd, st.st_size - self._offset, self._offset)
+            st = self._open_log()
+        # Re-read the last line we indexed along with what follows: if it is no longer there,
+        # its append was rolled back (its fsync failed after we read it) and other lines now
+        # fill its place, so our index would keep a record nobody stored and skip real ones.
+        start = self._offset - len(self._tail)
+        chunk = os.pread(self._read_fd, st.st_size - start, start)
+        if chunk.startswith(self._tail):
+            chunk = chunk[len(self._tail):]
+        else:
+            log.warning("task store: a line this process read was rolled back; reloading")
+            st = self._open_log()
+            chunk = os.pread(self._read_fd, st.st_size, 0)
         end = chunk.rfind(b"\n") + 1
+        if not end:
+            return
+        self._tail = chunk[chunk.rfind(b"\n", 0, end - 1) + 1:end]
         for line in chunk[:end].splitlines():
             self._lines += 1
             try:
@@ -369,10 +504,13 @@ class TaskStore:
                 self.unreadable += 1
                 log.error("task store: skipping an unreadable line in %s", self.path)
         self._offset += end
-        if end < len(chunk) and writer:
-            # Under the lock nobody else is writing, so an unterminated tail is a torn write
-            # from a writer that died: cut it off so the next append starts on a fresh line.
-            log.warning("task store: truncating a torn last line (%d bytes)", len(chunk) - end)
+
+    def _cut_torn_tail(self):
+        """Under the lock nobody else is writing, so an unterminated tail is a torn write from a
+        writer that died: cut it off so the next append starts on a fresh line."""
+        size = os.fstat(self._read_fd).st_size
+        if size > self._offset:
+            log.warning("task store: truncating a torn last line (%d bytes)", size - self._offset)
             os.truncate(self.path, self._offset)
 
 

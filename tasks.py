@@ -12,10 +12,12 @@ Input pictures are files under `DATA_DIR/inputs/<task id>/`; outputs under
 
 import secrets
 import shutil
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import media
+from errors import InsufficientStorage
 
 QUEUED, SUBMITTED, RUNNING, DOWNLOADING = "queued", "submitted", "running", "downloading"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -37,10 +39,36 @@ def parse_iso(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
+_SUFFIX_SPACE = 16 ** 6
+_SUFFIX_STEP = 4096         # the most a suffix grows within one millisecond
+_id_lock = threading.Lock()
+_last_id = (datetime.min.replace(tzinfo=UTC), 0)    # (millisecond, suffix) of the last id made here
+
+
 def new_task_id(moment=None):
-    """Time-sortable id, e.g. 20261122T101500123Z-3f9c2a (milliseconds keep order within a second)."""
-    moment = (moment or utcnow()).astimezone(UTC)
-    return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+    """Time-sortable id, e.g. 20261122T101500123Z-3f9c2a; ids made now strictly increase.
+
+    The random suffix keeps ids from different processes apart. Without `moment` (a new task),
+    an id made in the same millisecond as the last one here (or after the clock stepped back)
+    keeps that millisecond and adds a random step to its suffix, so ids sort in creation order;
+    should the suffix run out, the millisecond moves on by one. With `moment` the id is simply
+    that moment's (callers use its prefix as a "created since" bound, or build test data).
+    """
+    if moment is not None:
+        moment = moment.astimezone(UTC)
+        return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+    moment = utcnow()
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    global _last_id
+    with _id_lock:
+        last_moment, last_suffix = _last_id
+        suffix = secrets.randbelow(_SUFFIX_SPACE)
+        if moment <= last_moment:
+            moment, suffix = last_moment, last_suffix + 1 + secrets.randbelow(_SUFFIX_STEP)
+            if suffix >= _SUFFIX_SPACE:
+                moment, suffix = last_moment + timedelta(milliseconds=1), secrets.randbelow(_SUFFIX_SPACE)
+        _last_id = (moment, suffix)
+    return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z-{suffix:06x}"
 
 
 def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None):
@@ -48,10 +76,11 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
 
     `images` maps a role ("first", "tail", "reference") to a `media.DecodedImage` or to an
     existing input entry (for retries, whose files are copied). If anything fails, no file
-    and no record is left behind.
+    and no record is left behind; a full disk raises InsufficientStorage (507). The record is
+    on disk (fsync'd) when this returns, so answering the request 202 cannot lose it.
     """
     now = utcnow()
-    task_id = new_task_id(now)
+    task_id = new_task_id()
     data_dir = Path(data_dir)
     input_dir = data_dir / "inputs" / task_id
     try:
@@ -64,8 +93,11 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
             "finished_at": None, "owner": owner, "retry_of": retry_of,
         }
         store.create(record)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(input_dir, ignore_errors=True)
+        full = InsufficientStorage.from_os_error(exc)   # the pictures' writes fill a disk first
+        if full is not None and full is not exc:
+            raise full from exc
         raise
     return record
 

@@ -7,10 +7,12 @@ tests drive real interpreters through these commands instead of threads or mocks
 import json
 import os
 import random
+import signal
 import sys
 import time
 import traceback
 
+import task_store
 from task_store import TaskStore
 
 
@@ -143,6 +145,24 @@ def forkrace(data_dir):
     say(str(TaskStore(data_dir).get("counter")["n"]))
 
 
+def kill_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_before_mark(data_dir, task_id):
+    """Create `task_id` and be killed after its line is fsync'd, before the mark follows it."""
+    store = TaskStore(data_dir)
+    store._write_mark = kill_self
+    store.create({"id": task_id, "value": "unacknowledged"})
+
+
+def die_in_compaction(data_dir):
+    """Compact and be killed once the rewrite is written and the mark lowered, before the swap."""
+    store = TaskStore(data_dir)
+    task_store.os.replace = kill_self
+    store.compact()
+
+
 if __name__ == "__main__":
     cmd, data_dir, *rest = sys.argv[1:]
     if cmd == "rmw":
@@ -155,5 +175,9 @@ if __name__ == "__main__":
         ops(data_dir, rest[0])
     elif cmd == "forkrace":
         forkrace(data_dir)
+    elif cmd == "die-before-mark":
+        die_before_mark(data_dir, rest[0])
+    elif cmd == "die-in-compaction":
+        die_in_compaction(data_dir)
     else:
         sys.exit(f"unknown command {cmd}")

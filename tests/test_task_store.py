@@ -6,18 +6,26 @@ test (flock, one index per process, kill -9) do not exist between threads of one
 """
 
 import contextlib
+import errno
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from task_store import TaskStore
+import task_backup
+import tasks
+from app import StartupRefused, create_app
+from errors import InsufficientStorage
+from task_store import StoreCorrupt, TaskStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +199,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
                 acknowledged += 1
                 pending = None
 
-        store = TaskStore(data)  # must load whatever the kill left behind
+        # Must load whatever the kill left behind: a kill between an append and its mark, or
+        # inside a compaction, never makes the store look truncated (StoreCorrupt).
+        store = TaskStore(data)
+        assert not (data / "tasks.jsonl.rewrite").exists()
+        assert int((data / "tasks.length").read_bytes()) <= store.path.stat().st_size
         got = {r["id"]: r["value"] for r in all_records(store)}
         assert len(got) == len(store)
         # The call in flight when the kill landed may or may not have reached the disk.
@@ -469,3 +481,251 @@ def test_one_odd_record_does_not_make_the_store_unloadable(tmp_path):
 def test_forked_processes_do_not_share_the_lock(tmp_path):
     """flock belongs to the open file description: a forked child must open its own."""
     assert run_worker("forkrace", tmp_path) == "1000\n"
+
+
+# ---- short writes and a full disk ------------------------------------------------------------
+
+class FillingDisk:
+    """Stands in for `TaskStore._write`: the disk fills up after `room` more bytes. A write that
+    does not fit is short (as a real one is); the next one raises ENOSPC."""
+
+    def __init__(self, room):
+        self.room = room
+        self.calls = 0
+
+    def __call__(self, fd, data):
+        self.calls += 1
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = os.write(fd, bytes(data[:self.room]))
+        self.room -= written
+        return written
+
+
+def test_append_cut_short_by_a_full_disk_is_rolled_back_and_raises(tmp_path):
+    store = TaskStore(tmp_path)
+    for i in range(3):
+        store.create({"id": f"t{i}", "value": i})
+    before = store.path.read_bytes()
+
+    store._write = disk = FillingDisk(room=40)      # half of the next line fits
+    with pytest.raises(InsufficientStorage) as full:
+        store.create({"id": "t3", "value": 3, "pad": "x" * 60})
+    assert disk.calls == 2, "the short write was not continued"
+    assert full.value.status == 507 and full.value.code == "disk_full"
+    assert "disk is full" in full.value.message
+    assert full.value.errno == errno.ENOSPC and isinstance(full.value, OSError)
+    assert store.path.read_bytes() == before        # rolled back: no partial line left
+    assert store.get("t3") is None and len(store) == 3
+    with pytest.raises(InsufficientStorage):         # an update is never silently lost either
+        store.update("t1", {"value": "changed"})
+    assert store.get("t1") == {"id": "t1", "value": 1}
+    assert store.path.read_bytes() == before
+    fresh = TaskStore(tmp_path)                      # every acknowledged record, no partial one
+    assert all_records(fresh) == [{"id": f"t{i}", "value": i} for i in (2, 1, 0)]
+
+    del store._write                                 # space again: the next writes go through
+    store.create({"id": "t3", "value": 3})
+    store.update("t1", {"value": "changed"})
+    assert plain(TaskStore(tmp_path).get("t1")) == {"id": "t1", "value": "changed"}
+    assert [r["id"] for r in file_records(store.path)] == ["t0", "t1", "t2", "t3", "t1"]
+
+
+def test_short_writes_are_continued_until_the_line_is_whole(tmp_path):
+    store = TaskStore(tmp_path)
+    calls = []
+
+    def dribble(fd, data):      # a disk (or signal) that accepts 7 bytes per call
+        calls.append(len(data))
+        return os.write(fd, bytes(data[:7]))
+
+    store._write = dribble
+    record = {"id": "t1", "value": "v" * 50}
+    store.create(record)
+    assert len(calls) > 5
+    assert file_records(store.path) == [record]
+    assert TaskStore(tmp_path).get("t1") == record
+
+
+def test_a_failed_fsync_rolls_the_append_back(tmp_path, monkeypatch):
+    store = TaskStore(tmp_path)
+    store.create({"id": "t1", "value": 1})
+    before = store.path.read_bytes()
+    real_fsync = os.fsync
+    failing = {store.path.stat().st_ino}
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino in failing:
+            failing.clear()         # the rollback's own fsync works
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as failed:
+        store.create({"id": "t2", "value": 2})
+    assert failed.value.errno == errno.EIO and not isinstance(failed.value, InsufficientStorage)
+    assert store.path.read_bytes() == before
+    assert store.get("t2") is None and TaskStore(tmp_path).get("t2") is None
+
+
+def test_another_process_that_read_a_rolled_back_line_drops_it(tmp_path, monkeypatch):
+    """A line can be whole in the file when its fsync fails: a reader may index it before the
+    rollback, and a line of the same length may then take its place (a retried create)."""
+    writer, reader = TaskStore(tmp_path), TaskStore(tmp_path)   # two indexes, as two processes
+    writer.create({"id": "t1", "value": 1})
+    real_fsync, seen = os.fsync, []
+
+    def write_then_let_the_reader_look(fd, data):
+        written = os.write(fd, data)
+        seen.append(reader.get("t2"))        # whole and newline-terminated: the reader indexes it
+        return written
+
+    def failing_fsync(fd):
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        raise OSError(errno.EIO, "Input/output error")
+
+    writer._write = write_then_let_the_reader_look
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        writer.create({"id": "t2", "value": "phantom"})
+    assert seen == [{"id": "t2", "value": "phantom"}]
+    del writer._write
+    writer.create({"id": "t3", "value": "realone"})     # exactly as long as the rolled-back line
+    assert file_records(writer.path) == [{"id": "t1", "value": 1}, {"id": "t3", "value": "realone"}]
+    assert reader.get("t2") is None and reader.get("t3") == {"id": "t3", "value": "realone"}
+    assert [r["id"] for r in all_records(reader)] == ["t3", "t1"]
+
+
+# ---- truncation: the high-water mark ---------------------------------------------------------
+
+def _store_with_history(data_dir, n=10):
+    store = TaskStore(data_dir)
+    for i in range(n):
+        store.create({"id": f"t{i:02d}", "status": "queued"})
+    for i in range(n):
+        store.update(f"t{i:02d}", {"status": "succeeded"})
+    return store
+
+
+@pytest.mark.parametrize("share", [0, 0.6])
+def test_truncated_store_refuses_to_start_naming_the_backup(tmp_path, share, monkeypatch):
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    store = _store_with_history(data)
+    good = task_backup.take_backup(store, backups)
+    size = store.path.stat().st_size
+    os.truncate(store.path, int(size * share))      # truncate -s 0 / a cut at 60 %
+
+    with pytest.raises(StoreCorrupt, match="truncated"):
+        TaskStore(data)
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    config = {"TESTING": True, "DATA_DIR": str(data), "BACKUP_DIR": str(backups), "SECRET_KEY": "t"}
+    with pytest.raises(StartupRefused) as refused:
+        create_app(config)
+    assert "truncated" in str(refused.value) and str(good) in str(refused.value)
+    # A process already running refuses to write over it (that would move the mark down).
+    with pytest.raises(StoreCorrupt):
+        store.update("t00", {"status": "queued"})
+    with pytest.raises(StoreCorrupt):
+        store.compact()
+    assert store.path.stat().st_size == int(size * share)
+
+    task_backup.restore(data, backups, good)         # the way out the refusal names
+    restored = create_app(config).extensions["task_store"]
+    assert {r["status"] for r in all_records(restored)} == {"succeeded"} and len(restored) == 10
+
+
+def test_a_store_killed_between_append_and_mark_still_loads(tmp_path):
+    store = _store_with_history(tmp_path, 3)
+    done = subprocess.run([sys.executable, "-m", "tests.store_worker", "die-before-mark", tmp_path, "t99"],
+                          cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    mark = int(store.mark_path.read_bytes())
+    assert mark < store.path.stat().st_size          # the mark lags the log, as after the kill
+    fresh = TaskStore(tmp_path)
+    assert fresh.get("t99") == {"id": "t99", "value": "unacknowledged"} and len(fresh) == 4
+    fresh.update("t00", {"status": "queued"})         # writing catches the mark up
+    assert int(store.mark_path.read_bytes()) == store.path.stat().st_size
+
+
+def test_a_compaction_killed_before_the_swap_leaves_a_loadable_store(tmp_path):
+    store = _store_with_history(tmp_path, 5)
+    before = all_records(store)
+    done = subprocess.run([sys.executable, "-m", "tests.store_worker", "die-in-compaction", tmp_path],
+                          cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert store.rewrite_path.exists()               # what a killed compaction leaves behind
+    assert int(store.mark_path.read_bytes()) < store.path.stat().st_size
+
+    fresh = TaskStore(tmp_path)                      # the mark was lowered first: no false refusal
+    assert not store.rewrite_path.exists()           # ... and the leftover rewrite is gone
+    assert all_records(fresh) == before
+    assert fresh.compact() == (10, 5)
+    assert all_records(TaskStore(tmp_path)) == before
+
+
+def test_compaction_resets_the_mark_and_the_check_holds_after_it(tmp_path):
+    store = _store_with_history(tmp_path, 20)
+    assert int(store.mark_path.read_bytes()) == store.path.stat().st_size
+    store.compact()
+    size = store.path.stat().st_size
+    assert int(store.mark_path.read_bytes()) == size
+    assert len(TaskStore(tmp_path)) == 20            # a shorter log after compaction is fine
+    # A restore of a bigger backup moves the mark up too.
+    store.replace_all([{"id": f"r{i:03d}", "pad": "x" * 100} for i in range(50)])
+    assert int(store.mark_path.read_bytes()) == store.path.stat().st_size > size
+    os.truncate(store.path, store.path.stat().st_size * 6 // 10)
+    with pytest.raises(StoreCorrupt):
+        TaskStore(tmp_path)
+    assert 0 < len(TaskStore(tmp_path, check=False)) < 50   # what is left can still be read
+
+
+def test_leftover_rewrite_is_removed_at_open_and_a_store_without_a_mark_gets_one(tmp_path):
+    store = _store_with_history(tmp_path, 3)
+    store.close()
+    rewrite = tmp_path / "tasks.jsonl.rewrite"
+    rewrite.write_bytes(b'{"id":"half a compac')    # a compaction killed while writing
+    (tmp_path / "tasks.length").unlink(missing_ok=True)   # a store written before marks existed
+    fresh = TaskStore(tmp_path)
+    assert not rewrite.exists()
+    assert int(store.mark_path.read_bytes()) == store.path.stat().st_size
+    assert len(fresh) == 3
+    # A deleted log is app.py's to judge against the backups; a new one starts a new mark.
+    store.path.unlink()
+    assert len(TaskStore(tmp_path)) == 0
+    assert int(store.mark_path.read_bytes()) == 0
+
+
+# ---- task ids ------------------------------------------------------------------------------
+
+ID_FORMAT = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{6}$")
+
+
+def test_task_ids_strictly_increase_in_creation_order_and_are_unique():
+    ids = [tasks.new_task_id() for _ in range(5000)]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), "ids out of creation order"
+    assert all(ID_FORMAT.match(i) for i in ids)
+    first = datetime.strptime(ids[0][:18] + "000", "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    assert abs(first - datetime.now(UTC)) < timedelta(seconds=5)  # still a creation time
+
+    per_thread = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def make(out):
+        start.wait()
+        out.extend(tasks.new_task_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for out in per_thread:
+        assert all(a < b for a, b in zip(out, out[1:], strict=False))
+    together = [i for out in per_thread for i in out] + ids
+    assert len(set(together)) == 25_000
+
+
+def test_task_ids_for_a_given_moment_are_that_moments():
+    at = datetime(2026, 11, 22, 10, 15, 0, 123456, tzinfo=UTC)
+    assert tasks.new_task_id(at).startswith("20261122T101500123Z-")
+    assert tasks.new_task_id(at) != tasks.new_task_id(at)
