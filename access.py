@@ -103,8 +103,8 @@ def usage(user, now=None):
 
 
 def create_within_limits(store, kind, params, create, now=None):
-    """Check the caller's daily quota and tasks in flight, create the task and record the spend,
-    all in one step under the ledger lock; returns what `create()` made."""
+    """Check the caller's daily quota and tasks in flight, record the spend and create the task,
+    all in one step under the ledger lock; returns what `create(task_id)` made."""
     user = current_user()
     ledger = current_app.extensions["ledger"]
     limits = user.get("limits") or {}
@@ -121,9 +121,15 @@ def create_within_limits(store, kind, params, create, now=None):
             if in_flight >= limits["max_in_flight"]:
                 raise QuotaExceeded(f"You have {in_flight} tasks in progress, the most your account allows at once; "
                                     "wait for one to finish.", code="too_many_in_flight")
-        record = create()
-        ledger.record(user["id"], kind, count, record["id"], now)
-    return record
+        # Spend first, under the id the task will have: if the disk is full nothing is created,
+        # and if the create fails the spend is given back.
+        task_id = tasks.new_task_id()
+        ledger.record(user["id"], kind, count, task_id, now)
+        try:
+            return create(task_id)
+        except BaseException:
+            ledger.record(user["id"], kind, -count, task_id, now)
+            raise
 
 
 def _quota_exceeded(kind, limit, used, now):

@@ -101,9 +101,9 @@ def generate_image():
     store = current_app.extensions["task_store"]
     access.check_request_limits("image", model, params)
     images = decode_images({"reference": ("image", req.image)})
-    record = access.create_within_limits(store, "image", params, lambda: tasks.create_task(
+    record = access.create_within_limits(store, "image", params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="image", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id()))
+        params=params, images=images, owner=access.owner_id(), task_id=task_id))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

@@ -57,8 +57,13 @@ class Ledger:
                            "at": now.astimezone(UTC).isoformat()}) + "\n"
         fd = os.open(self._day_file(now), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            write_all(fd, line.encode())
-            os.fsync(fd)
+            length = os.fstat(fd).st_size
+            try:
+                write_all(fd, line.encode())
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, length)        # whole lines only, even on a full disk
+                raise
         finally:
             os.close(fd)
 

@@ -609,7 +609,7 @@ def retry_task(task_id):
     record = access.create_within_limits(_store(), old["kind"], old["params"], lambda: tasks.create_task(
         _store(), current_app.config["DATA_DIR"], kind=old["kind"], provider=old["provider"],
         model=old["model"], params=old["params"], images={i["role"]: i for i in old["inputs"]},
-        owner=old.get("owner"), retry_of=old["id"]))
+        owner=old.get("owner"), retry_of=old["id"], task_id=task_id))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

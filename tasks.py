@@ -71,7 +71,8 @@ def new_task_id(moment=None):
     return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z-{suffix:06x}"
 
 
-def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None):
+def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None,
+                task_id=None):
     """Store the input pictures as files and the task record; returns the record.
 
     `images` maps a role ("first", "tail", "reference") to a `media.DecodedImage` or to an
@@ -80,7 +81,7 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
     on disk (fsync'd) when this returns, so answering the request 202 cannot lose it.
     """
     now = utcnow()
-    task_id = new_task_id()
+    task_id = task_id or new_task_id()
     data_dir = Path(data_dir)
     input_dir = data_dir / "inputs" / task_id
     try:

@@ -109,9 +109,9 @@ def generate():
     store = current_app.extensions["task_store"]
     access.check_request_limits("video", model, params)
     images = decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
-    record = access.create_within_limits(store, "video", params, lambda: tasks.create_task(
+    record = access.create_within_limits(store, "video", params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id()))
+        params=params, images=images, owner=access.owner_id(), task_id=task_id))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

@@ -103,9 +103,10 @@ def _task_folders(disk):
 
 
 # Where the disk runs out: the request's first write (the rate limiter's window file, one
-# page), the picture, or the task record once the picture (whole pages) has been written.
-ROOM = {"nothing": lambda png: 0, "limiter only": lambda png: 1,
-        "limiter and picture": lambda png: 1 + -(-len(png) // PAGE)}
+# page), the spending ledger's line (one page), the picture, or the task record once the
+# picture (whole pages) has been written.
+ROOM = {"nothing": lambda png: 0, "limiter only": lambda png: 1, "limiter and ledger": lambda png: 2,
+        "limiter, ledger and picture": lambda png: 2 + -(-len(png) // PAGE)}
 
 
 @pytest.mark.parametrize("room", list(ROOM))
@@ -129,7 +130,8 @@ def test_generate_on_a_full_disk_answers_507_and_keeps_nothing(disk, tmp_path, m
     assert error["code"] == "disk_full" and "disk is full" in error["message"]
     # Which step met the full disk: the limiter wrote its file unless there was no room at all.
     assert (disk / "data" / "ratelimits.json").exists() == (room != "nothing")
-    assert bool(appends) == (room == "limiter and picture"), "the full disk met another step"
+    assert bool(appends) == (room == "limiter, ledger and picture"), "the full disk met another step"
+    assert app.extensions["ledger"].spent_today("admin", "video") == 0        # nothing was spent
     assert _task_folders(disk) == []
     assert store.path.stat().st_size == 0
     assert len(TaskStore(disk / "data")) == 0 and client.get("/api/tasks").get_json()["total"] == 0
