@@ -1,7 +1,9 @@
 """Who is asking, and what they may see and spend.
 
-`auth.py` identifies the caller (a session or an API key) and leaves the user in `g.user`; the
-feature modules ask here whose tasks a request may touch, and create tasks through
+Views say what they need with the decorators here (`public`, `session_only`, `admin_only`,
+`limited`); `auth.py` identifies the caller (a session or an API key), enforces those rules and
+leaves the user in `g.user`. The feature modules ask here whose tasks a request may touch, and
+create tasks through
 `create_within_limits`, which holds the user's limits (set by the admin, None = no limit):
 
 - `images_per_day`, `videos_per_day`: counted in the spending ledger (ledger.py), UTC days;
@@ -26,6 +28,34 @@ from errors import NotFound, QuotaExceeded, ValidationError
 _TIER = re.compile(r"(\d{3,4})P$")
 _LABEL_TIERS = re.compile(r"(std|pro)\s+(\d{3,4})p")
 _LABEL_TIER = re.compile(r"\((\d{3,4})p\)")
+
+
+# ---- what a view needs, said where the view is defined (auth.py enforces it)
+
+def public(view):
+    """Anyone may call this view; credentials sent to it are ignored."""
+    view.access = "public"
+    return view
+
+
+def session_only(view):
+    """Only a signed-in browser, never an API key."""
+    view.access = "session"
+    return view
+
+
+def admin_only(view):
+    """Only the admin (and, through a key, one with the `admin` scope)."""
+    view.access = "admin"
+    return view
+
+
+def limited(name):
+    """Count each call against the caller's rate limit `name` (auth.RATE_LIMITS)."""
+    def mark(view):
+        view.rate_limit = name
+        return view
+    return mark
 
 
 def current_user():

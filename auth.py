@@ -8,7 +8,7 @@ send back (jQuery's `X-CSRFToken` header, a hidden field on forms); Bearer reque
 by browsers on their own, so they need none.
 
 API keys have scopes: `read` for GET and HEAD, `generate` for every other method, `admin` for
-the views marked `admin_only`. Views marked `session_only` (making keys, changing the password)
+the views marked `access.admin_only`. Views marked `access.session_only` (making keys, changing the password)
 refuse keys altogether, so a leaked key can never mint a key that outlives it.
 
 Sign-in attempts are slowed per (address, user name), per user name and per address, checked and
@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import access
+from access import admin_only, public, session_only
 from accounts import ADMIN, LIMITS, SCOPES, Accounts
 from errors import Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
 from ledger import Ledger
@@ -40,10 +41,9 @@ from validation import parse_body
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
-PUBLIC_ENDPOINTS = {"static", "health.healthz", "health.readyz"}
+PUBLIC_ENDPOINTS = {"static"}      # Flask's own view; every other view says so with access.public
 LOGIN_FREE_TRIES = {"pair": 5, "user": 5, "address": 30, "device": 5}
-GENERATE_LIMIT = (30, 60)           # new tasks per minute and user
-GENERATING_ENDPOINTS = {"video_extend.generate", "image_generate.generate_image", "task_query.retry_task"}
+RATE_LIMITS = {"generate": (30, 60)}        # calls per window (seconds), per user
 DEVICE_COOKIE = "studio_device"
 DEVICE_MAX_AGE = 365 * 24 * 3600
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -51,31 +51,14 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
 
 
-# ---- what a view needs, said where the view is defined
-
-def public(view):
-    """Anyone may call this view; credentials sent to it are ignored."""
-    view.access = "public"
-    return view
-
-
-def session_only(view):
-    """Only a signed-in browser, never an API key."""
-    view.access = "session"
-    return view
-
-
-def admin_only(view):
-    """Only the admin (and, through a key, one with the `admin` scope)."""
-    view.access = "admin"
-    return view
+def _view():
+    return current_app.view_functions.get(request.endpoint)
 
 
 def _rule():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return "public"
-    view = current_app.view_functions.get(request.endpoint)
-    return getattr(view, "access", "user")
+    return getattr(_view(), "access", "user")
 
 
 # ---- wiring
@@ -148,8 +131,9 @@ def authenticate():
     _check_rule(rule)
     if not g.via_key and request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()
-    if request.endpoint in GENERATING_ENDPOINTS:
-        wait = current_app.extensions["rate_limiter"].hit(f"generate:{g.user['id']}", *GENERATE_LIMIT)
+    limit = getattr(_view(), "rate_limit", None)
+    if limit:
+        wait = current_app.extensions["rate_limiter"].hit(f"{limit}:{g.user['id']}", *RATE_LIMITS[limit])
         if wait:
             raise RateLimited(f"Too many new tasks in a minute; try again in {wait} s.", wait)
     return None

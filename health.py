@@ -12,6 +12,8 @@ import time
 
 from flask import Blueprint, current_app
 
+from access import public
+
 bp = Blueprint("health", __name__)
 
 HEARTBEAT_FILE = "scheduler.heartbeat"
@@ -26,11 +28,13 @@ def beat(data_dir):
 
 
 @bp.get("/healthz")
+@public
 def healthz():
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@public
 def readyz():
     data_dir = current_app.config["DATA_DIR"]
     checks = {}

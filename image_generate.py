@@ -94,6 +94,7 @@ def _default(value, default):
 
 
 @bp.post("/generate_image")
+@access.limited("generate")
 def generate_image():
     """Queue an image task: 202 {"task_id", "status"}."""
     req = parse_body(ImageRequest)

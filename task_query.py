@@ -589,6 +589,7 @@ def cancel_task(task_id):
 
 
 @bp.post("/api/tasks/<task_id>/retry")
+@access.limited("generate")
 def retry_task(task_id):
     """Queue a new task with the same settings and pictures, linked to this one."""
     old = _task_or_404(task_id)

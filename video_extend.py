@@ -102,6 +102,7 @@ def check_video_request(req):
 
 
 @bp.post("/generate")
+@access.limited("generate")
 def generate():
     """Queue a video task: 202 {"task_id", "status"}."""
     req = parse_body(VideoRequest)

@@ -109,7 +109,7 @@ def test_next_never_redirects_off_site(app):
 def test_generate_is_rate_limited(app, anon, png_b64, monkeypatch):
     import auth
 
-    monkeypatch.setattr(auth, "GENERATE_LIMIT", (3, 60))
+    monkeypatch.setitem(auth.RATE_LIMITS, "generate", (3, 60))
     headers = make_user(app, "busy")
     codes = [anon.post("/generate", json={"image": png_b64}, headers=headers).status_code for _ in range(4)]
     assert codes == [202, 202, 202, 429]
