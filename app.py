@@ -76,6 +76,7 @@ def create_app(config=None):
     _configure_logging(app)
 
     import auth
+    import downloads
     import health
     import i18n
     import image_generate
@@ -86,6 +87,7 @@ def create_app(config=None):
     app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
     app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
     app.extensions["providers"] = build_providers(app.config)
+    downloads.configure(app.config)     # where result links may point: public, or a configured provider
     app.register_blueprint(health.bp)
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
