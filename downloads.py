@@ -117,13 +117,24 @@ def check_address(url, policy):
     return True
 
 
+def _peer_socket(resp):
+    """The socket a streaming requests response reads from (None if it cannot be found).
+
+    A kept-alive connection still holds it; a response that closes the connection took it over
+    from http.client (its reader is a socket.SocketIO). Both versions are pinned in requirements.txt.
+    """
+    sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+    if sock is None:
+        reader = getattr(getattr(getattr(resp.raw, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(reader, "_sock", None)
+    return sock
+
+
 def _check_peer(resp, url):
     """The address we actually reached must be public too: a DNS answer can change after the check."""
-    connection = getattr(resp.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is None:
-        raise _refused(url, urlsplit(url).hostname)     # cannot tell where it went: do not read it
-    if not safe_fetch.is_public(sock.getpeername()[0]):
+    sock = _peer_socket(resp)
+    # Cannot tell where it went: do not read it.
+    if sock is None or not safe_fetch.is_public(sock.getpeername()[0]):
         raise _refused(url, urlsplit(url).hostname)
 
 

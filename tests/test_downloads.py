@@ -260,3 +260,18 @@ def test_a_failed_download_leaves_no_signature_in_errors_logs_or_responses(tmp_p
     texts += [store.get(gone_id)["error"]["message"]] + [r.getMessage() for r in caplog.records if r.name != "werkzeug"]
     for text in texts:
         assert "Signature" not in text and "Expires" not in text and "OSSAccessKeyId" not in text, text
+
+
+def test_a_public_link_is_checked_again_at_the_address_connected_to(tmp_path, server, monkeypatch):
+    # No public internet here: the file server's loopback address stands in for a public one, first for
+    # every look, then (a DNS answer that changed after the check) only for the look before connecting.
+    import safe_fetch
+
+    url, _ = server.publish(sample_png(), "image/png", ".png")
+    monkeypatch.setattr(safe_fetch, "is_public", lambda address: address == "127.0.0.1")
+    assert downloads.fetch(url, tmp_path / "image-1.png") > 0
+    looks = []
+    monkeypatch.setattr(safe_fetch, "is_public", lambda address: looks.append(address) or len(looks) == 1)
+    with pytest.raises(downloads.AddressRefused):
+        downloads.fetch(url, tmp_path / "image-2.png")
+    assert looks == ["127.0.0.1", "127.0.0.1"] and not (tmp_path / "image-2.png").exists()
