@@ -173,11 +173,15 @@ def _connect(scheme, host, address, port, deadline):
     """A socket to the checked `address`, with TLS verified against `host` for https."""
     sock = socket.create_connection((address, port), timeout=_left(deadline, CONNECT_SECONDS))
     if scheme == "https":
-        context = ssl.create_default_context(cafile=certifi.where())
-        sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-        # CPython bounds a whole handshake by the socket timeout, not each of its reads.
-        sock.settimeout(_left(deadline, CONNECT_SECONDS))
-        sock.do_handshake()
+        try:
+            context = ssl.create_default_context(cafile=certifi.where())
+            sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            # CPython bounds a whole handshake by the socket timeout, not each of its reads.
+            sock.settimeout(_left(deadline, CONNECT_SECONDS))
+            sock.do_handshake()
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 

@@ -225,3 +225,15 @@ def test_the_deadline_is_a_parameter_too(private_client):
         server.close()
     assert caught.value.code == "url_unavailable" and "0.5 s" in caught.value.message
     assert elapsed <= 1.5
+
+
+def test_a_tls_handshake_that_never_finishes_is_cut_off_at_the_deadline(private_client):
+    server = Dripper(prefix=b"", drip=b"\x16", interval=0.4)      # one byte of a TLS record, then silence
+    try:
+        started = time.monotonic()
+        resp = private_client.post("/generate", json={"image": f"https://127.0.0.1:{server.port}/pic.png"})
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "url_unavailable", resp.get_json()
+    assert elapsed <= DEADLINE + 1, f"{elapsed:.1f} s"
