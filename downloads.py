@@ -37,7 +37,6 @@ TIMEOUT = (10, 60)              # connect, read (seconds)
 CHUNK = 64 * 1024              # small enough that a cut loses little of what arrived
 SUFFIXES = (".mp4", ".mov", ".webm", ".png", ".jpg", ".jpeg", ".webp")
 MAX_REDIRECTS = 3
-API_BASES = ("KLING_API_BASE", "AI302_API_BASE", "DASHSCOPE_API_BASE", "LIBLIB_API_BASE")
 
 
 class ResultExpired(Exception):
@@ -69,9 +68,10 @@ _policies = {}
 def configure(config):
     """Record the address policy of an app (its provider API bases and ALLOW_PRIVATE_URLS)."""
     hosts = set()
-    # The four API bases, and the base of any provider built on their protocols (<NAME>_BASE).
-    for name in sorted(set(API_BASES) | {k for k in config if k.endswith("_BASE")}):
-        value = config.get(name)
+    # Every *_BASE setting: KLING_API_BASE, AI302_API_BASE, DASHSCOPE_API_BASE, LIBLIB_API_BASE, and the
+    # base of any provider built on their protocols.
+    for name in sorted(k for k in config if k.endswith("_BASE")):
+        value = config[name]
         try:
             parts = urlsplit(value) if isinstance(value, str) else None
             if parts and parts.scheme in ("http", "https") and parts.hostname:
