@@ -1,5 +1,7 @@
 FROM python:3.11-slim
 
+# APP_HOST=0.0.0.0 serves the container's port directly; docker-compose.yml sets 127.0.0.1 and puts
+# nginx (deploy/nginx.conf) in front, the production set-up (README, "Production").
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     DATA_DIR=/data BACKUP_DIR=/backups APP_HOST=0.0.0.0 APP_PORT=5000
 

@@ -23,6 +23,7 @@ run: $(VENV)/.runtime
 # The browser tests need Debian's chromium: ensure-chromium installs it when it is missing.
 test: $(VENV)/.dev
 	bash scripts/ensure-chromium
+	bash scripts/ensure-nginx
 	$(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 

@@ -39,7 +39,7 @@ DEFAULTS = {
 ENV_NAMES = (
     "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
     "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
-    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE", "TRUSTED_PROXIES", "ADMIN_PASSWORD_RESET",
+    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE", "TRUSTED_PROXIES", "ADMIN_PASSWORD_RESET", "ALLOW_PRIVATE_URLS",
     "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
     "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
 )
@@ -65,8 +65,9 @@ def create_app(config=None):
     for name in ("POLL_INTERVAL_SECONDS", "HTTP_TIMEOUT_SECONDS"):
         app.config[name] = float(app.config[name])
     # Behind HTTPS, set SESSION_COOKIE_SECURE=1 so the session cookie never travels in clear.
-    secure = str(app.config.get("SESSION_COOKIE_SECURE", "")).lower()
-    app.config["SESSION_COOKIE_SECURE"] = secure in ("1", "true", "yes")
+    # ALLOW_PRIVATE_URLS=1 (development and tests only) lets picture and result URLs reach private addresses.
+    for name in ("SESSION_COOKIE_SECURE", "ALLOW_PRIVATE_URLS"):
+        app.config[name] = str(app.config.get(name, "")).lower() in ("1", "true", "yes")
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +77,7 @@ def create_app(config=None):
     _configure_logging(app)
 
     import auth
+    import downloads
     import health
     import i18n
     import image_generate
@@ -86,6 +88,7 @@ def create_app(config=None):
     app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
     app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
     app.extensions["providers"] = build_providers(app.config)
+    downloads.configure(app.config)     # where result links may point: public, or a configured provider
     app.register_blueprint(health.bp)
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)

@@ -32,6 +32,7 @@ from errors import (
     ValidationError,
 )
 from providers import base
+from redact import redact_url
 from tasks import (
     ACTIVE,
     CANCELLED,
@@ -487,17 +488,23 @@ def download(store, providers, clock=utcnow):
 
 
 def _download_problem(store, task, outputs, exc, now):
+    # Library messages embed the failing URL, and result links are signed: never keep their query strings.
+    detail = redact_url(exc)
+    if isinstance(exc, downloads.AddressRefused):      # no retry sends it anywhere else
+        log.warning("task %s: saving results refused: %s", task["id"], detail)
+        _fail(store, task["id"], "download_failed", f"Saving the result failed: {detail}.", now)
+        return
     if downloads.disk_full(exc):
         message = "The disk is full: free some space. The result is kept at the provider and saved when there is room."
     else:
-        message = f"Saving the result failed ({type(exc).__name__}: {exc}); retrying."
+        message = f"Saving the result failed ({type(exc).__name__}: {detail}); retrying."
     known_expiry = any(o.get("remote_url") and downloads.link_expiry(o["remote_url"], o.get("remote_expires_at"))
                        for o in outputs)
     # A link the server keeps refusing (403/404/410) is gone, whatever its stated expiry;
     # network trouble and 5xx are worth retrying until the link expires.
     status = exc.response.status_code if isinstance(exc, requests.HTTPError) and exc.response is not None else 0
     refused = 400 <= status < 500 and status not in (408, 429)
-    log.warning("task %s: saving results failed: %s", task["id"], exc)
+    log.warning("task %s: saving results failed: %s", task["id"], detail)
     if (refused or not known_expiry) and task.get("problems", 0) >= MAX_DOWNLOAD_PROBLEMS:
         _fail(store, task["id"], "download_failed", message, now)
         return
