@@ -614,7 +614,7 @@ def retry_task(task_id):
     model = next((m for m in provider.capabilities()["models"]
                   if m["id"] == old["model"] and m["kind"] == old["kind"]), {})
     access.check_request_limits(old["kind"], model, old["params"])
-    record = access.create_within_limits(_store(), old["kind"], old["params"], lambda: tasks.create_task(
+    record = access.create_within_limits(_store(), old["kind"], old["params"], lambda task_id: tasks.create_task(
         _store(), current_app.config["DATA_DIR"], kind=old["kind"], provider=old["provider"],
         model=old["model"], params=old["params"], images={i["role"]: i for i in old["inputs"]},
         owner=old.get("owner"), retry_of=old["id"], task_id=task_id))
