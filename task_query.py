@@ -553,7 +553,7 @@ def list_tasks():
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
                                 text=args.get("q") or None, owner=access.visible_owner(), offset=offset,
                                 limit=limit)
-    return {"tasks": page, "total": total, "offset": offset, "limit": limit}
+    return {"tasks": [tasks.for_client(t) for t in page], "total": total, "offset": offset, "limit": limit}
 
 
 def _int_arg(name, default, low, high):
@@ -571,7 +571,7 @@ def _int_arg(name, default, low, high):
 
 @bp.get("/api/tasks/<task_id>")
 def get_task(task_id):
-    return _task_or_404(task_id)
+    return tasks.for_client(_task_or_404(task_id))
 
 
 @bp.post("/api/tasks/<task_id>/cancel")
@@ -592,7 +592,7 @@ def cancel_task(task_id):
     if not record.get("submit_started_at") and record.get("owner"):
         # No provider ever saw it, so it cost nothing: its quota comes back.
         current_app.extensions["ledger"].refund(record["owner"], record["kind"], task_id)
-    return record
+    return tasks.for_client(record)
 
 
 @bp.post("/api/tasks/<task_id>/retry")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import media
 from errors import InsufficientStorage
+from redact import redact_url
 
 QUEUED, SUBMITTED, RUNNING, DOWNLOADING = "queued", "submitted", "running", "downloading"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -121,3 +122,11 @@ def remove_files(data_dir, task_id):
     """Delete a task's input and output folders."""
     for folder in ("inputs", "outputs"):
         shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
+
+
+def for_client(record):
+    """The record as API clients see it: result links without their signatures (the studio
+    serves its own copy; a signed link would hand out the file to whoever reads the JSON)."""
+    outputs = [{**o, "remote_url": redact_url(o["remote_url"])} if o.get("remote_url") else o
+               for o in record.get("outputs") or []]
+    return {**record, "outputs": outputs}
