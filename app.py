@@ -1,9 +1,9 @@
 """The studio's application factory: configuration, logging, error handlers, blueprints, scheduler.
 
-Configuration comes from defaults, then `.env`, then the environment, then the `config` mapping
-given to `create_app` (tests). `python app.py` serves the studio on APP_HOST:APP_PORT
-(127.0.0.1:5000) with the local engine and the scheduler in-process; production runs
-`gunicorn "app:create_app()"`. Importing this module starts nothing.
+Settings come from config.py (defaults, then `.env`, then the environment, then the `config`
+mapping given to `create_app` by tests), typed once and copied into `app.config`. `python app.py`
+serves the studio on APP_HOST:APP_PORT (127.0.0.1:5000) with the local engine and the scheduler
+in-process; production runs `gunicorn "app:create_app()"`. Importing this module starts nothing.
 """
 
 import logging
@@ -19,55 +19,14 @@ from errors import AppError, InsufficientStorage
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "APP_HOST": "127.0.0.1",
-    "APP_PORT": 5000,
-    "DATA_DIR": "data",
-    "BACKUP_DIR": "backups",
-    "POLL_INTERVAL_SECONDS": 5,
-    "BACKUP_INTERVAL_MINUTES": 60,
-    "BACKUP_KEEP": 24,
-    "LOCAL_WORKERS": min(2, os.cpu_count() or 1),
-    "HTTP_TIMEOUT_SECONDS": 30,     # read timeout of provider calls
-    "READY_MIN_FREE_MB": 500,       # /readyz fails below this much free disk
-    # Two pictures of at most 10 MB each, Base64-encoded (x4/3), plus the rest of the JSON.
-    "MAX_CONTENT_LENGTH": 30 * 1024 * 1024,
-    "TESTING": False,
-}
-
-# Settings read from the environment (and .env). Provider keys are secrets: never logged.
-ENV_NAMES = (
-    "APP_HOST", "APP_PORT", "DATA_DIR", "BACKUP_DIR", "SECRET_KEY", "POLL_INTERVAL_SECONDS",
-    "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "ADMIN_PASSWORD", "API_KEYS", "LOCAL_WORKERS", "HTTP_TIMEOUT_SECONDS",
-    "READY_MIN_FREE_MB", "SESSION_COOKIE_SECURE", "TRUSTED_PROXIES", "ADMIN_PASSWORD_RESET", "ALLOW_PRIVATE_URLS",
-    "KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_BASE", "AI302_API_KEY", "AI302_API_BASE",
-    "DASHSCOPE_API_KEY", "DASHSCOPE_API_BASE", "LIBLIB_ACCESS_KEY", "LIBLIB_SECRET_KEY", "LIBLIB_API_BASE",
-)
-# Per-provider tuning: <PROVIDER>_MAX_CONCURRENCY and <PROVIDER>_MAX_RUNNING_MINUTES.
-ENV_NAMES += tuple(f"{provider}_{setting}" for provider in ("LOCAL", "KLING", "AI302", "DASHSCOPE", "LIBLIB")
-                   for setting in ("MAX_CONCURRENCY", "MAX_RUNNING_MINUTES"))
-INT_SETTINGS = ("APP_PORT", "BACKUP_INTERVAL_MINUTES", "BACKUP_KEEP", "LOCAL_WORKERS", "READY_MIN_FREE_MB")
-
-
 def create_app(config=None):
     """Build the studio app; `config` overrides everything (tests pass TESTING and DATA_DIR)."""
-    from dotenv import dotenv_values
+    from config import load_settings
 
+    settings, flask_extra = load_settings(config)
     app = Flask(__name__)
-    app.config.update(DEFAULTS)
-    env_file = Path(os.environ.get("DOTENV_PATH", ".env"))
-    if env_file.is_file():
-        app.config.update({k: v for k, v in dotenv_values(env_file).items() if k in ENV_NAMES and v})
-    app.config.update({k: os.environ[k] for k in ENV_NAMES if os.environ.get(k)})
-    app.config.update(config or {})
-    for name in INT_SETTINGS:
-        app.config[name] = int(app.config[name])
-    for name in ("POLL_INTERVAL_SECONDS", "HTTP_TIMEOUT_SECONDS"):
-        app.config[name] = float(app.config[name])
-    # Behind HTTPS, set SESSION_COOKIE_SECURE=1 so the session cookie never travels in clear.
-    # ALLOW_PRIVATE_URLS=1 (development and tests only) lets picture and result URLs reach private addresses.
-    for name in ("SESSION_COOKIE_SECURE", "ALLOW_PRIVATE_URLS"):
-        app.config[name] = str(app.config.get(name, "")).lower() in ("1", "true", "yes")
+    app.config.update(settings.model_dump(), **flask_extra)
+    app.extensions["settings"] = settings
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +40,7 @@ def create_app(config=None):
     import health
     import i18n
     import image_generate
+    import task_backup
     import task_query
     import video_extend
     from providers import build_providers
@@ -94,6 +54,7 @@ def create_app(config=None):
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
     i18n.init_app(app)
+    task_backup.init_app(app)
     auth.init_app(app)
     _register_error_handlers(app)
 

@@ -9,9 +9,9 @@ of each of the last 7 days, and the few newest `pre-restore-*` safety copies. Ba
 future (a clock that was wrong when they were taken) are never taken for the newest one. Task
 records hold no secrets (provider keys live only in the environment), so neither do task backups.
 
-    python task_backup.py list
-    python task_backup.py verify FILE
-    python task_backup.py restore FILE [--accounts]   # keeps safety copies of what it replaces
+    flask backup list                   (or: python task_backup.py list)
+    flask backup verify FILE
+    flask backup restore FILE [--accounts]   # keeps safety copies of what it replaces
 """
 
 import argparse
@@ -232,13 +232,68 @@ def backup_job(backup_dir, keep):
     return backup
 
 
-def main(argv=None):
-    from dotenv import dotenv_values
+def run_command(command, data_dir, backup_dir, file=None, accounts=False, out=sys.stdout):
+    """`list`, `verify FILE` or `restore FILE`, printing what happened; returns the exit status."""
+    if command == "list":
+        for path in list_backups(backup_dir):
+            print(f"{path.name}\t{path.stat().st_size} bytes", file=out)
+        return 0
+    try:
+        if command == "verify":
+            count = len(read_backup(file))
+            companion = accounts_backup(file)
+            users = f", {len(read_accounts(companion)['users'])} users" if companion.exists() else ""
+            print(f"{file}: OK, {count} tasks{users}", file=out)
+        else:
+            safety, count = restore(data_dir, backup_dir, file, accounts=accounts)
+            also = " and the accounts" if accounts else ""
+            print(f"restored {count} tasks{also} from {file}; the previous store is kept in {safety}", file=out)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
-    settings = {**dotenv_values(".env"), **os.environ}
+
+def init_app(app):
+    """`flask backup list|verify FILE|restore FILE [--accounts]`, with the app's settings."""
+    import click
+    from flask import current_app
+
+    @app.cli.group("backup")
+    def backup_cli():
+        """Backups of the task store and the accounts."""
+
+    def run(command, file=None, accounts=False):
+        config = current_app.config
+        raise SystemExit(run_command(command, config["DATA_DIR"], config["BACKUP_DIR"], file, accounts))
+
+    @backup_cli.command("list")
+    def list_cmd():
+        """List backups, newest first."""
+        run("list")
+
+    @backup_cli.command("verify")
+    @click.argument("file")
+    def verify_cmd(file):
+        """Check that a backup reads back whole."""
+        run("verify", file)
+
+    @backup_cli.command("restore")
+    @click.argument("file")
+    @click.option("--accounts", is_flag=True, help="also replace the users and API keys with the backup's copy")
+    def restore_cmd(file, accounts):
+        """Replace the task store with a backup (the current one is kept aside)."""
+        run("restore", file, accounts)
+
+
+def main(argv=None):
+    """`python task_backup.py ...`: the same commands, for a studio that cannot start."""
+    from config import load_settings
+
+    settings, _ = load_settings()
     parser = argparse.ArgumentParser(description="Backups of the AIAPI Studio task store.")
-    parser.add_argument("--data-dir", default=settings.get("DATA_DIR") or "data")
-    parser.add_argument("--backup-dir", default=settings.get("BACKUP_DIR") or "backups")
+    parser.add_argument("--data-dir", default=settings.DATA_DIR)
+    parser.add_argument("--backup-dir", default=settings.BACKUP_DIR)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list backups, newest first")
     sub.add_parser("verify", help="check that a backup reads back whole").add_argument("file")
@@ -247,24 +302,8 @@ def main(argv=None):
     restore_cmd.add_argument("--accounts", action="store_true",
                              help="also replace the users and API keys with the backup's copy")
     args = parser.parse_args(argv)
-    if args.command == "list":
-        for path in list_backups(args.backup_dir):
-            print(f"{path.name}\t{path.stat().st_size} bytes")
-        return 0
-    try:
-        if args.command == "verify":
-            count = len(read_backup(args.file))
-            companion = accounts_backup(args.file)
-            users = f", {len(read_accounts(companion)['users'])} users" if companion.exists() else ""
-            print(f"{args.file}: OK, {count} tasks{users}")
-        else:
-            safety, count = restore(args.data_dir, args.backup_dir, args.file, accounts=args.accounts)
-            also = " and the accounts" if args.accounts else ""
-            print(f"restored {count} tasks{also} from {args.file}; the previous store is kept in {safety}")
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(args.command, args.data_dir, args.backup_dir, getattr(args, "file", None),
+                       getattr(args, "accounts", False))
 
 
 if __name__ == "__main__":
