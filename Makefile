@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench
+.PHONY: run test bench screenshots
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/store_bench.py
 	$(PY) bench/render_bench.py
 	$(PY) bench/poll_bench.py
+
+# Screenshots of every page in test-artifacts/ (opt-in: the browser tests check the pages without them).
+screenshots: $(VENV)/.dev
+	STUDIO_SCREENSHOTS=1 $(PY) -m pytest tests/test_pages.py -k screenshots

@@ -42,6 +42,7 @@ def create_app(config=None):
     import image_generate
     import task_backup
     import task_query
+    import tasks
     import video_extend
     from providers import build_providers
 
@@ -55,6 +56,8 @@ def create_app(config=None):
     app.register_blueprint(task_query.bp)
     i18n.init_app(app)
     task_backup.init_app(app)
+    # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
+    app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
     auth.init_app(app)
     _register_error_handlers(app)
 

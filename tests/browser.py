@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 import task_query
 from tasks import TERMINAL
@@ -20,6 +20,51 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 PIPELINE_PAUSE = 0.2        # seconds between pipeline rounds
+_RESPONSE = "studio.tests.response"     # the environ key under which serve() keeps each response
+
+
+class _CloseOnce:
+    """A response iterable whose close() runs the app's close() once, whoever calls it first."""
+
+    def __init__(self, iterable):
+        self._iterable = iterable
+        self._closed = False
+
+    def __iter__(self):
+        return iter(self._iterable)
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+
+
+class _ClosingRequestHandler(WSGIRequestHandler):
+    """werkzeug's dev server (3.1, serving.py run_wsgi) calls close() on the app's response at the
+    end of a `finally` that first reads what is left of the request from the socket. When the browser
+    has reset the connection (it navigated away while a ranged thumbnail was being sent), that read
+    raises ConnectionResetError, close() is skipped and send_file's open file is left to the garbage
+    collector: a ResourceWarning that filterwarnings=error turns into a failure of whichever test runs
+    then. The server reports such a drop to connection_dropped(); this one closes the response."""
+
+    def connection_dropped(self, error, environ=None):
+        response = (environ or {}).pop(_RESPONSE, None)
+        if response is not None:
+            response.close()
+
+
+def serve(app):
+    """A threaded werkzeug server for `app` on 127.0.0.1:<free port> that closes every response,
+    also when the client drops the connection (WSGI requires close(); see _ClosingRequestHandler)."""
+
+    def remembering(environ, start_response):
+        response = _CloseOnce(app(environ, start_response))
+        environ[_RESPONSE] = response
+        return response
+
+    return make_server("127.0.0.1", 0, remembering, threaded=True, request_handler=_ClosingRequestHandler)
 
 
 class LiveStudio:
@@ -30,7 +75,7 @@ class LiveStudio:
         self.app = app
         self.store = app.extensions["task_store"]
         self.providers = app.extensions["providers"]
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self._server = serve(app)
         self.base_url = f"http://127.0.0.1:{self._server.server_port}"
         self._stop = threading.Event()
         self._paused = threading.Event()

@@ -4,11 +4,12 @@ First what the server renders (language choice, no inline scripts, no CDN, a com
 catalog), then the pages driven in headless Chromium against a real server whose pipeline runs
 in a background thread: a video made and played, images turned into a video, the tasks page's
 filters and actions, settings reused, hostile prompts shown as text, paging over 10k tasks, and
-screenshots of every page at 1280×800 and 390×844 in test-artifacts/. Every browser test fails
-on a console error, an uncaught exception or a dialog.
+(opt-in, `make screenshots`) screenshots of every page at 1280×800 and 390×844 in test-artifacts/.
+Every browser test fails on a console error, an uncaught exception or a dialog.
 """
 
 import json
+import os
 import re
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -20,6 +21,7 @@ from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 from playwright.sync_api import expect, sync_playwright
 
+import tasks
 from app import create_app
 from tasks import iso, new_task_id, utcnow
 from tests.browser import LiveStudio, PageProblems, launch_chromium
@@ -77,6 +79,31 @@ def test_pages_have_no_inline_script_and_no_cdn(client, path):
     assert config["lang"] == "en" and config["strings"]["status.succeeded"] == "Done"
     for block in parser.json_blocks[1:]:
         json.loads(block)
+
+
+def studio_config(html):
+    parser = _Tags()
+    parser.feed(html)
+    return json.loads(parser.json_blocks[0])
+
+
+def test_scripts_get_the_task_statuses_and_the_media_url_from_the_server(client):
+    config = studio_config(client.get("/tasks").get_data(as_text=True))
+    assert config["statuses"] == {"all": list(tasks.STATUSES), "active": list(tasks.ACTIVE),
+                                  "terminal": [s for s in tasks.STATUSES if s in tasks.TERMINAL]}
+    assert config["urls"]["media"] == "/media/"
+    assert {f"status.{s}" for s in tasks.STATUSES} <= set(config["strings"])
+
+
+def test_the_status_filter_lists_the_servers_statuses_translated(client):
+    html = client.get("/tasks?lang=zh").get_data(as_text=True)
+    select = re.search(r'<select[^>]*id="filter-status".*?</select>', html, re.S).group(0)
+    options = re.findall(r'<option value="([^"]*)">([^<]*)</option>', select)
+    terminal = [s for s in tasks.STATUSES if s in tasks.TERMINAL]
+    assert [value for value, _ in options] == ["", ",".join(tasks.ACTIVE), *terminal]
+    strings = studio_config(html)["strings"]
+    assert [label for _, label in options[2:]] == [strings[f"status.{s}"] for s in terminal]
+    assert options[3][1] == "失败"
 
 
 def test_vendor_files_are_served_locally(client):
@@ -229,6 +256,19 @@ def test_video_page_makes_a_video_that_plays(open_page, studio, pictures):
     href = card.locator(".task-download").get_attribute("href")
     download = page.request.get(studio.url(href))
     assert download.ok and "attachment" in download.headers["content-disposition"]
+
+
+def test_a_video_card_cancels_its_task(open_page, studio):
+    with studio.paused():
+        task_id = make_task(studio, prompt="cancel me from the card")
+        page, _ = open_page("/")
+        card = page.locator(f'#video-results .task-card[data-task-id="{task_id}"]')
+        expect(card).to_have_attribute("data-status", "queued")
+        card.locator(".task-cancel").click()
+        expect(card).to_have_attribute("data-status", "cancelled")
+        expect(page.locator("#toasts")).to_contain_text("Task cancelled.")
+        expect(card.locator(".task-cancel")).to_be_hidden()
+    assert studio.store.get(task_id)["status"] == "cancelled"
 
 
 CAPABILITY_EXTRAS = [
@@ -617,6 +657,9 @@ def wait_for_media(page):
         page.wait_for_timeout(1500)     # the spinner fades out slowly
 
 
+@pytest.mark.skipif(os.environ.get("STUDIO_SCREENSHOTS") != "1",
+                    reason="screenshots are opt-in (they check nothing the tests above don't): "
+                           "set STUDIO_SCREENSHOTS=1 or run `make screenshots`")
 def test_screenshots_of_every_page(browser, open_page, studio):
     for kind, fields in (("video", {"prompt": "gentle zoom in over the valley"}),
                          ("image", {"prompt": "soft painterly look", "n": 3, "aspect_ratio": "4:3"})):

@@ -10,7 +10,8 @@ window.Studio = (function ($) {
   const config = JSON.parse(document.getElementById("studio-config").textContent);
   const pageDataElement = document.getElementById("page-data");
   const pageData = pageDataElement ? JSON.parse(pageDataElement.textContent) : {};
-  const ACTIVE = ["queued", "submitted", "running", "downloading"];
+  // The task statuses come from the server (tasks.STATUSES / ACTIVE / TERMINAL), never copied here.
+  const ACTIVE = config.statuses.active;
   const POLL_MS = 1000;
 
   // ---- strings --------------------------------------------------------------------------
@@ -221,12 +222,36 @@ window.Studio = (function ($) {
     return mediaUrl + (mediaUrl.indexOf("?") === -1 ? "?" : "&") + "download=1";
   }
 
+  /** The URL of a stored file from its path in the record (e.g. inputs/<id>/first.png). */
+  function mediaUrl(path) {
+    return config.urls.media + path.split("/").map(encodeURIComponent).join("/");
+  }
+
+  /** The path (with its query) of a URL that points at the studio's own stored files, else null. */
+  function studioMediaPath(value) {
+    try {
+      const target = new URL(value, window.location.href);
+      return target.origin === window.location.origin && target.pathname.indexOf(config.urls.media) === 0
+        ? target.pathname + target.search : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
   function inputUrl(input) {
-    return "/media/" + input.path.split("/").map(encodeURIComponent).join("/");
+    return mediaUrl(input.path);
   }
 
   function getTask(id, quiet) {
     return api({ url: url("task", id), quiet: quiet !== false });
+  }
+
+  /** Cancel a task (errors are shown in `scope`); resolves with the updated task after a toast. */
+  function cancelTask(id, scope) {
+    return api({ url: url("cancel", id), method: "POST", data: {}, scope: scope }).then((updated) => {
+      toast(t("cancelled_toast"));
+      return updated;
+    });
   }
 
   /**
@@ -610,7 +635,7 @@ window.Studio = (function ($) {
     fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
     isActive: isActive, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
-    getTask: getTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
+    mediaUrl: mediaUrl, studioMediaPath: studioMediaPath, getTask: getTask, cancelTask: cancelTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
     segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue, dropzone: dropzone,
     queryParam: queryParam, ACTIVE: ACTIVE,
   };

@@ -17,28 +17,18 @@ $(function () {
   const $fidelity = $("#image-fidelity");
   const $human = $("#human-fidelity");
   const $reference = $("#image-reference");
-  const groups = {};         // task id -> {$group, task, stop}
-  let picker = null;
-  let preferred = {};
+  let preferred = {};        // settings to restore on the next refresh (prefill from a task)
 
   const picture = S.dropzone($form.find('.field[data-field="image"]'), () => refresh());
   S.sliderValue($fidelity);
   S.sliderValue($human);
 
   function model() {
-    return picker ? picker.model() : undefined;
+    return page.model();
   }
 
   function label(m) {
     return S.tr(m.label || m.id);
-  }
-
-  function showIf(name, visible) {
-    $form.find('[data-show-if="' + name + '"]').toggleClass("d-none", !visible);
-  }
-
-  function shown(name) {
-    return !$form.find('[data-show-if="' + name + '"]').hasClass("d-none");
   }
 
   function ratioLabel(ratio) {
@@ -63,14 +53,14 @@ $(function () {
     picture.note(!m.text_to_image ? t("image_required", { model: label(m) }) : "");
     $form.find('.field[data-field="image"] .form-label .text-secondary').toggleClass("d-none", !m.text_to_image);
 
-    showIf("image_fidelity", Boolean(m.image_fidelity) && hasPicture);
+    page.showIf("image_fidelity", Boolean(m.image_fidelity) && hasPicture);
     const references = hasPicture ? m.image_reference || [] : [];
-    showIf("image_reference", references.length > 0);
+    page.showIf("image_reference", references.length > 0);
     const currentReference = preferred.image_reference !== undefined ? preferred.image_reference || "" : $reference.val();
     $reference.empty().append($("<option>", { value: "" }).text(t("none")));
     references.forEach((r) => $reference.append($("<option>", { value: r }).text(S.tr(r))));
     $reference.val(references.indexOf(currentReference) !== -1 ? currentReference : "");
-    showIf("human_fidelity", Boolean(m.human_fidelity) && $reference.val() === "subject" && shown("image_reference"));
+    page.showIf("human_fidelity", Boolean(m.human_fidelity) && $reference.val() === "subject" && page.shown("image_reference"));
     if (preferred.image_fidelity !== undefined && preferred.image_fidelity !== null) {
       $fidelity.val(preferred.image_fidelity).trigger("input");
     }
@@ -151,7 +141,7 @@ $(function () {
   function payload() {
     const m = model();
     const body = {
-      provider: picker.provider().name, model_name: m.id, prompt: $prompt.val(),
+      provider: page.provider().name, model_name: m.id, prompt: $prompt.val(),
       aspect_ratio: $form.find('input[name="aspect_ratio"]:checked').val(), n: Number($n.val()),
     };
     if (m.negative_prompt !== false && !$negative.prop("disabled") && $negative.val().trim()) {
@@ -159,26 +149,18 @@ $(function () {
     }
     if (picture.value()) {
       body.image = picture.value().dataUrl;
-      if (shown("image_fidelity")) {
+      if (page.shown("image_fidelity")) {
         body.image_fidelity = Number($fidelity.val());
       }
-      if (shown("image_reference") && $reference.val()) {
+      if (page.shown("image_reference") && $reference.val()) {
         body.image_reference = $reference.val();
-        if (shown("human_fidelity")) {
+        if (page.shown("human_fidelity")) {
           body.human_fidelity = Number($human.val());
         }
       }
     }
     return body;
   }
-
-  S.submitTask({
-    $form: $form, $submit: $submit, endpoint: "generate_image", ready: model, check: check, payload: payload,
-    show: (task) => {
-      addGroup(task, true);
-      return groups[task.id].$group.children().first()[0];
-    },
-  });
 
   // ---- the results grid -------------------------------------------------------------------
 
@@ -190,33 +172,11 @@ $(function () {
     return S.fromTemplate("image-card-template");
   }
 
-  function addGroup(task, atTop) {
-    if (groups[task.id]) {
-      return;
-    }
-    const $group = $("<div>", { class: "task-group", "data-task-id": task.id });
-    groups[task.id] = { $group: $group, task: task, stop: null };
-    $grid.find(".results-loading").remove();
-    $empty.addClass("d-none");
-    if (atTop) {
-      $grid.prepend($group);
-    } else {
-      $grid.append($group);
-    }
-    render(task);
-    if (S.isActive(task)) {
-      groups[task.id].stop = S.watchTask(task.id, render);
-    }
+  function newGroup(task) {
+    return $("<div>", { class: "task-group", "data-task-id": task.id });
   }
 
-  function render(task) {
-    const entry = groups[task.id];
-    if (!entry) {
-      return;
-    }
-    const previous = entry.task;
-    entry.task = task;
-    const $group = entry.$group;
+  function render(task, $group, previous) {
     const prompt = task.params.prompt || "";
     const meta = [task.params.aspect_ratio, task.model].filter(Boolean).join(" · ");
     if (task.status === "succeeded") {
@@ -276,56 +236,18 @@ $(function () {
     bootstrap.Modal.getOrCreateInstance($modal[0]).show();
   }
 
-  function loadRecent() {
-    S.api({ url: S.url("tasks"), data: { kind: "image", limit: 8 }, scope: $grid.parent() })
-      .then((page) => {
-        $grid.find(".results-loading").remove();
-        page.tasks.forEach((task) => addGroup(task, false));
-        $empty.toggleClass("d-none", page.tasks.length > 0 || Object.keys(groups).length > 0);
-      }, () => $grid.find(".results-loading").remove());
-  }
+  // ---- the page: recent tasks, prefill from an earlier task (?from=<task id>) -----------------
 
-  // ---- prefill from an earlier task (?from=<task id>) -------------------------------------
-
-  function prefillFromTask(id) {
-    S.api({ url: S.url("task", id), scope: $form }).then((task) => {
-      if (task.kind !== "image") {
-        return;
-      }
-      const p = task.params || {};
-      preferred = { aspect_ratio: p.aspect_ratio, n: p.n, image_fidelity: p.image_fidelity,
-        human_fidelity: p.human_fidelity, image_reference: p.image_reference };
-      const saved = Object.assign({}, preferred);
-      $prompt.val(p.prompt || "");
-      $negative.val(p.negative_prompt || "");
-      if (!picker.select(task.provider, task.model)) {
-        refresh();
-      }
-      const input = (task.inputs || []).find((i) => i.role === "reference");
-      if (input) {
-        picture.takeUrl(S.inputUrl(input)).then(() => {
-          preferred = Object.assign({}, saved);
-          refresh();
-        });
-      }
-      S.toast(t("filled_from_task", { id: task.id }), "secondary");
-    });
-  }
-
-  S.capabilities().then((caps) => {
-    picker = S.providerPicker($form, "image", caps, () => refresh());
-    if (!model()) {
-      S.showError({ field: "provider", message: t("no_models") }, $form);
-      return;
-    }
-    refresh();
-    $submit.prop("disabled", false);
-    $form.attr("aria-busy", "false");
-    const from = S.queryParam("from");
-    if (from) {
-      prefillFromTask(from);
-    }
-  }, (error) => S.showError(error, $form));
-
-  loadRecent();
+  const page = S.generatePage({
+    kind: "image", $form: $form, $submit: $submit, endpoint: "generate_image", $prompt: $prompt, $negative: $negative,
+    refresh: refresh, check: check, payload: payload,
+    prefer: (settings) => {
+      preferred = settings;
+    },
+    preferredFrom: (p) => ({ aspect_ratio: p.aspect_ratio, n: p.n, image_fidelity: p.image_fidelity,
+      human_fidelity: p.human_fidelity, image_reference: p.image_reference }),
+    zones: { reference: picture },
+    recent: { $container: $grid, $empty: $empty, limit: 8, create: newGroup, render: render,
+      focus: ($group) => $group.children().first()[0] },
+  });
 });

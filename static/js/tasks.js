@@ -422,11 +422,7 @@ $(function () {
       openDetail(task.id);
     } else if (action === "cancel") {
       event.preventDefault();
-      S.api({ url: S.url("cancel", task.id), method: "POST", data: {}, scope: scopeFor(this) })
-        .then((updated) => {
-          S.toast(t("cancelled_toast"));
-          updateTask(updated);
-        });
+      S.cancelTask(task.id, scopeFor(this)).then(updateTask);
     } else if (action === "retry") {
       event.preventDefault();
       S.api({ url: S.url("retry", task.id), method: "POST", data: {}, scope: scopeFor(this) })

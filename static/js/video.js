@@ -11,8 +11,6 @@ $(function () {
   const $submit = $form.find(".submit-button");
   const $results = $("#video-results");
   const $empty = $("#video-empty");
-  const cards = {};          // task id -> {$card, task, stop}
-  let picker = null;
   let preferred = {};        // settings to restore on the next refresh (prefill from a task)
 
   const first = S.dropzone($form.find('.field[data-field="image"]'), () => refresh());
@@ -27,7 +25,7 @@ $(function () {
   // ---- what the chosen model allows ----------------------------------------------------
 
   function model() {
-    return picker ? picker.model() : undefined;
+    return page.model();
   }
 
   function sameCombo(a, b) {
@@ -64,10 +62,6 @@ $(function () {
     return combos.map((c) => S.tr(c.mode) + " " + t("seconds", { n: c.duration })).join(", ");
   }
 
-  function showIf(name, visible) {
-    $form.find('[data-show-if="' + name + '"]').toggleClass("d-none", !visible);
-  }
-
   function fillSelect($select, options, preferredValue) {
     const current = preferredValue !== undefined ? preferredValue : $select.val();
     $select.empty();
@@ -97,7 +91,7 @@ $(function () {
 
     // Camera (before the combos: a camera move may narrow them)
     const cameras = camerasOffered(m) ? m.cameras : [];
-    showIf("camera", cameras.length > 0);
+    page.showIf("camera", cameras.length > 0);
     if (cameras.length) {
       const options = cameras.map((c) => ({ value: c, label: S.tr(c) }));
       if (cameras.indexOf("auto") === -1) {
@@ -125,9 +119,9 @@ $(function () {
 
     // Text-to-video shape, freedom, negative prompt, counters
     const ratios = !first.value() && m.text_to_video ? m.aspect_ratios || [] : [];
-    showIf("aspect_ratio", ratios.length > 0);
+    page.showIf("aspect_ratio", ratios.length > 0);
     fillSelect($aspect, ratios.map((r) => ({ value: r, label: r })), preferred.aspect_ratio);
-    showIf("cfg_scale", Boolean(m.cfg_scale));
+    page.showIf("cfg_scale", Boolean(m.cfg_scale));
     if (preferred.cfg_scale !== undefined && preferred.cfg_scale !== null) {
       $cfg.val(preferred.cfg_scale).trigger("input");
     }
@@ -192,7 +186,7 @@ $(function () {
   function payload() {
     const m = model();
     const body = {
-      provider: picker.provider().name, model_name: m.id, prompt: $prompt.val(),
+      provider: page.provider().name, model_name: m.id, prompt: $prompt.val(),
       mode: checked("mode"), duration: checked("duration"),
     };
     if (m.negative_prompt !== false && $negative.val().trim()) {
@@ -216,50 +210,16 @@ $(function () {
     return body;
   }
 
-  S.submitTask({
-    $form: $form, $submit: $submit, endpoint: "generate_video", ready: model, check: check, payload: payload,
-    show: (task) => {
-      addCard(task, true);
-      return cards[task.id].$card[0];
-    },
-  });
-
   // ---- task cards ------------------------------------------------------------------------
 
-  function addCard(task, atTop) {
-    if (cards[task.id]) {
-      return;
-    }
+  function newCard(task) {
     const $card = S.fromTemplate("video-task-template").attr("data-task-id", task.id);
-    cards[task.id] = { $card: $card, task: task, stop: null };
-    $results.find(".results-loading").remove();
-    $empty.addClass("d-none");
-    if (atTop) {
-      $results.prepend($card);
-    } else {
-      $results.append($card);
-    }
     $card.find(".task-details").attr("href", S.url("tasks_page") + "?task=" + encodeURIComponent(task.id));
-    $card.find(".task-cancel").on("click", () => {
-      S.api({ url: S.url("cancel", task.id), method: "POST", data: {}, scope: $card })
-        .then((updated) => {
-          S.toast(t("cancelled_toast"));
-          update(updated);
-        });
-    });
-    update(task);
-    if (S.isActive(task)) {
-      cards[task.id].stop = S.watchTask(task.id, update);
-    }
+    $card.find(".task-cancel").on("click", () => S.cancelTask(task.id, $card).then(page.recent.update));
+    return $card;
   }
 
-  function update(task) {
-    const entry = cards[task.id];
-    if (!entry) {
-      return;
-    }
-    entry.task = task;
-    const $card = entry.$card;
+  function update(task, $card) {
     const active = S.isActive(task);
     S.statusBadge($card.find(".task-status"), task.status);
     $card.find(".task-model").text(task.model);
@@ -297,81 +257,31 @@ $(function () {
     $card.toggleClass("is-active", active).attr("data-status", task.status);
   }
 
+  // ---- the page: recent cards, prefill from ?image=<studio media url> or ?from=<task id> ----
+
+  const page = S.generatePage({
+    kind: "video", $form: $form, $submit: $submit, endpoint: "generate_video", $prompt: $prompt, $negative: $negative,
+    refresh: refresh, check: check, payload: payload,
+    prefer: (settings) => {
+      preferred = settings;
+    },
+    preferredFrom: (p) => ({ mode: p.mode, duration: p.duration, camera: p.camera, aspect_ratio: p.aspect_ratio, cfg_scale: p.cfg_scale }),
+    zones: { first: first, tail: tail },
+    recent: { $container: $results, $empty: $empty, limit: 3, create: newCard, render: update, focus: ($card) => $card[0] },
+    onReady: () => {
+      const image = S.studioMediaPath(S.queryParam("image") || "");
+      if (image) {
+        first.takeUrl(image);
+      }
+    },
+  });
+
   // The elapsed time of running tasks ticks every second without asking the server.
   setInterval(() => {
-    Object.keys(cards).forEach((id) => {
-      const entry = cards[id];
+    page.recent.each((entry) => {
       if (S.isActive(entry.task)) {
-        entry.$card.find(".task-elapsed").text(S.elapsed(entry.task));
+        entry.$element.find(".task-elapsed").text(S.elapsed(entry.task));
       }
     });
   }, 1000);
-
-  function loadRecent() {
-    S.api({ url: S.url("tasks"), data: { kind: "video", limit: 3 }, scope: $results.parent() })
-      .then((page) => {
-        $results.find(".results-loading").remove();
-        page.tasks.forEach((task) => addCard(task, false));
-        $empty.toggleClass("d-none", page.tasks.length > 0 || Object.keys(cards).length > 0);
-      }, () => $results.find(".results-loading").remove());
-  }
-
-  // ---- prefill: ?image=<studio media url> or ?from=<task id> ------------------------------
-
-  function studioMedia(value) {
-    try {
-      const target = new URL(value, window.location.href);
-      return target.origin === window.location.origin && target.pathname.indexOf("/media/") === 0
-        ? target.pathname + target.search : null;
-    } catch (err) {
-      return null;
-    }
-  }
-
-  function prefillFromTask(id) {
-    S.api({ url: S.url("task", id), scope: $form }).then((task) => {
-      if (task.kind !== "video") {
-        return;
-      }
-      const p = task.params || {};
-      preferred = { mode: p.mode, duration: p.duration, camera: p.camera, aspect_ratio: p.aspect_ratio, cfg_scale: p.cfg_scale };
-      $prompt.val(p.prompt || "");
-      $negative.val(p.negative_prompt || "");
-      if (!picker.select(task.provider, task.model)) {
-        refresh();
-      }
-      const saved = Object.assign({}, preferred);
-      (task.inputs || []).forEach((input) => {
-        const zone = input.role === "first" ? first : input.role === "tail" ? tail : null;
-        if (zone) {
-          zone.takeUrl(S.inputUrl(input)).then(() => {
-            preferred = Object.assign({}, saved);
-            refresh();
-          });
-        }
-      });
-      S.toast(t("filled_from_task", { id: task.id }), "secondary");
-    });
-  }
-
-  S.capabilities().then((caps) => {
-    picker = S.providerPicker($form, "video", caps, () => refresh());
-    if (!model()) {
-      S.showError({ field: "provider", message: t("no_models") }, $form);
-      return;
-    }
-    refresh();
-    $submit.prop("disabled", false);
-    $form.attr("aria-busy", "false");
-    const image = studioMedia(S.queryParam("image") || "");
-    if (image) {
-      first.takeUrl(image);
-    }
-    const from = S.queryParam("from");
-    if (from) {
-      prefillFromTask(from);
-    }
-  }, (error) => S.showError(error, $form));
-
-  loadRecent();
 });
