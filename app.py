@@ -53,7 +53,12 @@ def create_app(config=None):
     """Build the studio app; `config` overrides everything (tests pass TESTING and DATA_DIR)."""
     from dotenv import dotenv_values
 
+    from request_body import StrictJSONProvider, StudioRequest
+
     app = Flask(__name__)
+    # For every endpoint: a 413 for an oversized streamed body, a 400 for malformed or deep JSON.
+    app.request_class = StudioRequest
+    app.json = StrictJSONProvider(app)
     app.config.update(DEFAULTS)
     env_file = Path(os.environ.get("DOTENV_PATH", ".env"))
     if env_file.is_file():
