@@ -485,7 +485,8 @@ def _open_listed(data_dir, folder, task_id, rel):
     return os.fdopen(fd, "rb"), info
 
 
-@bp.get("/media/<path:subpath>")
+# No slash merging: werkzeug would answer `/media//etc/passwd` with a redirect to a tidied path.
+@bp.get("/media/<path:subpath>", merge_slashes=False)
 def media_file(subpath):
     """Serve a file the task's own record lists (with HTTP Range for seeking); everything else is a 404.
 
