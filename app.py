@@ -194,7 +194,7 @@ def _register_error_handlers(app):
             exc.code, (exc.name or "error").lower().replace(" ", "_"))
         message = ("The request is larger than the studio accepts (two pictures of 10 MB at most)."
                    if exc.code == 413 else exc.description)
-        return jsonify({"error": {"code": code, "message": message}}), exc.code
+        return jsonify({"error": {"code": code, "message": message, "field": None}}), exc.code
 
     @app.errorhandler(Exception)
     def unexpected(exc):

@@ -85,8 +85,9 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, data, **kwargs):
         try:
-            text = data.decode(json.detect_encoding(data)) if isinstance(data, bytes | bytearray) else data
-        except (UnicodeDecodeError, LookupError):
+            # UTF-8 only (RFC 8259); json would also guess UTF-16 and UTF-32.
+            text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        except UnicodeDecodeError:
             raise ValidationError("The request body is not valid UTF-8 text.", code="invalid_json") from None
         if _too_deep(text):
             raise ValidationError(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels (or is unbalanced).",

@@ -27,13 +27,14 @@ _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-# Tabs and line breaks belong in prompts; NUL and other control characters belong nowhere.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Tabs and line breaks belong in prompts; NUL, other control characters and lone UTF-16
+# surrogates (which JSON's \ud800 escapes can smuggle in, and no encoder can write) belong nowhere.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def _printable(value):
     if _CONTROL.search(value):
-        raise ValueError("must not contain control characters")
+        raise ValueError("must not contain control characters or lone surrogates")
     return value
 
 
@@ -107,7 +108,12 @@ def decode_images(fields):
         if data is None:
             continue
         if safe_fetch.is_url(data):
-            images[role] = media.check_image_bytes(safe_fetch.fetch(data.strip(), field), field)
+            try:
+                fetched = safe_fetch.fetch(data.strip(), field)
+            except ValueError:
+                # urllib's own parse errors (`http://[::1/`, `http://[zz::1]/`, a port out of range).
+                raise ValidationError(f"{field} is not a valid URL.", code="invalid_url", field=field) from None
+            images[role] = media.check_image_bytes(fetched, field)
         else:
             images[role] = media.decode_image(data, field)
     return images

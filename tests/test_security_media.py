@@ -9,23 +9,17 @@ the werkzeug server of `python app.py` and gunicorn with the shipped `gunicorn.c
 Listed files still serve, with Range, and are marked private to shared caches.
 """
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from app import create_app
+from tests import live_servers
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture, run_pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "5ec7e7" * 10 + "cafe"                 # the signing key the attack was after
 PLANTED = b"planted-" + SECRET.encode()        # content of every file the record does not list
-START_SECONDS = 60
 
 
 # ---- a data dir with two users' finished tasks, and things planted in them
@@ -81,84 +75,15 @@ def studio(tmp_path_factory):
 
 # ---- the two real servers
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(kind, studio):
-    port = _free_port()
-    env = {**os.environ, "DATA_DIR": str(studio["data"]), "BACKUP_DIR": str(studio["base"] / "backups"),
-           "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD, "APP_HOST": "127.0.0.1",
-           "APP_PORT": str(port), "DOTENV_PATH": str(studio["base"] / "no.env"), "PYTHONUNBUFFERED": "1"}
-    if kind == "werkzeug":
-        command = [sys.executable, "app.py"]
-    else:
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-    log = open(studio["base"] / f"{kind}.log", "wb")        # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if request(port, "/healthz")[0] == 200:
-                return process, port, log
-        except OSError:
-            time.sleep(0.2)             # not listening yet: a process starting up has no event to wait on
-    process.kill()
-    process.wait()
-    log.close()
-    raise AssertionError(f"{kind} did not start:\n" + (studio["base"] / f"{kind}.log").read_text()[-3000:])
-
-
 @pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
 def server(request, studio):
-    process, port, log = _start(request.param, studio)
+    process, port = live_servers.start(request.param, studio["data"], studio["base"])
     yield {"kind": request.param, "port": port}
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    live_servers.stop(process)
 
 
-def request(port, target, key=None, headers=(), timeout=20):
-    """Send `target` exactly as given (str or bytes) and return (status, {header: value}, body)."""
-    if isinstance(target, str):
-        target = target.encode("utf-8")
-    lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
-    if key:
-        lines.append(f"Authorization: Bearer {key}".encode())
-    lines += [f"{name}: {value}".encode() for name, value in headers]
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    fields = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    if fields.get("transfer-encoding") == "chunked":
-        body = _dechunk(body)
-    return int(status_line.split()[1]), fields, body
-
-
-def _dechunk(body):
-    out = b""
-    while body:
-        size, _, rest = body.partition(b"\r\n")
-        size = int(size.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, body = out + rest[:size], rest[size + 2:]
-    return out
+def request(port, target, key=None, headers=()):
+    return live_servers.get(port, target, key, headers)
 
 
 # ---- the corpus
