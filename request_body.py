@@ -51,6 +51,8 @@ class _CappedStream(LimitedStream):
 
 def _too_deep(text, limit=MAX_JSON_DEPTH):
     """Whether brackets outside strings nest deeper than `limit` (or never close)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False                    # the usual body: a few brackets around long strings
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     if len(brackets) <= limit:
         return False

@@ -106,6 +106,7 @@ def _get(label, target, key=ADMIN_KEY, method="GET", **kwargs):
     return Case(label, method, target, headers={"Authorization": f"Bearer {key}"} if key else {}, **kwargs)
 
 
+GOOD_PICTURE = b64(picture(320, 320, "JPEG"))
 TEXT_BAD = [5, 1.5, True, False, [], {}, ["a"], {"a": 1}, "a\u0000b", "\u001b[31m", "a\ud800"]
 VIDEO_TEXT = ["image", "image_tail", "prompt", "negative_prompt", "provider", "model_name", "mode", "camera",
               "aspect_ratio"]
@@ -126,13 +127,18 @@ def studio_corpus(key, existing_task):
         cases.append(_declared_huge(endpoint, key))
         for method in ("GET", "PUT", "DELETE", "PATCH"):
             cases.append(_get(f"{endpoint}: {method}", endpoint, key, method=method))
+    # Each bad value in an otherwise good request, so that it alone decides the answer: a loose
+    # type that slipped through would make a task (and fail the test) instead of a 4xx.
+    good = {"image": GOOD_PICTURE, "prompt": "a slow pan over the lake"}
     for name in VIDEO_TEXT:
-        cases += [_post(f"/generate {name}={value!r}", "/generate", _json({name: value}), key=key)
+        cases += [_post(f"/generate {name}={value!r}", "/generate", _json({**good, name: value}), key=key)
                   for value in TEXT_BAD]
     for value in [True, 5.5, [], {}, "7", -5, 0, "5\u0000", "five", 10**30]:
-        cases.append(_post(f"/generate duration={value!r}", "/generate", _json({"duration": value}), key=key))
+        cases.append(_post(f"/generate duration={value!r}", "/generate", _json({**good, "duration": value}),
+                           key=key))
     for value in [True, False, "0.5", [], {}, 2, -1, 1.0000001, 10**30]:
-        cases.append(_post(f"/generate cfg_scale={value!r}", "/generate", _json({"cfg_scale": value}), key=key))
+        cases.append(_post(f"/generate cfg_scale={value!r}", "/generate", _json({**good, "cfg_scale": value}),
+                           key=key))
     for value in BAD_PICTURES:
         cases.append(_post(f"/generate image={value[:30]!r}", "/generate", _json({"image": value}), key=key))
         cases.append(_post(f"/generate_image image={value[:30]!r}", "/generate_image", _json({"image": value}),
@@ -143,15 +149,16 @@ def studio_corpus(key, existing_task):
         _post("/generate unknown model", "/generate", _json({"model_name": "nope", "prompt": "a"}), key=key),
         _post("/generate tail without first", "/generate", _json({"image_tail": "AAAA"}), key=key),
     ]
+    good = {"image": GOOD_PICTURE, "prompt": "the same lake at dusk"}
     for name in IMAGE_TEXT:
-        cases += [_post(f"/generate_image {name}={value!r}", "/generate_image", _json({name: value}), key=key)
-                  for value in TEXT_BAD]
+        cases += [_post(f"/generate_image {name}={value!r}", "/generate_image", _json({**good, name: value}),
+                        key=key) for value in TEXT_BAD]
     for value in [True, False, "3", 3.0, 0, 10, -1, 10**30, [], {}, None, "1"]:
-        cases.append(_post(f"/generate_image n={value!r}", "/generate_image", _json({"n": value}), key=key))
+        cases.append(_post(f"/generate_image n={value!r}", "/generate_image", _json({**good, "n": value}), key=key))
     for name in ("image_fidelity", "human_fidelity"):
         for value in [True, "0.5", 2, -0.1, [], {}]:
-            cases.append(_post(f"/generate_image {name}={value!r}", "/generate_image", _json({name: value}),
-                               key=key))
+            cases.append(_post(f"/generate_image {name}={value!r}", "/generate_image",
+                               _json({**good, name: value}), key=key))
 
     # The listing's query arguments.
     for query in ["status=done", "status=queued,,nope", "status=" + "queued," * 60, "kind=audio", "kind=VIDEO",
@@ -435,3 +442,40 @@ def test_a_chunked_body_under_the_cap_is_read_whole(app, server):
     # Not cut at the cap, not refused: the prompt is 2 MB long, so the answer is about that.
     status, _, body = post_chunked(server, "/generate", ADMIN_KEY, megabytes=2)
     assert status == 422 and json.loads(body)["error"]["field"] == "prompt"
+
+
+# ---- the JSON rules one by one (through the test client: they hold for every server)
+
+def nested(depth):
+    """A body whose `prompt` makes the whole document `depth` levels deep."""
+    return b'{"prompt": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_64_levels_are_parsed_and_65_are_refused(client):
+    parsed = client.post("/generate", data=nested(64), content_type="application/json").get_json()["error"]
+    assert (parsed["code"], parsed["field"]) == ("invalid_field", "prompt")      # parsed, then judged
+    refused = client.post("/generate", data=nested(65), content_type="application/json")
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_brackets_inside_strings_do_not_count(client):
+    body = json.dumps({"prompt": "[" * 1000 + "{\"" * 500, "provider": "nope"}).encode()   # escaped quotes too
+    error = client.post("/generate", data=body, content_type="application/json").get_json()["error"]
+    assert error["field"] == "provider"
+
+
+@pytest.mark.parametrize("body", [b'{"prompt": "a", "prompt": "b"}', b'{"cfg_scale": NaN}', b'{"n": 1e999}',
+                                  b'{"prompt": "\xff"}', '{"prompt": "a"}'.encode("utf-16")])
+def test_json_that_python_would_take_is_refused_even_from_a_silent_reader(client, body):
+    # auth.py reads bodies with get_json(silent=True): a malformed body must not pass as "no body".
+    for endpoint in ("/generate_image", "/api/keys"):
+        resp = client.post(endpoint, data=body, content_type="application/json")
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_json", endpoint
+
+
+def test_url_options_in_the_query_are_ignored_by_the_language_links(client):
+    page = client.get("/tasks?_method=DELETE&_external=1&_anchor=x&_scheme=javascript&q=lake")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "javascript:" not in html and "http://" not in html.split("<body", 1)[1].split("</nav>", 1)[0]
+    assert "q=lake" in html
