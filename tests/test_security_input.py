@@ -407,8 +407,12 @@ def post_chunked(port, target, key, megabytes=100):
     try:
         return live_servers.read_response(sock)
     finally:
-        sock.close()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)     # wakes the sender if it is blocked in sendall
+        except OSError:
+            pass                                # already disconnected by the server
         sender.join(timeout=TIMEOUT)
+        sock.close()
 
 
 def assert_too_large(answer):
