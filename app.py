@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 def create_app(config=None):
     """Build the studio app; `config` overrides everything (tests pass TESTING and DATA_DIR)."""
     from config import load_settings
+    from request_body import StrictJSONProvider, StudioRequest
 
     settings, flask_extra = load_settings(config)
     app = Flask(__name__)
+    # For every endpoint: a 413 for an oversized streamed body, a 400 for malformed or deep JSON.
+    app.request_class = StudioRequest
+    app.json = StrictJSONProvider(app)
     app.config.update(settings.model_dump(), **flask_extra)
     app.extensions["settings"] = settings
 
@@ -157,7 +161,7 @@ def _register_error_handlers(app):
             exc.code, (exc.name or "error").lower().replace(" ", "_"))
         message = ("The request is larger than the studio accepts (two pictures of 10 MB at most)."
                    if exc.code == 413 else exc.description)
-        return jsonify({"error": {"code": code, "message": message}}), exc.code
+        return jsonify({"error": {"code": code, "message": message, "field": None}}), exc.code
 
     @app.errorhandler(OSError)
     def os_error(exc):

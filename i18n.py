@@ -33,7 +33,8 @@ def _remember_choice(response):
 
 def switch_url(lang):
     """This page's URL (with its query) in another language, for the toggle."""
-    args = {**request.args.to_dict(), "lang": lang}
+    # url_for reads `_method`, `_external`, `_scheme` and `_anchor` as options: never from the query.
+    args = {**{k: v for k, v in request.args.items() if not k.startswith("_")}, "lang": lang}
     return url_for(request.endpoint, **(request.view_args or {}), **args)
 
 

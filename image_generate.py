@@ -6,31 +6,31 @@ its reference picture and a queued task and answers 202 at once.
 """
 
 from flask import Blueprint, current_app, render_template
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 import access
 import media
 import tasks
 from errors import ValidationError
-from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
+from validation import STRICT, Text, check_prompts, choose, decode_images, parse_body, provider_and_model
 
 bp = Blueprint("image_generate", __name__)
 
 
 class ImageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    image: str | None = None
-    prompt: str | None = Field(None, max_length=2500)
-    negative_prompt: str | None = Field(None, max_length=2500)
-    provider: str = "local"
-    model_name: str | None = None
-    model: str | None = None
-    aspect_ratio: str | None = None
+    image: Text | None = None
+    prompt: Text | None = Field(None, max_length=2500)
+    negative_prompt: Text | None = Field(None, max_length=2500)
+    provider: Text = "local"
+    model_name: Text | None = None
+    model: Text | None = None
+    aspect_ratio: Text | None = None
     n: int = Field(1, ge=1, le=9)
     image_fidelity: float | None = Field(None, ge=0, le=1)
     human_fidelity: float | None = Field(None, ge=0, le=1)
-    image_reference: str | None = None
+    image_reference: Text | None = None
 
     @field_validator("image", mode="before")
     @classmethod

@@ -152,19 +152,28 @@ def check_image_bytes(raw, field, *, label=None):
     except _PIL_ERRORS:
         raise invalid(f"{label} is a damaged {fmt.upper()} file (its header cannot be read)") from None
     with img:
+        # Size and shape come from the header: a picture refused for them is never decoded (a
+        # 1 × 50,000,000 px PNG is 95 KB of file and seconds of decoding). EXIF rotation only
+        # swaps the sides, which changes neither the smaller side nor the ratio's bounds.
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise PayloadTooLarge(
                 f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
                 f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
                 code="image_too_many_pixels", field=field)
+        _check_shape(width, height, label, invalid)
         try:
             img.load()
         except _PIL_ERRORS:
             raise invalid(f"{label} is a truncated or damaged {fmt.upper()} file") from None
         raw = _reencode(img, fmt)
         width, height = Image.open(io.BytesIO(raw)).size
+    _check_shape(width, height, label, invalid)
+    return DecodedImage(data=raw, format=fmt, mime=_MIME[fmt], ext=".jpg" if fmt == "jpeg" else ".png",
+                        width=width, height=height, sha256=hashlib.sha256(raw).hexdigest())
 
+
+def _check_shape(width, height, label, invalid):
     if min(width, height) < MIN_SIDE:
         raise invalid(f"{label} is {width}×{height} px; each side must be at least {MIN_SIDE} px",
                       code="image_too_small", status=422)
@@ -172,14 +181,17 @@ def check_image_bytes(raw, field, *, label=None):
         raise invalid(f"{label} is {width}×{height} px (aspect ratio {width / height:.2f}); "
                       f"width/height must be between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
                       code="image_bad_aspect_ratio", status=422)
-    return DecodedImage(data=raw, format=fmt, mime=_MIME[fmt], ext=".jpg" if fmt == "jpeg" else ".png",
-                        width=width, height=height, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _reencode(img, fmt):
     """The picture upright and re-encoded in its own format, with no EXIF, GPS or other metadata:
     what people upload is passed on to providers, and phone photos carry their location."""
     upright = ImageOps.exif_transpose(img)
+    # Pillow writes back what `info` holds (a JPEG's COM comment, XMP, ICC, a PNG's text chunks):
+    # start from nothing but the pixels, keeping only a PNG's transparency, which is picture data.
+    kept = {"transparency": upright.info["transparency"]} if fmt == "png" and "transparency" in upright.info else {}
+    upright = upright.copy() if upright is img else upright
+    upright.info = kept
     if fmt == "jpeg":
         upright = upright.convert("RGB") if upright.mode not in ("RGB", "L") else upright
         options = {"quality": 95, "subsampling": 0}

@@ -11,11 +11,15 @@ Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|re
 """
 
 import logging
+import mimetypes
+import os
+import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import requests
-from flask import Blueprint, current_app, render_template, request, send_from_directory
+from flask import Blueprint, current_app, render_template, request, send_file
 
 import access
 import downloads
@@ -537,33 +541,55 @@ def page():
     return render_template("tasks.html")
 
 
+_LIST_ARGS = {"status": 200, "kind": 10, "provider": 64, "q": 500, "offset": 12, "limit": 12}  # name: longest value
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
 @bp.get("/api/tasks")
 def list_tasks():
     """Newest first; filters status (comma-separated), kind, provider, q (prompt text); paging."""
-    args = request.args
+    args = _list_args()
     statuses = [s for s in args.get("status", "").split(",") if s]
     for status in statuses:
         if status not in tasks.STATUSES:
-            raise ValidationError(f"Unknown status '{status}'.", code="invalid_field", field="status")
+            raise ValidationError(f"Unknown status '{status[:40]}'.", code="invalid_field", field="status")
     kind = args.get("kind") or None
     if kind not in (None, "video", "image"):
         raise ValidationError("kind must be video or image.", code="invalid_field", field="kind")
-    offset = _int_arg("offset", 0, 0, 10**9)
-    limit = _int_arg("limit", 50, 1, 200)
+    offset = _int_arg(args, "offset", 0, 0, 10**9)
+    limit = _int_arg(args, "limit", 50, 1, 200)
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
                                 text=args.get("q") or None, owner=access.visible_owner(), offset=offset,
                                 limit=limit)
     return {"tasks": [tasks.for_client(t) for t in page], "total": total, "offset": offset, "limit": limit}
 
 
-def _int_arg(name, default, low, high):
-    raw = request.args.get(name)
+def _list_args():
+    """The listing's query arguments, each known, given once, of sane length and free of control characters."""
+    args = {}
+    for name, values in request.args.lists():
+        if name not in _LIST_ARGS:
+            raise ValidationError(f"Unknown query argument '{name[:40]}'.", code="unknown_field", field=name[:40])
+        if len(values) > 1:
+            raise ValidationError(f"{name} is given more than once.", code="invalid_field", field=name)
+        value = values[0]
+        if len(value) > _LIST_ARGS[name]:
+            raise ValidationError(f"{name} is longer than {_LIST_ARGS[name]} characters.", code="invalid_field",
+                                  field=name)
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValidationError(f"{name} holds control characters.", code="invalid_field", field=name)
+        args[name] = value
+    return args
+
+
+def _int_arg(args, name, default, low, high):
+    raw = args.get(name)
     if raw in (None, ""):
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be a whole number.", code="invalid_field", field=name) from None
+    # Plain ASCII digits only: int() would also take " 5", "+5", "1_000" and other scripts' digits.
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise ValidationError(f"{name} must be a whole number.", code="invalid_field", field=name)
+    value = int(raw)
     if not low <= value <= high:
         raise ValidationError(f"{name} must be between {low} and {high}.", code="invalid_field", field=name)
     return value
@@ -632,12 +658,70 @@ def delete_task(task_id):
     return "", 204
 
 
-@bp.get("/media/<path:subpath>")
-def media_file(subpath):
-    """Serve a task's pictures and results (with HTTP Range for seeking)."""
-    parts = subpath.split("/")
-    if len(parts) < 3 or parts[0] not in ("inputs", "outputs") or subpath.endswith(".part"):
+# A media path as the task records write it: <folder>/<task id>/<file name>, nothing else.
+_MEDIA_PATH = re.compile(r"(inputs|outputs)/([0-9A-Za-z-]{1,64})/([A-Za-z0-9][A-Za-z0-9_-]{0,99}\.[a-z0-9]{1,5})")
+
+
+def _listed_files(task):
+    """Every file a task's record lists, as paths relative to DATA_DIR: inputs, outputs, thumbnails."""
+    listed = {entry.get("path") for entry in task.get("inputs") or []}
+    for out in task.get("outputs") or []:
+        listed.add(out.get("path"))
+        for key in ("url", "thumbnail_url"):
+            url = out.get(key) or ""
+            if url.startswith("/media/"):
+                listed.add(url[len("/media/"):])
+    listed.discard(None)
+    return listed
+
+
+def _open_listed(data_dir, folder, task_id, rel):
+    """The listed file opened for reading, or NotFound; never through a symlink or out of the task folder."""
+    task_dir = os.path.join(os.path.realpath(data_dir), folder, task_id)
+    path = os.path.join(data_dir, rel)
+    if os.path.realpath(os.path.dirname(path)) != task_dir:
         raise NotFound("No such file.")
-    _task_or_404(parts[1])          # the task's owner (or the admin) only
-    return send_from_directory(current_app.config["DATA_DIR"], subpath, conditional=True,
-                               as_attachment=request.args.get("download") == "1", max_age=3600)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise NotFound("No such file.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotFound("No such file.")
+    return os.fdopen(fd, "rb"), info
+
+
+# No slash merging: werkzeug would answer `/media//etc/passwd` with a redirect to a tidied path.
+@bp.get("/media/<path:subpath>", merge_slashes=False)
+def media_file(subpath):
+    """Serve a file the task's own record lists (with HTTP Range for seeking); everything else is a 404.
+
+    The request path is only a key: it must name a listed file exactly, and the file is opened
+    from the record's path, so `..`, encoded slashes, symlinks and stray files lead nowhere.
+    """
+    match = _MEDIA_PATH.fullmatch(subpath)
+    if match is None:
+        raise NotFound("No such file.")
+    folder, task_id, name = match.groups()
+    task = _task_or_404(task_id)          # the task's owner (or the admin) only
+    if subpath not in _listed_files(task):
+        raise NotFound("No such file.")
+    fh, info = _open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
+    try:
+        mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        response = send_file(fh, mimetype=mimetype, download_name=name, conditional=False, etag=False,
+                             as_attachment=request.args.get("download") == "1",
+                             last_modified=info.st_mtime)
+        response.content_length = info.st_size
+        response.set_etag(f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}")
+        # Private pictures: a shared cache must neither keep them nor serve one user's copy to another.
+        response.cache_control.no_cache = None
+        response.cache_control.public = False
+        response.cache_control.private = True
+        response.cache_control.max_age = 3600
+        response.vary.update(("Cookie", "Authorization"))
+        return response.make_conditional(request.environ, accept_ranges=True, complete_length=info.st_size)
+    except BaseException:
+        fh.close()
+        raise

@@ -6,8 +6,12 @@ Malformed input (not JSON, unknown fields, wrong types) is a 400; well-formed va
 of range or that the chosen model does not allow are a 422.
 """
 
+import re
+from typing import Annotated
+
 import pydantic
 from flask import current_app, request
+from pydantic import AfterValidator, ConfigDict
 
 import media
 import safe_fetch
@@ -15,7 +19,26 @@ from errors import ProviderNotConfigured, ValidationError
 
 # Pydantic error types that mean "the value is of the right kind but not allowed".
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than",
-                 "string_too_long", "string_too_short", "literal_error", "enum"}
+                 "string_too_long", "string_too_short", "too_long", "too_short", "literal_error", "enum"}
+
+
+# What every request model is: unknown fields refused, no coercion (`"3"` and `true` are not
+# numbers, `5` is not text; a whole number is still a fine float), no NaN or infinity.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Tabs and line breaks belong in prompts; NUL, other control characters and lone UTF-16
+# surrogates (which JSON's \ud800 escapes can smuggle in, and no encoder can write) belong nowhere.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _printable(value):
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
 
 
 def parse_body(schema):
@@ -85,7 +108,12 @@ def decode_images(fields):
         if data is None:
             continue
         if safe_fetch.is_url(data):
-            images[role] = media.check_image_bytes(safe_fetch.fetch(data.strip(), field), field)
+            try:
+                fetched = safe_fetch.fetch(data.strip(), field)
+            except ValueError:
+                # urllib's own parse errors (`http://[::1/`, `http://[zz::1]/`, a port out of range).
+                raise ValidationError(f"{field} is not a valid URL.", code="invalid_url", field=field) from None
+            images[role] = media.check_image_bytes(fetched, field)
         else:
             images[role] = media.decode_image(data, field)
     return images

@@ -6,31 +6,31 @@ existing scripts keep working. A good request stores its pictures and a queued t
 """
 
 from flask import Blueprint, current_app, render_template
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 import access
 import media
 import tasks
 from errors import ValidationError
-from validation import check_prompts, choose, decode_images, parse_body, provider_and_model
+from validation import STRICT, Text, check_prompts, choose, decode_images, parse_body, provider_and_model
 
 bp = Blueprint("video_extend", __name__)
 
 
 class VideoRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    image: str | None = None
-    image_tail: str | None = None
-    prompt: str | None = Field(None, max_length=2500)
-    negative_prompt: str | None = Field(None, max_length=2500)
-    provider: str = "local"
-    model_name: str | None = None
-    mode: str | None = None
-    duration: str | None = None
+    image: Text | None = None
+    image_tail: Text | None = None
+    prompt: Text | None = Field(None, max_length=2500)
+    negative_prompt: Text | None = Field(None, max_length=2500)
+    provider: Text = "local"
+    model_name: Text | None = None
+    mode: Text | None = None
+    duration: Text | None = None
     cfg_scale: float | None = Field(None, ge=0, le=1)
-    camera: str | None = None
-    aspect_ratio: str | None = None
+    camera: Text | None = None
+    aspect_ratio: Text | None = None
 
     @field_validator("image", "image_tail", mode="before")
     @classmethod

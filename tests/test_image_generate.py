@@ -71,3 +71,18 @@ def test_reference_picture_rules_apply(app, client):
 def test_prompt_length(client, png_b64):
     assert post(client, image=png_b64, prompt="y" * 2500).status_code == 202
     assert_error(post(client, image=png_b64, prompt="y" * 2501), 422, "prompt")
+
+
+@pytest.mark.parametrize("field,value", [("n", True), ("n", "3"), ("n", 3.0), ("n", None), ("image_fidelity", True),
+                                         ("image_fidelity", "0.5"), ("human_fidelity", False), ("prompt", 5),
+                                         ("aspect_ratio", ["1:1"]), ("prompt", "a\u0000b"), ("prompt", "\ud800")])
+def test_loose_types_are_refused(app, client, png_b64, field, value):
+    # No coercion: `true` is not 1, "3" is not 3, and text holds no control characters.
+    assert_error(post(client, image=png_b64, **{field: value}), 400, field, "invalid_field")
+    assert nothing_stored(app)
+
+
+def test_a_whole_number_is_a_fine_fidelity(app, client, png_b64):
+    resp = post(client, image=png_b64, image_fidelity=1)
+    assert resp.status_code == 202
+    assert app.extensions["task_store"].get(resp.get_json()["task_id"])["params"]["image_fidelity"] == 1.0

@@ -10,7 +10,7 @@ import zlib
 import av
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import media
 from errors import PayloadTooLarge, ValidationError
@@ -189,6 +189,69 @@ def test_decode_refuses_extreme_aspect_ratios(size):
     error = decode_error(b64(picture_bytes(*size)))
     assert (error.status, error.code) == (422, "image_bad_aspect_ratio")
     assert f"{size[0]}×{size[1]} px" in error.message
+
+
+def one_pixel_wide_png(height):
+    """A real, fully decodable 1×height greyscale PNG: about 95 KB for 50,000,000 rows."""
+    rows = zlib.compressobj(9)
+    body = b"".join(rows.compress(b"\0\0" * 1_000_000) for _ in range(height // 1_000_000)) + rows.flush()
+    ihdr = struct.pack(">IIBBBBB", 1, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+
+
+def test_a_thin_png_is_refused_from_its_header_before_decoding():
+    data = b64(one_pixel_wide_png(50_000_000))
+    started = time.perf_counter()
+    error = decode_error(data)
+    took = time.perf_counter() - started
+    assert (error.status, error.code) == (422, "image_too_small")
+    # Decoding those 50 M rows takes about 2.5 s; the header alone is a few milliseconds.
+    assert took < 0.25, f"refusing a 1×50,000,000 px PNG took {took * 1000:.0f} ms (budget 50 ms, bound 250 ms)"
+
+
+@pytest.mark.parametrize("size,code", [((1, 40_000_000), "image_too_small"), ((3000, 310), "image_bad_aspect_ratio")])
+def test_shape_is_judged_without_decoding_a_single_pixel(size, code):
+    # The header claims the size, the pixel data is garbage: only a decoder would notice, so a
+    # shape error (not "damaged") proves the decoder was never reached.
+    error = decode_error(b64(png_header_claiming(*size)))
+    assert (error.status, error.code) == (422, code)
+
+
+def jpeg_segments(data):
+    """The markers of a JPEG's header segments, up to the start of scan."""
+    markers, pos = [], 2
+    while pos < len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        marker = data[pos + 1]
+        markers.append(marker)
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return markers
+
+
+def test_jpeg_comment_exif_and_xmp_are_all_stripped():
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"                  # Make
+    exif[0x8825] = {2: (48.0, 51.0, 24.0)}      # GPS latitude
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>secret-xmp</rdf:RDF></x:xmpmeta>'
+    original = picture_bytes(640, 400, "JPEG", exif=exif.tobytes(), comment=b"secret-comment", xmp=xmp,
+                             icc_profile=b"\0" * 128)
+    assert {0xFE, 0xE1}.issubset(jpeg_segments(original))     # the upload really carries COM and APP1
+    stored = media.decode_image(b64(original), "image").data
+    markers = jpeg_segments(stored)
+    assert 0xFE not in markers, "a COM segment survived"
+    assert not [m for m in markers if 0xE1 <= m <= 0xEF], f"APPn segments survived: {[hex(m) for m in markers]}"
+    for secret in (b"secret-comment", b"secret-xmp", b"SecretCam"):
+        assert secret not in stored
+
+
+def test_png_text_and_icc_chunks_are_stripped_and_transparency_kept():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "secret-text")
+    info.add_itxt("XML:com.adobe.xmp", "secret-xmp")
+    original = picture_bytes(640, 400, "PNG", colour=(10, 20, 30, 0), pnginfo=info)
+    stored = media.decode_image(b64(original), "image").data
+    assert b"secret-text" not in stored and b"secret-xmp" not in stored
+    assert b"tEXt" not in stored and b"iTXt" not in stored
+    assert Image.open(io.BytesIO(stored)).mode == "RGBA"
 
 
 # ---- atomic writes

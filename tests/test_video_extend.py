@@ -5,6 +5,7 @@ import os
 import pytest
 
 from tests.conftest import b64, picture
+from video_extend import VideoRequest
 
 
 def post(client, **body):
@@ -176,3 +177,24 @@ def test_tail_rules_follow_the_model_table(app, client, png_b64):
         resp = post(client, image=png_b64, image_tail=tail, model_name="tail-pro-5", mode=mode, duration=duration)
         assert_error(resp, 422, "image_tail", "tail_not_supported")
     assert post(client, image=png_b64, model_name="tail-pro-5", mode="std", duration="10").status_code == 202
+
+
+@pytest.mark.parametrize("field,value", [("cfg_scale", True), ("cfg_scale", "0.5"), ("duration", True),
+                                         ("duration", 5.0), ("duration", ["5"]), ("mode", 1), ("prompt", False),
+                                         ("camera", {"type": "pan"}), ("negative_prompt", "x\u001by"),
+                                         ("prompt", "\udfff")])
+def test_loose_types_are_refused(app, client, png_b64, field, value):
+    # No coercion beyond the documented one (a whole-number duration is its text).
+    assert_error(post(client, image=png_b64, **{field: value}), 400, field, "invalid_field")
+    assert nothing_stored(app)
+
+
+def test_a_whole_number_is_a_fine_cfg_scale():
+    # The local engine has no cfg_scale, so the request model is asked directly.
+    assert VideoRequest.model_validate({"cfg_scale": 1}).cfg_scale == 1.0
+
+
+@pytest.mark.parametrize("url", ["http://[::1/", "http://[zz::1]/", "http://example.com:99999/x.png"])
+def test_unparseable_picture_urls_are_a_400(app, client, url):
+    assert_error(post(client, image=url), 400, "image", "invalid_url")
+    assert nothing_stored(app)
