@@ -53,6 +53,8 @@ def check_password_policy(password, username="", field="password"):
         problem = f"A password needs at least {MIN_PASSWORD} characters."
     elif not password.strip():
         problem = "A password cannot be only spaces."
+    elif any(ord(c) < 32 or ord(c) == 127 for c in password):
+        problem = "A password cannot contain control characters."
     elif len(set(password)) < 4:
         problem = "A password needs at least 4 different characters."
     elif password.lower() in _COMMON_PASSWORDS or (username and username.lower() in password.lower()):

@@ -26,7 +26,8 @@ from werkzeug.serving import make_server
 
 import auth
 from tests import live_servers
-from tests.conftest import ADMIN_KEY, b64, picture
+from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture
+from tests.signin import csrf_of, login
 
 TIMEOUT = 30
 MISSING_TASK = "20261122T000000000Z-abcdef"
@@ -213,19 +214,37 @@ def _declared_huge(endpoint, key):
     return case
 
 
-def account_corpus(user_key, user_password):
-    """Malformed requests to auth.py's endpoints: keys, users, the password change, the login form."""
+def account_corpus(user_key, user_password, browser=None):
+    """Malformed requests to auth.py's endpoints: keys, users, the password change, the login form.
+
+    Making keys and changing the password need a signed-in browser (`browser`: its cookie and CSRF
+    header); with an API key they are refused before the body is read, which is checked too.
+    """
+    browser = browser or {}
+
+    def signed_in(case):
+        case.headers.pop("Authorization", None)
+        case.headers.update(browser)
+        return case
     cases = []
     for endpoint, key in (("/api/keys", user_key), ("/api/users", ADMIN_KEY), ("/api/account/password", user_key)):
+        session = endpoint != "/api/users"
         for label, body, content_type in broken_bodies():
-            cases.append(_post(f"{endpoint}: {label}", endpoint, body, content_type, key))
+            case = _post(f"{endpoint}: {label}", endpoint, body, content_type, key)
+            cases.append(signed_in(case) if session else case)
         for method in ("PUT", "PATCH"):
             cases.append(_get(f"{endpoint}: {method}", endpoint, key, method=method))
+        if session:
+            cases.append(_post(f"{endpoint}: with an API key", endpoint, _json({}), key=user_key))
     for value in [5, True, [], {}, "x\u0000", "x" * 10_000, None]:
-        cases.append(_post(f"/api/keys name={value!r:.20}", "/api/keys", _json({"name": value}), key=user_key))
-    cases.append(_post("/api/keys unknown field", "/api/keys", _json({"name": "k", "scope": "everything"}),
-                       key=user_key))
-    good_user = {"username": "dave", "password": "dave-correct-horse-battery"}
+        cases.append(signed_in(_post(f"/api/keys name={value!r:.20}", "/api/keys", _json({"name": value}))))
+    cases.append(signed_in(_post("/api/keys unknown field", "/api/keys", _json({"name": "k", "scope": "everything"}))))
+    for value in [["read", "read", "read", "read"], ["everything"], [], "read", 5, None, [5]]:
+        cases.append(signed_in(_post(f"/api/keys scopes={value!r:.20}", "/api/keys", _json({"scopes": value}))))
+    for value in [0, -1, 1.5, "7", True, 10**9]:
+        cases.append(signed_in(_post(f"/api/keys expires_in_days={value!r:.20}", "/api/keys",
+                                     _json({"expires_in_days": value}))))
+    good_user = {"username": "dave", "password": "correct-horse-battery-staple"}
     for name, values in {"username": [5, True, [], {}, None, "a\u0000", "../admin", "x" * 100],
                          "password": [5, True, [], {}, None, "\u0000" * 12],
                          "images_per_day": [True, "3", -1, 1.5, 10**30, []],
@@ -239,8 +258,8 @@ def account_corpus(user_key, user_password):
                          }.items():
         for value in values:
             body = {"current_password": user_password, "new_password": "a-new-password-that-is-long", name: value}
-            cases.append(_post(f"/api/account/password {name}={value!r:.20}", "/api/account/password", _json(body),
-                               key=user_key))
+            cases.append(signed_in(_post(f"/api/account/password {name}={value!r:.20}", "/api/account/password",
+                                         _json(body))))
     for target in ("/api/keys/%00", "/api/keys/..", "/api/keys/" + "k" * 300, "/api/users/admin",
                    "/api/users/%00", "/api/users/..", "/api/users/nobody"):
         cases.append(_get(f"DELETE {target[:30]}", target, ADMIN_KEY, method="DELETE"))
@@ -270,7 +289,7 @@ def account_corpus(user_key, user_password):
 def server(app, monkeypatch):
     # The per-user limit on new tasks a minute would answer most of the corpus with a 429 before
     # its body is looked at; it has its own test in test_auth.py.
-    monkeypatch.setattr(auth, "GENERATE_LIMIT", (1_000_000, 60))
+    monkeypatch.setitem(auth.RATE_LIMITS, "generate", (1_000_000, 60))
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -283,10 +302,12 @@ def server(app, monkeypatch):
 @pytest.fixture
 def user(app):
     accounts = app.extensions["accounts"]
-    password = "carol-correct-horse-battery"
+    password = "correct-horse-battery-staple"
     created = accounts.create_user("carol", password)
     key, _ = accounts.create_api_key(created["id"], "test")
-    return {"key": key, "password": password}
+    browser = login(app, "carol", password)
+    headers = {"Cookie": f"session={browser.get_cookie('session').value}", "X-CSRFToken": csrf_of(browser)}
+    return {"key": key, "password": password, "browser": headers}
 
 
 def send(port, case):
@@ -375,7 +396,7 @@ def test_account_endpoints_corpus(app, server, user):
     data_dir = app.config["DATA_DIR"]
     tasks_before, inputs_before = task_ids(app), files_under(Path(data_dir) / "inputs")
     keys_before = all_keys(app)
-    cases = account_corpus(user["key"], user["password"])
+    cases = account_corpus(user["key"], user["password"], user["browser"])
     problems = run_corpus(server, cases)
     assert not problems, f"{len(problems)} of {len(cases)} cases went wrong:\n" + "\n".join(
         f"  {label}: {problem}" for label, problem in problems.items())
@@ -470,10 +491,12 @@ def test_brackets_inside_strings_do_not_count(client):
 
 @pytest.mark.parametrize("body", [b'{"prompt": "a", "prompt": "b"}', b'{"cfg_scale": NaN}', b'{"n": 1e999}',
                                   b'{"prompt": "\xff"}', '{"prompt": "a"}'.encode("utf-16")])
-def test_json_that_python_would_take_is_refused_even_from_a_silent_reader(client, body):
-    # auth.py reads bodies with get_json(silent=True): a malformed body must not pass as "no body".
-    for endpoint in ("/generate_image", "/api/keys"):
-        resp = client.post(endpoint, data=body, content_type="application/json")
+def test_json_that_python_would_take_is_refused_even_from_a_silent_reader(app, client, body):
+    # A reader that asks for silence (get_json(silent=True)) must not take a malformed body as "no body".
+    admin = login(app, "admin", ADMIN_PASSWORD)
+    for endpoint, caller, headers in (("/generate_image", client, {}),
+                                      ("/api/keys", admin, {"X-CSRFToken": csrf_of(admin)})):
+        resp = caller.post(endpoint, data=body, content_type="application/json", headers=headers)
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_json", endpoint
 
 
