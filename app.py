@@ -3,7 +3,9 @@
 Configuration comes from defaults, then `.env`, then the environment, then the `config` mapping
 given to `create_app` (tests). `python app.py` serves the studio on APP_HOST:APP_PORT
 (127.0.0.1:5000) with the local engine and the scheduler in-process; production runs
-`gunicorn "app:create_app()"`. Importing this module starts nothing.
+`gunicorn "app:create_app()"`. Importing this module starts nothing. The pipeline (scheduler.py)
+starts with the app unless TESTING and stops before the process exits: Ctrl-C and SIGTERM stop
+`python app.py` the same graceful way, and gunicorn stops it from its worker_exit hook.
 """
 
 import logging
@@ -102,7 +104,7 @@ def create_app(config=None):
     if not app.config["TESTING"]:
         import scheduler
 
-        scheduler.start(app)
+        scheduler.start(app)      # also stops it at exit
     return app
 
 
@@ -198,6 +200,21 @@ def _register_error_handlers(app):
                                   "message": "Something went wrong on the server; it has been logged."}}), 500
 
 
-if __name__ == "__main__":
+def _serve():
+    """`python app.py`: serve until Ctrl-C or SIGTERM, then stop the pipeline before exiting."""
+    import signal
+    import sys
+
+    import scheduler
+
+    # SIGTERM would otherwise end the process on the spot; make it leave the server loop like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     studio = create_app()
-    studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)
+    try:
+        studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)
+    finally:
+        scheduler.stop_all()
+
+
+if __name__ == "__main__":
+    _serve()

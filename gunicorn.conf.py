@@ -18,3 +18,13 @@ preload_app = False
 accesslog = "-"
 # Never log query strings: LiblibAI-style signatures and keys must not reach the logs.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+
+# ---- stopping a worker: its task pipeline first (see scheduler.py) --------------------------
+
+def worker_exit(server, worker):
+    """Stop this worker's pipeline before the interpreter shuts its thread pools: queued and
+    interrupted work goes back for the next leader instead of failing."""
+    import scheduler
+
+    scheduler.stop_all()
