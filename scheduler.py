@@ -81,10 +81,11 @@ class Pipeline:
     """The task pipeline of one process: `start()` it once, `stop()` it (idempotent) before exit."""
 
     def __init__(self, store, providers, clock=utcnow, *, data_dir, backup_dir, backup_keep=24,
-                 backup_minutes=60, monotonic=time.monotonic):
+                 backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS):
         self.store, self.providers, self.clock, self.monotonic = store, providers, clock, monotonic
         self.data_dir, self.backup_dir = str(data_dir), str(backup_dir)
         self.backup_keep, self.backup_minutes = backup_keep, backup_minutes
+        self.heartbeat_seconds = heartbeat_seconds
         self.lock = LeaderLock(os.path.join(self.data_dir, "scheduler.lock"))
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
@@ -147,7 +148,7 @@ class Pipeline:
             return True
 
     def _heartbeat_loop(self):
-        while not self.stopping.wait(HEARTBEAT_SECONDS):
+        while not self.stopping.wait(self.heartbeat_seconds):
             try:
                 self.tick()
             except Exception:

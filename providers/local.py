@@ -54,6 +54,12 @@ DONE, LOCK, CANCEL_MARKER = "done.json", ".render.lock", ".cancelled"
 
 # ---- the provider
 
+
+def _stopping():
+    """What a closed engine answers: retryable, so the pipeline keeps the task for the next start."""
+    return ProviderUnavailable("the studio is stopping; the render starts after its restart", provider="local")
+
+
 @dataclass
 class _Job:
     """One render as this process knows it; fields guarded by LocalProvider._lock."""
@@ -116,6 +122,8 @@ class LocalProvider(Provider):
     def submit(self, task):
         """Queue the render and return "local-<task id>"; submitting again renders again."""
         task_id = self._task_id(task)
+        if self._closed:
+            raise _stopping()
         self._check(task)
         (self.output_dir(task_id) / CANCEL_MARKER).unlink(missing_ok=True)  # a retry lifts a cancel
         self._start(task, fresh=True)
@@ -231,8 +239,7 @@ class LocalProvider(Provider):
         self.output_dir(task_id).mkdir(parents=True, exist_ok=True)  # cancel() reads it as "queued"
         with self._lock:
             if self._closed:
-                raise ProviderUnavailable("the studio is stopping; the render starts after its restart",
-                                          provider="local")
+                raise _stopping()
             job = self._jobs.get(task_id)
             if job is not None and job.state in (QUEUED, RUNNING):
                 return
@@ -243,8 +250,7 @@ class LocalProvider(Provider):
                 self._pool.submit(self._run, job, dict(task), fresh)
             except RuntimeError:  # the interpreter is exiting and has shut every pool: not the task's fault
                 del self._jobs[task_id]
-                raise ProviderUnavailable("the studio is stopping; the render starts after its restart",
-                                          provider="local") from None
+                raise _stopping() from None
 
     def _status_from_disk(self, task_id):
         """CANCELLED from the marker, SUCCEEDED from a done.json whose files exist, else None."""
