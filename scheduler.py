@@ -125,8 +125,10 @@ class Pipeline:
             self.scheduler.shutdown(wait=True)
             self._thread.join()
         for provider in self.providers.values():
+            close = getattr(provider, "close", None)    # only some providers hold pools or clients
             try:
-                provider.close()
+                if close is not None:
+                    close()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
         self.lock.release()

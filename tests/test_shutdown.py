@@ -21,12 +21,12 @@ def test_a_graceful_stop_puts_interrupted_work_back_and_a_restart_finishes_it(tm
     try:
         studio.start()
         post = {"image": b64(picture()), "prompt": "slow zoom in"}
-        long_clip = {**post, "image": b64(picture(1280, 800)), "duration": "10"}   # rendering when the stop comes
+        long_clip = {**post, "image": b64(picture(960, 600)), "duration": "10"}   # rendering when the stop comes
         paid = [{"provider": "kling", "model_name": "kling-v1-6", "image": b64(picture(seed=i)),
                  "prompt": f"task {i}", "duration": "5", "mode": "std"} for i in range(3)]
         local = [HTTP.post(studio.base + "/generate", json=long_clip, timeout=10).json()["task_id"] for _ in range(2)]
         wait_for(lambda: {"submitted", "running"} & {statuses(data_dir)[i] for i in local}, 10, "a local render")
-        fake.inject("submit", "hang", "hang", "hang")     # created, answered only after the client gave up
+        fake.inject("submit", "hang", "hang")     # created, answered only after the client gave up
         kling = [HTTP.post(studio.base + "/generate", json=body, timeout=10).json()["task_id"] for body in paid]
         local += [HTTP.post(studio.base + "/generate", json=post, timeout=10).json()["task_id"] for _ in range(4)]
         # Stop a few seconds after queueing: local renders run, others wait, a submit hangs.
