@@ -19,18 +19,22 @@ def test_a_graceful_stop_puts_interrupted_work_back_and_a_restart_finishes_it(tm
     studio = Studio(tmp_path, fake.base_url, workers=workers)
     data_dir = tmp_path / "data"
     try:
+        studio.env["HTTP_TIMEOUT_SECONDS"] = "2"
         studio.start()
         post = {"image": b64(picture()), "prompt": "slow zoom in"}
-        long_clip = {**post, "image": b64(picture(960, 600)), "duration": "10"}   # rendering when the stop comes
+        long_clip = {**post, "image": b64(picture(1280, 800)), "duration": "10"}   # rendering when the stop comes
         paid = [{"provider": "kling", "model_name": "kling-v1-6", "image": b64(picture(seed=i)),
                  "prompt": f"task {i}", "duration": "5", "mode": "std"} for i in range(3)]
         local = [HTTP.post(studio.base + "/generate", json=long_clip, timeout=10).json()["task_id"] for _ in range(2)]
         wait_for(lambda: {"submitted", "running"} & {statuses(data_dir)[i] for i in local}, 10, "a local render")
-        fake.inject("submit", "hang", "hang")     # created, answered only after the client gave up
-        kling = [HTTP.post(studio.base + "/generate", json=body, timeout=10).json()["task_id"] for body in paid]
+        fake.inject("submit", "hang", "hang", "hang")     # created, answered only after the client gave up
+        # The first hanging submit holds one dispatch pass while the rest is queued, so the next
+        # pass has a hanging submit ahead of four local tasks: the stop comes inside it.
+        kling = [HTTP.post(studio.base + "/generate", json=paid[0], timeout=10).json()["task_id"]]
+        wait_for(lambda: fake.submissions, 5, "the first submit to reach Kling")
+        kling += [HTTP.post(studio.base + "/generate", json=body, timeout=10).json()["task_id"] for body in paid[1:]]
         local += [HTTP.post(studio.base + "/generate", json=post, timeout=10).json()["task_id"] for _ in range(4)]
-        # Stop a few seconds after queueing: local renders run, others wait, a submit hangs.
-        wait_for(lambda: fake.submissions, 3, "a submit to reach Kling")
+        wait_for(lambda: len(fake.submissions) == 2, 10, "the second submit to reach Kling")
         studio.proc.send_signal(stop_signal)
         studio.proc.wait(40)
 
