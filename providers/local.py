@@ -71,7 +71,7 @@ class _Job:
     error_code: str = "local_render_failed"
     outputs: list = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)  # checked between frames
-    queued_at: float = field(default_factory=time.monotonic)  # for the running-time limit
+    queued_at: float = 0.0  # LocalProvider.monotonic() when queued, for the running-time limit
 
 
 class LocalProvider(Provider):
@@ -141,6 +141,7 @@ class LocalProvider(Provider):
                                                       f"{self.render_limit_seconds / 60:.0f} minutes")
                     job.error_code = "timeout"
                 state, progress, message, outputs = job.state, job.progress, job.message, job.outputs
+                error_code = job.error_code
                 if state in (SUCCEEDED, FAILED, CANCELLED):
                     # Reported once, then forgotten: done.json or the cancel marker answer later
                     # queries, and the table stays small in a long-running server.
@@ -151,7 +152,7 @@ class LocalProvider(Provider):
             return ProviderStatus(SUCCEEDED, raw_status="done", progress=100, outputs=list(outputs))
         if state == FAILED:
             return ProviderStatus(FAILED, raw_status="failed", progress=progress, message=message,
-                                  error_code=job.error_code)
+                                  error_code=error_code)
         return ProviderStatus(state, raw_status=state, progress=progress)
 
     def cancel(self, task):
