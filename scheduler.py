@@ -108,7 +108,8 @@ class Pipeline:
             self.scheduler.start()
             self._thread = threading.Thread(target=self._heartbeat_loop, name="pipeline-heartbeat", daemon=True)
             self._thread.start()
-        if self.claim_leadership():
+        self.tick()     # lead (and beat) at once rather than a heartbeat later
+        if self.lock.held:
             log.info("this process (pid %d) runs the task pipeline", os.getpid())
         else:
             log.info("another process runs the task pipeline; pid %d stands by", os.getpid())
@@ -171,7 +172,7 @@ class Pipeline:
 
     def replan(self):
         """Plan every job afresh from the current wall time (each runs within one interval)."""
-        if not self.scheduler.running:
+        if self.stopping.is_set() or not self.scheduler.running:
             return
         for job_id, interval in self.intervals.items():
             self.scheduler.reschedule_job(job_id, trigger="interval", **interval)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import health
 import task_query
 from errors import ProviderUnavailable
 from providers.local import LocalProvider
@@ -151,6 +152,7 @@ def test_the_first_backup_comes_soon_after_becoming_the_leader(pipelines):
     standby.start()
     soon = datetime.now(UTC) + timedelta(minutes=1, seconds=5)
     assert next_runs(leader)["backup"] <= soon
+    assert os.path.exists(os.path.join(leader.data_dir, health.HEARTBEAT_FILE))     # it beats at once
     assert next_runs(standby)["backup"] > soon          # a standby takes none
     leader.stop()                                        # gives the lock up for the standby
     assert not leader.lock.held
