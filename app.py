@@ -4,6 +4,9 @@ Settings come from config.py (defaults, then `.env`, then the environment, then 
 mapping given to `create_app` by tests), typed once and copied into `app.config`. `python app.py`
 serves the studio on APP_HOST:APP_PORT (127.0.0.1:5000) with the local engine and the scheduler
 in-process; production runs `gunicorn "app:create_app()"`. Importing this module starts nothing.
+The pipeline (scheduler.py) starts with the app unless TESTING and stops before the process exits:
+Ctrl-C and SIGTERM stop `python app.py` the same graceful way, and gunicorn stops it from its
+worker_exit hook.
 """
 
 import logging
@@ -74,7 +77,7 @@ def create_app(config=None):
     if not app.config["TESTING"]:
         import scheduler
 
-        scheduler.start(app)
+        scheduler.start(app)      # also stops it at exit
     return app
 
 
@@ -176,7 +179,22 @@ def _register_error_handlers(app):
                                   "message": "Something went wrong on the server; it has been logged."}}), 500
 
 
+def _serve():
+    """`python app.py`: serve until Ctrl-C or SIGTERM, then stop the pipeline before exiting."""
+    import signal
+    import sys
+
+    import scheduler
+
+    # SIGTERM would otherwise end the process on the spot; make it leave the server loop like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    studio = create_app()
+    try:
+        studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)
+    finally:
+        scheduler.stop_all()
+
+
 if __name__ == "__main__":
     os.umask(0o077)                 # every file the studio writes is private to its user (gunicorn: umask)
-    studio = create_app()
-    studio.run(host=studio.config["APP_HOST"], port=studio.config["APP_PORT"], threaded=True)
+    _serve()

@@ -33,3 +33,13 @@ accesslog = "-"
 # Never log query strings: LiblibAI-style signatures and keys must not reach the logs. Behind nginx
 # the peer is always 127.0.0.1: X-Forwarded-For (set by nginx, not passed through) names the client.
 access_log_format = '%(h)s %({x-forwarded-for}i)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+
+# ---- stopping a worker: its task pipeline first (see scheduler.py) --------------------------
+
+def worker_exit(server, worker):
+    """Stop this worker's pipeline before the interpreter shuts its thread pools: queued and
+    interrupted work goes back for the next leader instead of failing."""
+    import scheduler
+
+    scheduler.stop_all()

@@ -2,7 +2,7 @@
 
 `GET /healthz` says the process answers. `GET /readyz` says it can do its job: the task store
 reads, DATA_DIR is writable, the disk has room, and the pipeline's leader has written its
-heartbeat recently (whichever process leads; see scheduler.py).
+heartbeat recently (whichever process leads; see scheduler.py) — and not from the future.
 """
 
 import os
@@ -18,6 +18,7 @@ bp = Blueprint("health", __name__)
 
 HEARTBEAT_FILE = "scheduler.heartbeat"
 HEARTBEAT_MAX_AGE = 30          # seconds; the leader beats every few seconds
+HEARTBEAT_MAX_AHEAD = 5         # seconds a heartbeat may seem to come from the future (clock jitter)
 
 
 def beat(data_dir):
@@ -25,6 +26,21 @@ def beat(data_dir):
     path = os.path.join(data_dir, HEARTBEAT_FILE)
     with open(path, "w") as f:
         f.write(str(time.time()))
+
+
+def heartbeat_check(data_dir, now):
+    """"ok" when the leader beat within HEARTBEAT_MAX_AGE of `now` (a Unix time), else why not.
+
+    A heartbeat from the future is stale too: after the wall clock is stepped back, it proves
+    nothing about the leader being alive now.
+    """
+    try:
+        age = now - os.path.getmtime(os.path.join(data_dir, HEARTBEAT_FILE))
+    except OSError:
+        return "no heartbeat yet"
+    if age < -HEARTBEAT_MAX_AHEAD:
+        return f"last heartbeat is {-age:.0f} s in the future (was the clock set back?)"
+    return "ok" if age <= HEARTBEAT_MAX_AGE else f"last heartbeat {age:.0f} s ago"
 
 
 @bp.get("/healthz")
@@ -52,10 +68,6 @@ def readyz():
     free_mb = shutil.disk_usage(data_dir).free // (1024 * 1024)
     minimum = int(current_app.config["READY_MIN_FREE_MB"])
     checks["disk"] = "ok" if free_mb >= minimum else f"only {free_mb} MB free (need {minimum})"
-    try:
-        age = time.time() - os.path.getmtime(os.path.join(data_dir, HEARTBEAT_FILE))
-        checks["scheduler"] = "ok" if age <= HEARTBEAT_MAX_AGE else f"last heartbeat {age:.0f} s ago"
-    except OSError:
-        checks["scheduler"] = "no heartbeat yet"
+    checks["scheduler"] = heartbeat_check(data_dir, time.time())
     ready = all(value == "ok" for value in checks.values())
     return {"ready": ready, "checks": checks}, 200 if ready else 503

@@ -9,8 +9,8 @@ written right now is touched:
 - `outputs/<id>/*.part` of tasks no longer downloading (a downloading task may resume from it);
 - `tasks.jsonl.rewrite`, left by a compaction killed before its rename.
 
-A pure function of the data directory, the store and the time; `janitor_job` runs it from the
-scheduler.
+A pure function of the data directory, the store and the time; the pipeline (scheduler.py) runs it
+every 30 minutes.
 """
 
 import logging
@@ -19,7 +19,7 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from tasks import DOWNLOADING, utcnow
+from tasks import DOWNLOADING
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,6 @@ def sweep(data_dir, store, now, min_age=MIN_AGE):
     if removed:
         log.info("janitor removed %d orphaned file(s) or folder(s): %s", len(removed), ", ".join(removed[:20]))
     return removed
-
-
-def janitor_job(store, providers=None, clock=utcnow):
-    """The scheduler job: sweep the store's data directory."""
-    return sweep(store.dir, store, clock())
 
 
 def _mtime(path):

@@ -1,15 +1,33 @@
-"""Which process runs the pipeline, and the APScheduler that runs it.
+"""Running the task pipeline: which process runs it, its jobs, and how it starts and stops.
+
+`Pipeline(store, providers, clock)` owns the APScheduler that runs the jobs of task_query.py and
+the backups, the leader lock, and a heartbeat loop. It lives here rather than in a module of its
+own because leadership, the job table and the start/stop order are one concern — running the
+pipeline in exactly one process and stopping it without harm — and every other module and doc
+already names this one for it.
 
 Several gunicorn workers may share one DATA_DIR, but exactly one of them may submit, poll and
 download. The leader is whoever holds a non-blocking `fcntl` lock on `DATA_DIR/scheduler.lock`;
-the kernel drops it when that process dies, and standbys retry every few seconds, so a lost
-leader is replaced quickly. Only the leader's scheduler runs the jobs.
+the kernel drops it when that process dies, `stop()` releases it, and standbys retry on every
+heartbeat, so a lost leader is replaced within seconds.
+
+The heartbeat loop runs on the monotonic clock, not in APScheduler: APScheduler plans its interval
+jobs on the wall clock, so a wall clock stepped back would freeze every job (and the heartbeat with
+them) until the wall clock caught up. Each beat compares how far the wall clock and the monotonic
+clock moved; when the wall clock went back, every job is planned again from the new wall time.
+
+Stopping order: no new job runs and running ones finish their current task (dispatch and download
+check `stopping` between tasks), then the providers close their pools (local renders stop between
+frames and are rendered again on the next start; a provider submit in flight stays reconcilable),
+then the leader lock is released for a standby.
 """
 
 import fcntl
 import logging
 import os
 import threading
+import time
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -17,15 +35,17 @@ import health
 import janitor
 import task_backup
 import task_query
+from tasks import utcnow
 
 log = logging.getLogger(__name__)
 
-LEADER_RETRY_SECONDS = 5
-HEARTBEAT_SECONDS = 5
+HEARTBEAT_SECONDS = 5           # also how often a standby tries to become the leader
+FIRST_BACKUP_DELAY = timedelta(minutes=1)   # after becoming the leader, not a whole interval later
+CLOCK_STEP_TOLERANCE = 2.0      # seconds the wall clock may lag the monotonic one before we re-plan
 
 
 class LeaderLock:
-    """A non-blocking exclusive file lock held for the life of the process."""
+    """A non-blocking exclusive file lock, held until released or the process ends."""
 
     def __init__(self, path):
         self.path = path
@@ -58,42 +78,179 @@ class LeaderLock:
                 self._fd = None
 
 
-def start(app):
-    """Start the background scheduler for this app; its jobs run only while we are the leader."""
-    config = app.config
-    store = app.extensions["task_store"]
-    providers = app.extensions["providers"]
-    lock = LeaderLock(os.path.join(config["DATA_DIR"], "scheduler.lock"))
+class Pipeline:
+    """The task pipeline of one process: `start()` it once, `stop()` it (idempotent) before exit."""
 
-    def as_leader(job):
+    def __init__(self, store, providers, clock=utcnow, *, data_dir, backup_dir, backup_keep=24,
+                 backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS):
+        self.store, self.providers, self.clock, self.monotonic = store, providers, clock, monotonic
+        self.data_dir, self.backup_dir = str(data_dir), str(backup_dir)
+        self.backup_keep, self.backup_minutes = backup_keep, backup_minutes
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lock = LeaderLock(os.path.join(self.data_dir, "scheduler.lock"))
+        self.stopping = threading.Event()
+        self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
+        # Dispatch and download are cheap when idle, so they run often to keep the studio responsive;
+        # per-task poll intervals and backoff live in the task records.
+        self.intervals = {"dispatch": {"seconds": 1}, "poll": {"seconds": 1}, "download": {"seconds": 1},
+                          "compact": {"minutes": 10}, "janitor": {"minutes": 30}, "backup": {"minutes": backup_minutes}}
+        for job_id, interval in self.intervals.items():
+            self.scheduler.add_job(self._as_leader(getattr(self, f"_{job_id}")), "interval", id=job_id, **interval)
+        self._last_tick = None          # (wall, monotonic) at the previous heartbeat
+        self._thread = None
+        self._state = threading.Lock()  # start/stop/leadership changes
+
+    # ---- lifecycle
+
+    def start(self):
+        with self._state:
+            if self._thread is not None or self.stopping.is_set():
+                return
+            self.scheduler.start()
+            self._thread = threading.Thread(target=self._heartbeat_loop, name="pipeline-heartbeat", daemon=True)
+            self._thread.start()
+        self.tick()     # lead (and beat) at once rather than a heartbeat later
+        if self.lock.held:
+            log.info("this process (pid %d) runs the task pipeline", os.getpid())
+        else:
+            log.info("another process runs the task pipeline; pid %d stands by", os.getpid())
+
+    def stop(self):
+        """Stop the jobs, then the providers' pools, then give up leadership; safe to call twice."""
+        with self._state:
+            if self.stopping.is_set():
+                return
+            self.stopping.set()
+            started = self._thread is not None
+        if started:
+            # Waits for running jobs; they see `stopping` and return after the task in hand.
+            self.scheduler.shutdown(wait=True)
+            self._thread.join()
+        for provider in self.providers.values():
+            close = getattr(provider, "close", None)    # only some providers hold pools or clients
+            try:
+                if close is not None:
+                    close()
+            except Exception:
+                log.exception("closing provider %s failed", provider.name)
+        self.lock.release()
+        if started:
+            log.info("task pipeline of pid %d stopped", os.getpid())
+
+    # ---- leadership and heartbeat
+
+    def claim_leadership(self):
+        """True while this process leads; on becoming the leader, the first backup is planned soon."""
+        with self._state:
+            if self.stopping.is_set():
+                return False
+            was_leader = self.lock.held
+            if not self.lock.try_acquire():
+                return False
+            if not was_leader and self.scheduler.running:
+                self.scheduler.modify_job("backup", next_run_time=self._scheduler_now() + FIRST_BACKUP_DELAY)
+            return True
+
+    def _heartbeat_loop(self):
+        while not self.stopping.wait(self.heartbeat_seconds):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("pipeline heartbeat failed")
+
+    def tick(self):
+        """One heartbeat: re-plan the jobs after a backward clock step, try to lead, beat if leading."""
+        wall, mono = self.clock(), self.monotonic()
+        if self._last_tick is not None:
+            last_wall, last_mono = self._last_tick
+            lag = (mono - last_mono) - (wall - last_wall).total_seconds()
+            if lag > CLOCK_STEP_TOLERANCE:
+                log.warning("the wall clock went back %.0f s; planning every pipeline job again", lag)
+                self.replan()
+        self._last_tick = (wall, mono)
+        if self.claim_leadership():
+            health.beat(self.data_dir)
+
+    def replan(self):
+        """Plan every job afresh from the current wall time (each runs within one interval)."""
+        if self.stopping.is_set() or not self.scheduler.running:
+            return
+        for job_id, interval in self.intervals.items():
+            self.scheduler.reschedule_job(job_id, trigger="interval", **interval)
+
+    def _scheduler_now(self):
+        return datetime.now(self.scheduler.timezone)    # APScheduler plans on the real wall clock
+
+    # ---- jobs
+
+    def _as_leader(self, job):
         def run():
-            if not lock.try_acquire():
+            if self.stopping.is_set() or not self.claim_leadership():
                 return
             try:
-                job(store, providers)
+                job()
             except Exception:
-                log.exception("scheduler job %s failed", job.__name__)
+                log.exception("pipeline job %s failed", job.__name__)
         run.__name__ = job.__name__
         return run
 
-    scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
-    # Dispatch and download are cheap when idle, so they run often to keep the studio responsive;
-    # per-task poll intervals and backoff live in the task records.
-    scheduler.add_job(as_leader(task_query.dispatch), "interval", seconds=1, id="dispatch")
-    scheduler.add_job(as_leader(task_query.poll), "interval", seconds=1, id="poll")
-    scheduler.add_job(as_leader(task_query.download), "interval", seconds=1, id="download")
-    scheduler.add_job(as_leader(task_query.compact_store), "interval", minutes=10, id="compact")
-    scheduler.add_job(as_leader(janitor.janitor_job), "interval", minutes=30, id="janitor")
-    scheduler.add_job(as_leader(task_backup.backup_job(config["BACKUP_DIR"], config["BACKUP_KEEP"])),
-                      "interval", minutes=config["BACKUP_INTERVAL_MINUTES"], id="backup")
-    scheduler.add_job(as_leader(lambda store, providers: health.beat(config["DATA_DIR"])),
-                      "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat")
-    scheduler.add_job(lock.try_acquire, "interval", seconds=LEADER_RETRY_SECONDS, id="leader")
-    scheduler.start()
-    if lock.try_acquire():
-        log.info("this process (pid %d) runs the task pipeline", os.getpid())
-    else:
-        log.info("another process runs the task pipeline; pid %d stands by", os.getpid())
-    app.extensions["scheduler"] = scheduler
-    app.extensions["leader_lock"] = lock
-    return scheduler
+    def _dispatch(self):
+        task_query.dispatch(self.store, self.providers, self.clock, stopping=self.stopping)
+
+    def _poll(self):
+        task_query.poll(self.store, self.providers, self.clock)
+
+    def _download(self):
+        task_query.download(self.store, self.providers, self.clock, stopping=self.stopping)
+
+    def _compact(self):
+        task_query.compact_store(self.store)
+
+    def _janitor(self):
+        janitor.sweep(self.store.dir, self.store, self.clock())
+
+    def _backup(self):
+        task_backup.take_backup(self.store, self.backup_dir)
+        task_backup.prune(self.backup_dir, self.backup_keep)
+
+
+def start(app):
+    """Build and start the app's pipeline, and stop it when the process exits."""
+    config = app.config
+    pipeline = Pipeline(app.extensions["task_store"], app.extensions["providers"], data_dir=config["DATA_DIR"],
+                        backup_dir=config["BACKUP_DIR"], backup_keep=config["BACKUP_KEEP"],
+                        backup_minutes=config["BACKUP_INTERVAL_MINUTES"])
+    app.extensions["pipeline"] = pipeline
+    _stop_at_exit(pipeline)
+    pipeline.start()
+    return pipeline
+
+
+def _stop_at_exit(pipeline):
+    """Stop the pipeline before the interpreter shuts down its thread pools.
+
+    Plain `atexit` runs only after Python has joined non-daemon threads and shut every
+    concurrent.futures pool, when a job still running would see "cannot schedule new futures
+    after shutdown"; threading's own exit hooks run before that, last registered first.
+    gunicorn also calls `stop_all` from its worker_exit hook (gunicorn.conf.py).
+    """
+    import atexit
+
+    with _started_lock:
+        _started.append(pipeline)
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(pipeline.stop)
+    atexit.register(pipeline.stop)
+
+
+_started = []
+_started_lock = threading.Lock()
+
+
+def stop_all():
+    """Stop every pipeline this process started (gunicorn's worker_exit, `python app.py` on exit)."""
+    with _started_lock:
+        pipelines = list(_started)
+    for pipeline in pipelines:
+        pipeline.stop()

@@ -224,14 +224,6 @@ def restore(store_dir, backup_dir, path, accounts=False):
     return safety, len(records)
 
 
-def backup_job(backup_dir, keep):
-    """A scheduler job (store, providers) that takes a backup and prunes old ones."""
-    def backup(store, providers=None):
-        take_backup(store, backup_dir)
-        prune(backup_dir, keep)
-    return backup
-
-
 def run_command(command, data_dir, backup_dir, file=None, accounts=False, out=sys.stdout):
     """`list`, `verify FILE` or `restore FILE`, printing what happened; returns the exit status."""
     if command == "list":

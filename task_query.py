@@ -131,8 +131,11 @@ def _problem_age(problem, now):
     return (now - since).total_seconds() if since else 0
 
 
-def dispatch(store, providers, clock=utcnow):
-    """Submit queued tasks, oldest first, within each provider's concurrency cap."""
+def dispatch(store, providers, clock=utcnow, stopping=None):
+    """Submit queued tasks, oldest first, within each provider's concurrency cap.
+
+    `stopping` (an Event) ends the pass after the task in hand: a stopping studio sends nothing new.
+    """
     in_flight = {}      # provider -> concurrency slots held by tasks in flight
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
@@ -140,6 +143,8 @@ def dispatch(store, providers, clock=utcnow):
             slots = providers[task["provider"]].slots(task)
             in_flight[task["provider"]] = in_flight.get(task["provider"], 0) + slots
     for task_id in store.ids_with_status((QUEUED,)):
+        if stopping is not None and stopping.is_set():
+            return
         task = store.get(task_id)
         now = clock()
         if task is None or task["status"] != QUEUED or not _due(task, now):
@@ -459,14 +464,17 @@ def _cancel_at_provider(store, provider, task, now):
     store.update(task["id"], change)
 
 
-def download(store, providers, clock=utcnow):
+def download(store, providers, clock=utcnow, stopping=None):
     """Save, verify and thumbnail the outputs of every downloading task.
 
     Each saved output is recorded at once, so a crash or a cut costs only the file in progress.
     Problems are retried with backoff until the result link expires; a full disk leaves the task
-    downloading with a clear message, never succeeded with a missing file.
+    downloading with a clear message, never succeeded with a missing file. `stopping` (an Event)
+    ends the pass after the task in hand.
     """
     for task_id in store.ids_with_status((DOWNLOADING,)):
+        if stopping is not None and stopping.is_set():
+            return
         task = store.get(task_id)
         now = clock()
         if task is None or task["status"] != DOWNLOADING or not _due(task, now):

@@ -8,6 +8,13 @@ OpenCV and x264 work outside the GIL (two renders in threads run as fast as in t
 Everything is deterministic, so a render lost with its process is simply rendered again. Per task,
 `DATA_DIR/outputs/<id>/` holds the results, a `done.json` marker written last, a `.render.lock` that
 one process holds while rendering, and a `.cancelled` marker so a cancel works from any process.
+A render stops between frames when it is cancelled, when its task is deleted (its folder is gone;
+what it had made is removed), when it runs longer than its limit, or when the provider is closed
+(a stopping studio: the task is rendered again after the restart).
+
+The running-time limit (LOCAL_MAX_RUNNING_MINUTES) is measured here on the monotonic clock: the
+pipeline's own limit compares wall-clock times from the task record, which a clock step forward
+would turn into a timeout of a render that ran for seconds.
 """
 
 import fcntl
@@ -18,6 +25,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import media
-from errors import ProviderRejected
+from errors import ProviderRejected, ProviderUnavailable
 from providers import local_render as render
 from providers.base import (
     CANCELLED,
@@ -46,6 +54,12 @@ DONE, LOCK, CANCEL_MARKER = "done.json", ".render.lock", ".cancelled"
 
 # ---- the provider
 
+
+def _stopping():
+    """What a closed engine answers: retryable, so the pipeline keeps the task for the next start."""
+    return ProviderUnavailable("the studio is stopping; the render starts after its restart", provider="local")
+
+
 @dataclass
 class _Job:
     """One render as this process knows it; fields guarded by LocalProvider._lock."""
@@ -54,8 +68,10 @@ class _Job:
     state: str = QUEUED
     progress: int = 0
     message: str | None = None
+    error_code: str = "local_render_failed"
     outputs: list = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)  # checked between frames
+    queued_at: float = 0.0  # LocalProvider.monotonic() when queued, for the running-time limit
 
 
 class LocalProvider(Provider):
@@ -71,6 +87,11 @@ class LocalProvider(Provider):
         self._lock = threading.Lock()
         self._jobs = {}
         self._pool = None  # created on the first submit: constructing the provider starts nothing
+        self._closed = False
+        # The engine enforces its limit itself, on the monotonic clock (see the module docstring),
+        # so the pipeline's wall-clock limit is switched off for it.
+        self.render_limit_seconds, self.max_running_seconds = self.max_running_seconds, float("inf")
+        self.monotonic = time.monotonic
 
     def capabilities(self):
         combos = [{"mode": "std", "duration": "5"}, {"mode": "std", "duration": "10"}]
@@ -101,6 +122,8 @@ class LocalProvider(Provider):
     def submit(self, task):
         """Queue the render and return "local-<task id>"; submitting again renders again."""
         task_id = self._task_id(task)
+        if self._closed:
+            raise _stopping()
         self._check(task)
         (self.output_dir(task_id) / CANCEL_MARKER).unlink(missing_ok=True)  # a retry lifts a cancel
         self._start(task, fresh=True)
@@ -112,7 +135,13 @@ class LocalProvider(Provider):
         with self._lock:
             job = self._jobs.get(task_id)
             if job is not None:
+                if job.state in (QUEUED, RUNNING) and self.monotonic() - job.queued_at > self.render_limit_seconds:
+                    job.stop.set()
+                    job.state, job.message = FAILED, (f"the local render did not finish within "
+                                                      f"{self.render_limit_seconds / 60:.0f} minutes")
+                    job.error_code = "timeout"
                 state, progress, message, outputs = job.state, job.progress, job.message, job.outputs
+                error_code = job.error_code
                 if state in (SUCCEEDED, FAILED, CANCELLED):
                     # Reported once, then forgotten: done.json or the cancel marker answer later
                     # queries, and the table stays small in a long-running server.
@@ -123,7 +152,7 @@ class LocalProvider(Provider):
             return ProviderStatus(SUCCEEDED, raw_status="done", progress=100, outputs=list(outputs))
         if state == FAILED:
             return ProviderStatus(FAILED, raw_status="failed", progress=progress, message=message,
-                                  error_code="local_render_failed")
+                                  error_code=error_code)
         return ProviderStatus(state, raw_status=state, progress=progress)
 
     def cancel(self, task):
@@ -148,9 +177,12 @@ class LocalProvider(Provider):
         return None
 
     def close(self):
-        """Stop every render and wait for the workers (shutdown, tests). Nothing is marked cancelled:
-        an unfinished task is rendered again when it is next queried."""
+        """Stop every render between frames, drop the pending ones and wait for the workers; later
+        submits are refused as retryable. Nothing is marked cancelled or failed: the pipeline stops
+        asking before it closes the provider, and an unfinished task is rendered again when the
+        next process queries it."""
         with self._lock:
+            self._closed = True
             jobs, self._jobs = self._jobs, {}
             pool, self._pool = self._pool, None
         for job in jobs.values():
@@ -207,13 +239,19 @@ class LocalProvider(Provider):
         task_id = task["id"]
         self.output_dir(task_id).mkdir(parents=True, exist_ok=True)  # cancel() reads it as "queued"
         with self._lock:
+            if self._closed:
+                raise _stopping()
             job = self._jobs.get(task_id)
             if job is not None and job.state in (QUEUED, RUNNING):
                 return
-            job = self._jobs[task_id] = _Job(task_id)
+            job = self._jobs[task_id] = _Job(task_id, queued_at=self.monotonic())
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="local-render")
-            self._pool.submit(self._run, job, dict(task), fresh)
+            try:
+                self._pool.submit(self._run, job, dict(task), fresh)
+            except RuntimeError:  # the interpreter is exiting and has shut every pool: not the task's fault
+                del self._jobs[task_id]
+                raise _stopping() from None
 
     def _status_from_disk(self, task_id):
         """CANCELLED from the marker, SUCCEEDED from a done.json whose files exist, else None."""
@@ -243,9 +281,10 @@ class LocalProvider(Provider):
     def _run(self, job, task, fresh):
         """Worker: render into a private staging folder, then publish the files and done.json."""
         out_dir = self.output_dir(job.task_id)
-        marker = out_dir / CANCEL_MARKER
+        marker, lock = out_dir / CANCEL_MARKER, out_dir / LOCK
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            if not out_dir.is_dir():  # _start made it: the task was deleted while it waited
+                raise RenderCancelled
             with self._render_lock(out_dir):
                 with self._lock:
                     if job.stop.is_set():
@@ -261,7 +300,9 @@ class LocalProvider(Provider):
                     shutil.rmtree(stale, ignore_errors=True)
                 staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
                 try:
-                    outputs = self._render(job, task, staging, lambda: job.stop.is_set() or marker.exists())
+                    # Deleting a task removes its folder, lock file first among the files it can.
+                    outputs = self._render(job, task, staging,
+                                           lambda: job.stop.is_set() or marker.exists() or not lock.exists())
                     self._publish(job, out_dir, staging, outputs)
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -270,6 +311,8 @@ class LocalProvider(Provider):
             log.info("local task %s stopped", job.task_id)
             with self._lock:
                 job.state = CANCELLED
+            if not lock.exists():  # deleted meanwhile: remove whatever the render left behind
+                shutil.rmtree(out_dir, ignore_errors=True)
         except Exception as exc:  # a worker must record every failure, or the task would hang
             log.exception("local task %s failed", job.task_id)
             with self._lock:
@@ -303,7 +346,7 @@ class LocalProvider(Provider):
     def _publish(self, job, out_dir, staging, outputs):
         """Move finished files into place and write done.json last, unless stopped meanwhile."""
         with self._lock:  # cancel() takes this lock too: either it wins, or the task succeeds
-            if job.stop.is_set() or (out_dir / CANCEL_MARKER).exists():
+            if job.stop.is_set() or (out_dir / CANCEL_MARKER).exists() or not (out_dir / LOCK).exists():
                 raise RenderCancelled
             results = []
             for name, kind, meta in outputs:

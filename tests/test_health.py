@@ -1,5 +1,8 @@
 """Health endpoints answer without auth and without calling providers."""
 
+import os
+import time
+
 import health
 
 
@@ -21,3 +24,20 @@ def test_readyz_reports_low_disk(app, client):
     app.config["READY_MIN_FREE_MB"] = 10**12
     body = client.get("/readyz").get_json()
     assert body["ready"] is False and "free" in body["checks"]["disk"]
+
+
+def test_readyz_treats_a_heartbeat_from_the_future_as_stale(app, client):
+    health.beat(app.config["DATA_DIR"])
+    heartbeat = os.path.join(app.config["DATA_DIR"], health.HEARTBEAT_FILE)
+    ahead = time.time() + 7200          # as it looks after the wall clock was set back two hours
+    os.utime(heartbeat, (ahead, ahead))
+    body = client.get("/readyz").get_json()
+    assert body["ready"] is False and "future" in body["checks"]["scheduler"]
+
+
+def test_heartbeat_check_allows_small_jitter_only(tmp_path):
+    health.beat(tmp_path)
+    written = os.path.getmtime(tmp_path / health.HEARTBEAT_FILE)
+    assert health.heartbeat_check(tmp_path, written - 1) == "ok"
+    assert "future" in health.heartbeat_check(tmp_path, written - 60)
+    assert "ago" in health.heartbeat_check(tmp_path, written + health.HEARTBEAT_MAX_AGE + 1)

@@ -35,7 +35,7 @@ def test_janitor_removes_orphans_and_keeps_what_tasks_own(tmp_path):
             make(data / "inputs/t-lost/first.png", now), make(data / "outputs/t-lost/video.mp4", now),
             make(data / "tasks.jsonl.rewrite", now)]
     old(data / "inputs/t-done", now)
-    removed = janitor.janitor_job(store, clock=lambda: now)
+    removed = janitor.sweep(store.dir, store, now)
     assert sorted(removed) == sorted(["inputs/t-done/first.png.part", "outputs/t-done/video.mp4.part",
                                       "inputs/t-lost", "outputs/t-lost", "tasks.jsonl.rewrite"])
     assert all(p.exists() for p in kept) and not any(p.exists() for p in gone)

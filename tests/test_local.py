@@ -4,6 +4,8 @@ import json
 import os
 import threading
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import av
 import cv2
@@ -11,11 +13,14 @@ import numpy as np
 import pytest
 
 import media
+import task_query
 from errors import ProviderRejected
 from providers import local_render
 from providers.base import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from providers.local import LocalProvider
 from providers.local_render import camera_from_prompt, render_images, render_video
+from tasks import utcnow
+from tests.conftest import run_pipeline
 
 # ---- pictures and clips
 
@@ -422,3 +427,53 @@ def test_submit_refuses_what_cannot_be_rendered(provider, tmp_path, change, word
         provider.submit(task)
     assert words in caught.value.message
     assert provider._pool is None
+
+
+# ---- stopping: delete, time limit, clock steps
+
+
+def test_deleting_a_cancelled_running_render_stops_it_and_removes_its_files(app, png_b64, paused_renders):
+    client, store = app.test_client(), app.extensions["task_store"]
+    engine = app.extensions["providers"]["local"]
+    task_id = client.post("/generate", json={"image": png_b64}).get_json()["task_id"]
+    task_query.dispatch(store, app.extensions["providers"])
+    task = store.get(task_id)
+    wait_for(engine, task, {RUNNING})
+    assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200
+    assert client.delete(f"/api/tasks/{task_id}").status_code == 204    # before the poller stops it
+    paused_renders.set()
+    ended = wait_for(engine, task, {CANCELLED, SUCCEEDED, FAILED})[-1]
+    assert ended.state == CANCELLED and ended.progress < 50             # stopped, not rendered to the end
+    engine.close()
+    assert not (app.config["DATA_DIR"] / Path("outputs") / task_id).exists()
+
+
+def test_the_running_time_limit_is_measured_on_the_monotonic_clock(tmp_path, paused_renders):
+    engine = LocalProvider({"DATA_DIR": tmp_path, "LOCAL_MAX_RUNNING_MINUTES": 1})
+    monotonic = [100.0]
+    engine.monotonic = lambda: monotonic[0]
+    try:
+        task = make_task(tmp_path)
+        engine.submit(task)
+        wait_for(engine, task, {RUNNING})
+        monotonic[0] += 59
+        assert engine.query(task).state == RUNNING
+        monotonic[0] += 2
+        status = engine.query(task)
+        assert (status.state, status.error_code) == (FAILED, "timeout")
+        assert "1 minutes" in status.message
+    finally:
+        paused_renders.set()
+        engine.close()
+    assert not (tmp_path / "outputs" / task["id"] / "video.mp4").exists()
+
+
+def test_a_wall_clock_step_forward_does_not_time_out_a_local_render(app, png_b64, paused_renders):
+    client, store, providers = app.test_client(), app.extensions["task_store"], app.extensions["providers"]
+    task_id = client.post("/generate", json={"image": png_b64}).get_json()["task_id"]
+    task_query.dispatch(store, providers)
+    wait_for(providers["local"], store.get(task_id), {RUNNING})
+    task_query.poll(store, providers, clock=lambda: utcnow() + timedelta(hours=2))
+    assert store.get(task_id)["status"] in ("submitted", "running"), store.get(task_id).get("error")
+    paused_renders.set()
+    assert run_pipeline(app, task_id, skip_waits=True)["status"] == "succeeded"

@@ -20,26 +20,30 @@ HTTP.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
 
 
 class Studio:
-    """`python app.py` as a child process on a fixed port and data dir."""
+    """The studio as a child process on a fixed port and data dir: `python app.py`, or gunicorn
+    with `workers` workers."""
 
-    def __init__(self, tmp_path, fake_url):
+    def __init__(self, tmp_path, fake_url, workers=None):
+        self.command = [sys.executable, "app.py"] if workers is None else [
+            sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "studio.log", "ab")
         self.env = {**os.environ, "APP_PORT": str(self.port), "DATA_DIR": str(tmp_path / "data"),
                     "DOTENV_PATH": str(tmp_path / "none.env"), "KLING_API_BASE": fake_url,
                     "KLING_ACCESS_KEY": AK, "KLING_SECRET_KEY": SK, "KLING_MAX_CONCURRENCY": "3",
-                    "POLL_INTERVAL_SECONDS": "0.5", "HTTP_TIMEOUT_SECONDS": "1"}
+                    "POLL_INTERVAL_SECONDS": "0.5", "HTTP_TIMEOUT_SECONDS": "1",
+                    "APP_HOST": "127.0.0.1", "WEB_WORKERS": str(workers or 1)}
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
         def up():
             try:
                 return requests.get(self.base + "/healthz", timeout=1).ok
-            except requests.ConnectionError:
+            except requests.RequestException:     # not listening yet, or a worker still loading
                 return False
         wait_for(up, 30, "the studio to start")
 
