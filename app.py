@@ -74,7 +74,10 @@ def create_app(config=None):
         providers = app.extensions["providers"]
         return {"providers": [{**p.capabilities(), "configured": p.configured()} for p in providers.values()]}
 
-    if not app.config["TESTING"]:
+    # A `flask ...` command (backup, ...) is a tool, not a studio: it never runs the pipeline.
+    import click
+
+    if not app.config["TESTING"] and click.get_current_context(silent=True) is None:
         import scheduler
 
         scheduler.start(app)      # also stops it at exit

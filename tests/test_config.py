@@ -42,7 +42,7 @@ def test_the_app_reads_typed_values(app):
 
 def test_flask_backup_commands_use_the_apps_settings(tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data"), "BACKUP_DIR": str(tmp_path / "b"), "DOTENV_PATH": str(tmp_path / "x"),
-           "ADMIN_PASSWORD": "a long admin secret", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TESTING": "1"}
+           "ADMIN_PASSWORD": "a long admin secret", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app", "backup"]
 
     def run(*args):
@@ -53,3 +53,4 @@ def test_flask_backup_commands_use_the_apps_settings(tmp_path):
     verified = run("verify", str(backup))
     assert verified.returncode == 0 and "OK, 0 tasks" in verified.stdout, verified.stderr
     assert run("verify", str(tmp_path / "nothing.jsonl.gz")).returncode == 1
+    assert not (tmp_path / "data" / "scheduler.lock").exists()       # a command never runs the pipeline
