@@ -10,6 +10,7 @@ Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|re
 `DELETE /api/tasks/<id>`, `GET /media/<path>` (Range-capable).
 """
 
+import functools
 import logging
 import mimetypes
 import os
@@ -42,10 +43,11 @@ from tasks import (
     CANCELLED,
     DOWNLOADING,
     FAILED,
+    LATE_CHECK_INTERVAL,
+    LATE_CHECK_WINDOW,
     QUEUED,
     RUNNING,
     SUBMITTED,
-    SUCCEEDED,
     TERMINAL,
     iso,
     parse_iso,
@@ -56,8 +58,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("task_query", __name__)
 
 POLL_WORKERS = 16                # bounded: polls are I/O-bound; providers' query rates apply on top
-LATE_CHECK_WINDOW = timedelta(hours=24)     # how long a timed-out task is still looked at
-LATE_CHECK_INTERVAL = timedelta(minutes=5)
 MAX_BACKOFF_SECONDS = 300
 MAX_DOWNLOAD_PROBLEMS = 12       # for refused links, or links of unknown expiry: about an hour of tries
 MAX_SUBMIT_PROBLEMS = 10         # rate-limited/unreachable submits before a task fails (~30 min)
@@ -82,12 +82,8 @@ def _fail(store, task_id, code, message, now, late_check=False):
     """End a task with an error. With `late_check` the provider may still have the work: the
     poller keeps looking for a day (querying it, or reconciling when its id is unknown)."""
     def change(record):
-        if record["status"] in TERMINAL:
-            return
-        record.update(status=FAILED, finished_at=iso(now), problem=None, error={
-            "code": code, "message": message, "retryable": False})
-        if late_check:
-            record.update(late_check_until=iso(now + LATE_CHECK_WINDOW), next_check_at=iso(now + LATE_CHECK_INTERVAL))
+        if record["status"] not in TERMINAL:
+            tasks.fail(record, code, message, now, late_check=late_check)
     store.update(task_id, change)
     log.info("task %s failed: %s", task_id, code)
 
@@ -234,14 +230,7 @@ def _submit(store, provider, task, now):
             return False
         journal.created(task_id, provider.name, iso(now), provider_task_id)
 
-    def submitted(record):
-        record.update(provider_task_id=provider_task_id, submitted_at=record.get("submitted_at") or iso(now),
-                      problems=0, next_check_at=None, last_error=None, problem=None)
-        if record["status"] == CANCELLED:
-            record["cancel_requested"] = True     # cancelled while sending: stop it at the provider
-        elif record["status"] == QUEUED:
-            record["status"] = SUBMITTED
-    store.update(task_id, submitted)
+    store.update(task_id, lambda record: tasks.submitted(record, provider_task_id, now))
     log.info("task %s submitted to %s as %s", task_id, provider.name, provider_task_id)
     return True
 
@@ -267,12 +256,8 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
             if ambiguous:
                 message += (f" A try may have reached {label}: the studio keeps checking for a day and saves the "
                             "result if it turns up.")
-            record.update(status=FAILED, finished_at=iso(now), problem=None, error={
-                "code": "provider_unreachable" if code == "provider_unreachable" else "submit_gave_up",
-                "message": message, "retryable": False})
-            if ambiguous:
-                record.update(late_check_until=iso(now + LATE_CHECK_WINDOW),
-                              next_check_at=iso(now + LATE_CHECK_INTERVAL))
+            tasks.fail(record, "provider_unreachable" if code == "provider_unreachable" else "submit_gave_up",
+                       message, now, late_check=ambiguous)
     store.update(task["id"], change)
 
 
@@ -352,12 +337,9 @@ def _query_problem(record, provider, exc, now):
         _timed_out(record, provider, now, f"{label} has not given a usable answer since "
                                           f"{parse_iso(problem['since']):%H:%M} UTC, and ")
     elif record["problems"] > MAX_QUERY_PROBLEMS:
-        record.update(status=FAILED, finished_at=iso(now), problem=None, late_check_until=iso(now + LATE_CHECK_WINDOW),
-                      next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
-                          "code": "provider_unreachable", "retryable": False,
-                          "message": f"{label} failed {record['problems']} status checks in a row since "
-                                     f"{parse_iso(problem['since']):%H:%M} UTC, so the studio stopped waiting. It "
-                                     "keeps checking for a day and saves the result if it arrives late."})
+        tasks.fail(record, "provider_unreachable", f"{label} failed {record['problems']} status checks in a row since "
+                   f"{parse_iso(problem['since']):%H:%M} UTC, so the studio stopped waiting. It keeps checking for a "
+                   "day and saves the result if it arrives late.", now, late_check=True)
 
 
 def _late_reconcile(store, provider, task, now):
@@ -401,11 +383,8 @@ def _timed_out(record, provider, now, reason=""):
     provider was not answering either."""
     minutes = provider.max_running_seconds / 60
     subject = f"{reason}it" if reason else _label(provider)
-    record.update(status=FAILED, finished_at=iso(now), late_check_until=iso(now + LATE_CHECK_WINDOW), problem=None,
-                  next_check_at=iso(now + LATE_CHECK_INTERVAL), error={
-                      "code": "timeout", "retryable": False,
-                      "message": f"{subject} did not finish within {minutes:.0f} minutes. The studio keeps checking "
-                                 "for a day and saves the result if it arrives late."})
+    tasks.fail(record, "timeout", f"{subject} did not finish within {minutes:.0f} minutes. The studio keeps checking "
+               "for a day and saves the result if it arrives late.", now, late_check=True)
 
 
 def _apply_status(record, status, provider, now):
@@ -421,26 +400,24 @@ def _apply_status(record, status, provider, now):
         record["cost"] = status.cost
     if status.state == base.SUCCEEDED:
         if not status.outputs:
-            record.update(status=FAILED, finished_at=iso(now), late_check_until=None, error={
-                "code": "no_outputs", "message": "The provider finished but returned no result.",
-                "retryable": False})
+            tasks.fail(record, "no_outputs", "The provider finished but returned no result.", now)
             return
-        record.update(status=DOWNLOADING, progress=100, next_check_at=None, late_check_until=None,
-                      outputs=[_output_entry(o) for o in status.outputs], error=None, finished_at=None)
+        tasks.downloading(record, [_output_entry(o) for o in status.outputs], now)
         if late:
-            record["recovered_late"] = True
             log.info("task %s: late success recovered after a timeout", record["id"])
     elif status.state == base.FAILED:
-        record.update(status=FAILED, finished_at=record.get("finished_at") or iso(now), late_check_until=None,
-                      error={"code": status.error_code or "provider_failed",
-                             "message": status.message or "The provider reported a failure.", "retryable": False})
+        tasks.fail(record, status.error_code or "provider_failed", status.message or "The provider reported a failure.",
+                   now, keep_finished=True)
     elif status.state == base.CANCELLED:
-        record.update(status=CANCELLED, finished_at=iso(now), late_check_until=None)
+        if late:
+            record.update(late_check_until=None, next_check_at=None)     # it stays failed
+        else:
+            tasks.move(record, CANCELLED, now, late_check_until=None)
     elif late:
         _next_late_check(record, now)
     else:
         if status.state == base.RUNNING:
-            record["status"] = RUNNING
+            tasks.running(record, now)
         if _over_time(record, provider, now):
             _timed_out(record, provider, now)
 
@@ -456,12 +433,8 @@ def _cancel_at_provider(store, provider, task, now):
     except ProviderError as exc:
         log.warning("task %s: %s cancel failed (%s)", task["id"], provider.name, exc.code)
         stopped = False
-    note = None if stopped else f"{provider.name} could not stop the task; it may still be charged."
-
-    def change(record):
-        record.update(cancel_requested=False, status=CANCELLED, cancel_note=note,
-                      finished_at=record.get("finished_at") or iso(now))
-    store.update(task["id"], change)
+    note = None if stopped else f"{_label(provider)} could not stop the task; it may still be charged."
+    store.update(task["id"], {"cancel_requested": False, "cancel_note": note})
 
 
 def download(store, providers, clock=utcnow, stopping=None):
@@ -491,10 +464,8 @@ def download(store, providers, clock=utcnow, stopping=None):
             continue
 
         def finished(record, outputs=outputs, now=now):
-            if record["status"] != DOWNLOADING:
-                return
-            record.update(outputs=outputs, status=SUCCEEDED, finished_at=iso(now), download_error=None,
-                          problems=0, next_check_at=None, error=None)
+            if record["status"] == DOWNLOADING:
+                tasks.succeeded(record, outputs, now)
         store.update(task_id, finished)
         log.info("task %s succeeded with %d output(s)", task_id, len(outputs))
 
@@ -613,15 +584,7 @@ def cancel_task(task_id):
     """Cancel a task that has not finished; stopping it at the provider happens in the pipeline."""
     _task_or_404(task_id)
     now = utcnow()
-
-    def change(record):
-        if record["status"] in TERMINAL:
-            raise Conflict(f"The task is already {record['status']}.")
-        if record["status"] == DOWNLOADING:
-            raise Conflict("The result is ready and being saved; it can no longer be cancelled.")
-        if record.get("provider_task_id"):
-            record["cancel_requested"] = True   # the poller asks the provider to stop it
-        record.update(status=CANCELLED, finished_at=iso(now))
+    change = functools.partial(tasks.cancel, now=now)     # the poller stops it at the provider
     record = _store().update(task_id, change)
     if not record.get("submit_started_at") and record.get("owner"):
         # No provider ever saw it, so it cost nothing: its quota comes back.

@@ -1,10 +1,16 @@
-"""The task record: ids, states, creating a task with its input files, and removing its files.
+"""The task: its record, its statuses and the moves between them, ids, and its files.
 
 A task is one JSON object in the task store (DESIGN.md "The task"). This module is the one place
-that knows its fields and its state machine:
+that knows its fields (`Task`, which documents every field, the pipeline's bookkeeping included)
+and its state machine (`TaskStatus`, `MOVES`):
 
     queued -> submitted -> running -> downloading -> succeeded
     any non-terminal state -> failed | cancelled
+    failed -> downloading   (a late success, after a timeout or an unanswered submit)
+
+The pipeline and the routes change a task's status only through the move functions below
+(`submitted`, `running`, `downloading`, `succeeded`, `fail`, `cancel`), which refuse an illegal
+move. The provider's own report states are a different thing (providers.base).
 
 Input pictures are files under `DATA_DIR/inputs/<task id>/`; outputs under
 `DATA_DIR/outputs/<task id>/`. Paths in the record are relative to DATA_DIR.
@@ -14,17 +20,159 @@ import secrets
 import shutil
 import threading
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 import media
-from errors import InsufficientStorage
+from errors import Conflict, InsufficientStorage
 from redact import redact_url
 
-QUEUED, SUBMITTED, RUNNING, DOWNLOADING = "queued", "submitted", "running", "downloading"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-STATUSES = (QUEUED, SUBMITTED, RUNNING, DOWNLOADING, SUCCEEDED, FAILED, CANCELLED)
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+QUEUED, SUBMITTED, RUNNING, DOWNLOADING, SUCCEEDED, FAILED, CANCELLED = TaskStatus
+STATUSES = tuple(TaskStatus)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = (QUEUED, SUBMITTED, RUNNING, DOWNLOADING)
+MOVES = {
+    QUEUED: {SUBMITTED, FAILED, CANCELLED},
+    SUBMITTED: {RUNNING, DOWNLOADING, FAILED, CANCELLED},
+    RUNNING: {DOWNLOADING, FAILED, CANCELLED},
+    DOWNLOADING: {SUCCEEDED, FAILED},
+    FAILED: {DOWNLOADING},
+    SUCCEEDED: set(),
+    CANCELLED: set(),
+}
+LATE_CHECK_WINDOW = timedelta(hours=24)     # how long a task failed for want of an answer is still looked at
+LATE_CHECK_INTERVAL = timedelta(minutes=5)
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class TaskProblem(BaseModel):
+    """The latest trouble of a task still in progress, in the studio's words."""
+
+    code: str
+    message: str
+    since: str
+
+
+class Task(BaseModel):
+    """Every field a task record may carry. The first group is DESIGN.md's; the rest is the
+    pipeline's bookkeeping, which clients may read but should not rely on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Literal["video", "image"]
+    provider: str
+    model: str
+    params: dict
+    inputs: list[dict]                  # [{role, path, width, height, sha256, ...}]
+    status: TaskStatus
+    provider_task_id: str | None = None
+    provider_status: str | None = None  # the provider's own word for it
+    progress: int | None = 0
+    outputs: list[dict] = []            # [{kind, url, path, thumbnail_url, remote_url, remote_expires_at, ...}]
+    error: TaskError | None = None
+    cost: dict | None = None            # what the provider says it charged
+    attempts: int = 0                   # submits sent
+    created_at: str
+    updated_at: str
+    submitted_at: str | None = None
+    finished_at: str | None = None
+    owner: str | None = None            # the user's immutable id
+    retry_of: str | None = None         # the task this one retries
+
+    problem: TaskProblem | None = None  # shown while the task waits on trouble
+    problems: int = 0                   # consecutive failed calls, for the backoff and the retry cap
+    next_check_at: str | None = None    # not looked at again before this
+    submit_started_at: str | None = None    # a submit may be on its way: reconcile, never re-send
+    last_error: str | None = None       # the provider module's message of the last failed submit
+    late_check_until: str | None = None     # a failed task still looked at until then, for a late success
+    recovered_late: bool | None = None  # succeeded after all, after a timeout
+    cancel_requested: bool | None = None    # cancelled here; the provider still to be told
+    cancel_note: str | None = None      # why stopping it at the provider did not work
+    download_error: str | None = None   # the latest problem saving the results
+
+
+class IllegalMove(Conflict):
+    """A status change the state machine does not allow (e.g. cancelling a finished task)."""
+
+
+def move(record, status, now, **fields):
+    """Change a record's status (and other fields) if the state machine allows it."""
+    current = record["status"]
+    if status != current and status not in MOVES[current]:
+        raise IllegalMove(f"A {current} task cannot become {status}.")
+    record.update(fields, status=status)
+    record["finished_at"] = (record.get("finished_at") or iso(now)) if status in TERMINAL else None
+    return record
+
+
+def submitted(record, provider_task_id, now):
+    """The provider took the task. A task cancelled while it was being sent stays cancelled and is
+    marked for stopping at the provider."""
+    record.update(provider_task_id=provider_task_id, submitted_at=record.get("submitted_at") or iso(now),
+                  problems=0, next_check_at=None, last_error=None, problem=None)
+    if record["status"] == CANCELLED:
+        record["cancel_requested"] = True
+    elif record["status"] == QUEUED:
+        move(record, SUBMITTED, now)
+
+
+def running(record, now):
+    if record["status"] == SUBMITTED:
+        move(record, RUNNING, now)
+
+
+def downloading(record, outputs, now):
+    """The provider has results: save them. From `failed`, a late success."""
+    late = record["status"] == FAILED
+    move(record, DOWNLOADING, now, progress=100, next_check_at=None, late_check_until=None, outputs=outputs,
+         error=None, problem=None)
+    if late:
+        record["recovered_late"] = True
+
+
+def succeeded(record, outputs, now):
+    move(record, SUCCEEDED, now, outputs=outputs, download_error=None, problems=0, next_check_at=None, error=None)
+
+
+def fail(record, code, message, now, *, late_check=False, keep_finished=False):
+    """End a task with an error. With `late_check` the provider may still have the work, and the
+    poller keeps looking for a day. `keep_finished` keeps an earlier finish time (a late report)."""
+    if not keep_finished:
+        record["finished_at"] = None
+    move(record, FAILED, now, problem=None, error={"code": code, "message": message, "retryable": False},
+         late_check_until=iso(now + LATE_CHECK_WINDOW) if late_check else None,
+         next_check_at=iso(now + LATE_CHECK_INTERVAL) if late_check else record.get("next_check_at"))
+
+
+def cancel(record, now, note=None):
+    """Cancel a task that has not finished; with a provider id, the poller still stops it there."""
+    if record["status"] == DOWNLOADING:
+        raise IllegalMove("The result is ready and being saved; it can no longer be cancelled.")
+    if record["status"] in TERMINAL:
+        raise IllegalMove(f"The task is already {record['status']}.")
+    if record.get("provider_task_id"):
+        record["cancel_requested"] = True
+    move(record, CANCELLED, now, cancel_note=note)
 
 
 def utcnow():

@@ -13,7 +13,7 @@ from PIL import Image
 
 import task_query
 from app import create_app
-from tasks import utcnow
+from tasks import Task, utcnow
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 ADMIN_KEY = "sk-test-admin-key-0123456789"
@@ -88,6 +88,7 @@ def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeo
         task_query.poll(store, providers, clock)
         task_query.download(store, providers, clock)
         task = store.get(task_id)
+        Task.model_validate(task)           # every field the pipeline wrote is a documented one
         if task["status"] in until:
             return task
         time.sleep(0.1)
