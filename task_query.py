@@ -409,7 +409,7 @@ def _apply_status(record, status, provider, now):
         record["progress"] = status.progress
     if status.cost:
         record["cost"] = status.cost
-    if status.state == base.SUCCEEDED:
+    if status.state == base.ReportState.SUCCEEDED:
         if not status.outputs:
             record.update(status=FAILED, finished_at=iso(now), late_check_until=None, error={
                 "code": "no_outputs", "message": "The provider finished but returned no result.",
@@ -420,16 +420,16 @@ def _apply_status(record, status, provider, now):
         if late:
             record["recovered_late"] = True
             log.info("task %s: late success recovered after a timeout", record["id"])
-    elif status.state == base.FAILED:
+    elif status.state == base.ReportState.FAILED:
         record.update(status=FAILED, finished_at=record.get("finished_at") or iso(now), late_check_until=None,
                       error={"code": status.error_code or "provider_failed",
                              "message": status.message or "The provider reported a failure.", "retryable": False})
-    elif status.state == base.CANCELLED:
+    elif status.state == base.ReportState.CANCELLED:
         record.update(status=CANCELLED, finished_at=iso(now), late_check_until=None)
     elif late:
         _next_late_check(record, now)
     else:
-        if status.state == base.RUNNING:
+        if status.state == base.ReportState.RUNNING:
             record["status"] = RUNNING
         if _over_time(record, provider, now):
             _timed_out(record, provider, now)
