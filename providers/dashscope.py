@@ -5,7 +5,7 @@ Both kinds are asynchronous tasks: a create call (`X-DashScope-Async: enable`) a
 the result URLs, which (like the task id) live 24 h. Decisions worth knowing:
 
 - `prompt_extend` is sent as false: DashScope's default (true) has an LLM rewrite the prompt, so the
-  video would follow text the user never wrote and the task takes longer. Subclasses may flip
+  video would follow text the user never wrote and the task takes longer. A `WanClient` may flip
   `prompt_extend`; the rewritten text (`actual_prompt`) is kept in each output's meta.
 - `n` is always sent: DashScope's default is 4 images, billed per image.
 - The service silently truncates prompts past 800 (negative 500) characters, so the capability table
