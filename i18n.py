@@ -9,6 +9,8 @@ the translating; its catalogs live in `translations/<lang>/LC_MESSAGES/` (Chines
 from flask import request, url_for
 from flask_babel import Babel, get_locale
 
+from providers.catalog import page_catalog
+
 LANGUAGES = ("en", "zh")
 DEFAULT = "en"
 COOKIE = "lang"
@@ -41,7 +43,7 @@ def switch_url(lang):
 def _template_globals():
     lang = str(get_locale() or DEFAULT)
     return {"current_lang": lang, "html_lang": "zh-Hans" if lang == "zh" else "en",
-            "languages": LANGUAGES, "switch_url": switch_url}
+            "languages": LANGUAGES, "switch_url": switch_url, "provider_catalog": page_catalog}
 
 
 def init_app(app):

@@ -398,17 +398,17 @@ def _apply_status(record, status, provider, now):
         record["progress"] = status.progress
     if status.cost:
         record["cost"] = status.cost
-    if status.state == base.SUCCEEDED:
+    if status.state == base.ReportState.SUCCEEDED:
         if not status.outputs:
             tasks.fail(record, "no_outputs", "The provider finished but returned no result.", now)
             return
         tasks.downloading(record, [_output_entry(o) for o in status.outputs], now)
         if late:
             log.info("task %s: late success recovered after a timeout", record["id"])
-    elif status.state == base.FAILED:
+    elif status.state == base.ReportState.FAILED:
         tasks.fail(record, status.error_code or "provider_failed", status.message or "The provider reported a failure.",
                    now, keep_finished=True)
-    elif status.state == base.CANCELLED:
+    elif status.state == base.ReportState.CANCELLED:
         if late:
             record.update(late_check_until=None, next_check_at=None)     # it stays failed
         else:
@@ -416,7 +416,7 @@ def _apply_status(record, status, provider, now):
     elif late:
         _next_late_check(record, now)
     else:
-        if status.state == base.RUNNING:
+        if status.state == base.ReportState.RUNNING:
             tasks.running(record, now)
         if _over_time(record, provider, now):
             _timed_out(record, provider, now)

@@ -1,7 +1,8 @@
 """302.ai: one key for two families — Kling through `/klingai`, Wan through `/aliyun/api/v1`.
 
 302.ai passes the official protocols through unchanged (PROVIDERS.md §2.2 and §2.5), so this
-module reuses the Kling and DashScope clients and changes only where requests go, how they are
+module composes the Kling and DashScope protocol clients (`kling.KlingClient`,
+`dashscope.WanClient`), each configured with only what differs: where requests go, how they are
 authorised (`Authorization: Bearer AI302_API_KEY`), and how 302's own gateway errors read:
 a non-2xx answer whose JSON is `{"error": {message, err_code}}` comes from 302 before anything
 reached the model provider, so it never means "maybe created". Two 302 specifics: the Kling
@@ -9,21 +10,34 @@ create answer may carry the id at `data.task.id` instead of `data.task_id`, and 
 DashScope async header itself, as its own SDK shows (we do not send it).
 """
 
+from dataclasses import replace
+
 from errors import ProviderAuthError, ProviderQuotaError, ProviderRateLimited, ProviderRejected, ProviderUnavailable
-from providers.base import Provider
-from providers.dashscope import DashScopeProvider
-from providers.http import retry_after_seconds
-from providers.kling import KlingProvider
+from providers import dashscope, kling
+from providers.base import N_, Provider
+from providers.capabilities import ProviderTable
+from providers.errors_map import SERVER_ERRORS, map_error, rule
 
 DEFAULT_API_BASE = "https://api.302.ai"
 NAME = "ai302"
+KEY_SETTING = "AI302_API_KEY"
+LABEL = N_("302.ai (Kling and Wan)")
+DESCRIPTION = N_("One 302.ai key for Kling models (official format through /klingai) and Alibaba's Wan "
+                 "models (DashScope format through /aliyun). Billed by 302.ai.")
+
+# 302's own refusals, by HTTP status (its `err_code` values are not published); `{said}` is its message.
+GATEWAY_ERRORS = [
+    rule(ProviderAuthError, "302.ai refused the key ({said}): check AI302_API_KEY.", statuses=(401, 403)),
+    rule(ProviderQuotaError, "302.ai says the balance is used up ({said}): top up at 302.ai, then retry.",
+         statuses=(402,)),
+    rule(ProviderRateLimited, "302.ai is rate limiting ({said}); trying again later.", statuses=(429,),
+         retry_after=True),
+    rule(ProviderUnavailable, "302.ai's gateway is having trouble ({said}).", statuses=SERVER_ERRORS),
+    rule(ProviderRejected, "302.ai refused the request ({said})."),
+]
 
 
-def _base(config):
-    return (config.get("AI302_API_BASE") or DEFAULT_API_BASE).rstrip("/")
-
-
-def gateway_error(response, provider):
+def gateway_error(response, provider=NAME):
     """The error for 302's own refusal (`{"error": {...}}`), or None when the answer is not one."""
     try:
         body = response.json()
@@ -32,96 +46,62 @@ def gateway_error(response, provider):
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return None
-    status = response.status_code
-    said = str(error.get("message") or "")[:200]
-    info = {"provider": provider, "http_status": status, "provider_code": error.get("err_code")}
-    if status in (401, 403):
-        return ProviderAuthError(f"302.ai refused the key ({said}): check AI302_API_KEY.", **info)
-    if status == 402:
-        return ProviderQuotaError(f"302.ai says the balance is used up ({said}): top up at 302.ai, then retry.",
-                                  **info)
-    if status == 429:
-        return ProviderRateLimited(f"302.ai is rate limiting ({said}); trying again later.",
-                                   retry_after=retry_after_seconds(response), **info)
-    if status >= 500:
-        return ProviderUnavailable(f"302.ai's gateway is having trouble ({said}).", **info)
-    return ProviderRejected(f"302.ai refused the request ({said}).", **info)
+    code = error.get("err_code")
+    return map_error(GATEWAY_ERRORS, response, code=code, phase=None,
+                     context={"said": str(error.get("message") or "")[:200]},
+                     facts={"provider": provider, "http_status": response.status_code, "provider_code": code})
 
 
-class KlingVia302(KlingProvider):
-    """The Kling protocol under 302's `/klingai` prefix."""
-
-    name = NAME
-
-    def configured(self):
-        return bool(self.config.get("AI302_API_KEY"))
-
-    def api_base(self):
-        return _base(self.config) + "/klingai"
-
-    def authorization(self, fresh=False):
-        return f"Bearer {self.config.get('AI302_API_KEY')}"
-
-    def created_task_id(self, data):
-        task = data.get("task") if isinstance(data, dict) else None
-        nested = task.get("id") if isinstance(task, dict) else None
-        return super().created_task_id(data) or nested
-
-    def _error(self, response, envelope, submitting):
-        if "code" not in envelope:
-            error = gateway_error(response, self.name)
-            if error:
-                return error
-        return super()._error(response, envelope, submitting)
+def _kling_gateway_error(response, envelope):
+    # An envelope with Kling's `code` is Kling's answer passed through, whatever 302 wraps around it.
+    return None if "code" in envelope else gateway_error(response)
 
 
-class WanVia302(DashScopeProvider):
-    """The DashScope protocol under 302's `/aliyun/api/v1` prefix."""
-
-    name = NAME
-    key_setting = "AI302_API_KEY"
-    lists_tasks = False     # 302's account is shared and its pass-through of the task list unverified
-
-    def api_key(self):
-        return self.config.get("AI302_API_KEY")
-
-    def api_base(self):
-        return _base(self.config) + "/aliyun/api/v1"
-
-    def async_headers(self):
-        return {}       # 302 adds X-DashScope-Async itself; its own SDK never sends it
-
-    def _error(self, response, *, creating):
-        return gateway_error(response, self.name) or super()._error(response, creating=creating)
+def _created_task_id(data):
+    """302's Kling create answer may carry the id at `data.task.id` instead of `data.task_id`."""
+    task = data.get("task") if isinstance(data, dict) else None
+    nested = task.get("id") if isinstance(task, dict) else None
+    return kling.official_task_id(data) or nested
 
 
 class Ai302Provider(Provider):
-    """Routes each task to the Kling or the Wan family by its model id."""
+    """Routes each task to its family's client by the model id: Kling's or Wan's protocol, each over
+    its own HttpClient under 302's base URL, with 302's key and 302's gateway errors first."""
 
     name = NAME
     max_concurrency = 5     # 302 publishes no limit; AI302_MAX_CONCURRENCY sets the account's
 
     def __init__(self, config):
         super().__init__(config)
-        self.kling = KlingVia302(config)
-        self.wan = WanVia302(config)
+        base = (config.get("AI302_API_BASE") or DEFAULT_API_BASE).rstrip("/")
+        self.kling_http = self.make_http(base + "/klingai")
+        self.wan_http = self.make_http(base + "/aliyun/api/v1")
+        self.kling = kling.KlingClient(self.name, self.kling_http, self._authorization, self.input_path,
+                                       created_task_id=_created_task_id, gateway=_kling_gateway_error)
+        self.wan = dashscope.WanClient(
+            self.name, self.wan_http, api_key=config.get(KEY_SETTING), key_setting=KEY_SETTING,
+            input_path=self.input_path, data_dir=self.data_dir,
+            read_timeout=float(config.get("HTTP_TIMEOUT_SECONDS") or 30),
+            async_header=False,     # 302 adds X-DashScope-Async itself; its own SDK never sends it
+            lists_tasks=False,      # 302's account is shared and its pass-through of the task list unverified
+            gateway=gateway_error)
+
+    def _authorization(self, fresh=False):
+        return f"Bearer {self.config.get(KEY_SETTING)}"     # a plain key: nothing to mint afresh
 
     def family(self, task):
         return self.kling if str(task.get("model", "")).startswith("kling") else self.wan
 
     def configured(self):
-        return bool(self.config.get("AI302_API_KEY"))
+        return bool(self.config.get(KEY_SETTING))
 
     def capabilities(self):
-        kling = [{**m, "label": f"Kling · {m['label']}"} for m in self.kling.capabilities()["models"]]
-        wan = [{**m, "label": f"Wan · {m['label']}"} for m in self.wan.capabilities()["models"]]
-        return {"name": self.name, "label": "302.ai (Kling and Wan)", "configured": self.configured(),
-                "description": "One 302.ai key for Kling models (official format through /klingai) and "
-                               "Alibaba's Wan models (DashScope format through /aliyun). Billed by 302.ai.",
-                "models": kling + wan}
+        models = [_relabelled(m, "Kling") for m in kling.MODEL_TABLE] + [
+            _relabelled(m, "Wan") for m in dashscope.model_table()]
+        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), models).as_dict()
 
     def slots(self, task):
-        return self.family(task).slots(task)
+        return kling.slots(task) if self.family(task) is self.kling else 1
 
     def submit(self, task):
         return self.family(task).submit(task)
@@ -135,3 +115,12 @@ class Ai302Provider(Provider):
 
     def reconcile(self, task):
         return self.family(task).reconcile(task)
+
+    def close(self):
+        self.kling_http.close()
+        self.wan_http.close()
+
+
+def _relabelled(model, family):
+    """A family's model under 302, its label prefixed with the family's name."""
+    return replace(model, label=f"{family} · {model.label}")

@@ -4,15 +4,45 @@ Providers translate between a studio task record and one provider's protocol. Th
 the task store: `submit` returns the provider's task id, `query` returns a `ProviderStatus`, and
 the pipeline in `task_query` decides what to record. Errors are raised as `errors.ProviderError`
 subclasses.
+
+A provider that talks HTTP owns one `HttpClient` for its whole life (`self.http`, made in its
+`__init__` with `make_http`); `close()` closes it, and the pipeline calls it when it stops.
 """
 
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-# Common states a provider status maps onto (PROVIDERS.md §0).
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+from providers.http import HttpClient
+
+
+class ReportState(StrEnum):
+    """What a provider reports about one of its tasks (PROVIDERS.md §0).
+
+    Not the studio's task status (tasks.py): a provider's SUCCEEDED means "the result is ready at
+    the provider", after which the pipeline still downloads it before the task succeeds. The values
+    are plain strings, so a state compares equal to its value.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The old module-level names, kept only for providers/local.py and tests/test_local.py, which
+# import them; every other module uses ReportState.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = ReportState
+
+
+def N_(text):
+    """Marks a provider table's English text for translation where it is defined (babel extracts
+    `N_`); the text stays English in the tables and the API, and pages translate it at render
+    (providers/catalog.py)."""
+    return text
 
 
 @dataclass
@@ -30,7 +60,7 @@ class RemoteOutput:
 class ProviderStatus:
     """A provider's answer to "how is this task doing?", normalised to the common states."""
 
-    state: str                     # one of QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    state: ReportState
     raw_status: str | None = None  # the provider's own status value, kept for debugging
     progress: int | None = None    # 0-100 where the provider knows it
     outputs: list = field(default_factory=list)  # [RemoteOutput] once SUCCEEDED
@@ -74,6 +104,17 @@ class Provider:
         minutes = config.get(f"{self.name.upper()}_MAX_RUNNING_MINUTES")
         self.max_running_seconds = float(minutes) * 60 if minutes else self.max_running_seconds
         self.query_throttle = Throttle(self.query_rate) if self.query_rate else None
+        self.http = None        # the provider's HttpClient, for those that talk HTTP
+
+    def make_http(self, base_url):
+        """The provider's one HTTP client, with the configured read timeout and a connection per slot."""
+        return HttpClient(self.name, base_url, timeout=(5, float(self.config.get("HTTP_TIMEOUT_SECONDS") or 30)),
+                          pool_size=max(10, self.max_concurrency))
+
+    def close(self):
+        """Release what the provider holds (its HTTP connections); safe to call more than once."""
+        if self.http is not None:
+            self.http.close()
 
     def configured(self):
         """True when the keys this provider needs are present."""
@@ -108,12 +149,6 @@ class Provider:
         raise SubmitOutcomeUnknown(
             f"{self.name} cannot tell whether the submit reached it; not re-sent to avoid a double charge",
             provider=self.name)
-
-    def http_client(self, base_url):
-        """The shared HTTP helper for this provider, with the configured read timeout."""
-        from providers.http import HttpClient
-
-        return HttpClient(self.name, base_url, timeout=(5, float(self.config.get("HTTP_TIMEOUT_SECONDS") or 30)))
 
     def slots(self, task):
         """Concurrency slots a task holds at the provider while in flight (Kling: n per image task)."""

@@ -5,7 +5,7 @@ Both kinds are asynchronous tasks: a create call (`X-DashScope-Async: enable`) a
 the result URLs, which (like the task id) live 24 h. Decisions worth knowing:
 
 - `prompt_extend` is sent as false: DashScope's default (true) has an LLM rewrite the prompt, so the
-  video would follow text the user never wrote and the task takes longer. Subclasses may flip
+  video would follow text the user never wrote and the task takes longer. A `WanClient` may flip
   `prompt_extend`; the rewritten text (`actual_prompt`) is kept in each output's meta.
 - `n` is always sent: DashScope's default is 4 images, billed per image.
 - The service silently truncates prompts past 800 (negative 500) characters, so the capability table
@@ -25,14 +25,13 @@ the result URLs, which (like the task id) live 24 h. Decisions worth knowing:
   batch task query by model and time window: exactly one unclaimed candidate is adopted, anything
   else is reported as unknown with the console hint, never guessed.
 
-Base URL, auth headers and the async header sit behind small methods and the model tables are
-module data, so a proxy that speaks the same protocol (302.ai's `/aliyun/api/v1`) can reuse this class.
+The protocol is `WanClient`'s, configured with a base URL, a key and a few switches, so a proxy
+that speaks the same protocol (302.ai's `/aliyun/api/v1`) uses it too; the model tables are module data.
 """
 
 import base64
 import io
 import logging
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 from PIL import Image, ImageOps
@@ -49,8 +48,11 @@ from errors import (
     ProviderUnavailable,
     SubmitOutcomeUnknown,
 )
-from providers.base import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Provider, ProviderStatus, RemoteOutput
-from providers.http import json_body, retry_after_seconds
+from providers.base import N_, Provider, ProviderStatus, RemoteOutput
+from providers.base import ReportState as State
+from providers.capabilities import ImageModel, ProviderTable, VideoModel, combos
+from providers.errors_map import OTHER, SERVER_ERRORS, SUBMIT, map_error, rule
+from providers.http import json_body
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ IMAGE_SIZES = {
 }
 IMAGE_N_MAX = 4
 
-STATES = {"PENDING": QUEUED, "RUNNING": RUNNING, "SUSPENDED": RUNNING, "SUCCEEDED": SUCCEEDED,
-          "FAILED": FAILED, "CANCELED": CANCELLED, "UNKNOWN": FAILED}
+STATES = {"PENDING": State.QUEUED, "RUNNING": State.RUNNING, "SUSPENDED": State.RUNNING,
+          "SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "CANCELED": State.CANCELLED, "UNKNOWN": State.FAILED}
 AUTH_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied"}
 BILLING_CODES = {"Arrearage", "PrepaidBillOverdue", "PostpaidBillOverdue", "CommodityNotPurchased",
                  "AllocationQuota.FreeTierOnly"}
@@ -97,22 +99,50 @@ RECONCILE_SLACK = timedelta(seconds=60)  # clock skew between us and DashScope, 
 LIST_PAGE_SIZE = 50
 LIST_MAX_PAGES = 4
 
+LABEL = N_("Aliyun DashScope (Wan)")
+DESCRIPTION = N_("Alibaba's Tongyi Wanxiang (Wan) models on DashScope / Model Studio: video from a "
+                 "first frame, pictures from text. Results are kept by DashScope for 24 hours.")
+RESOLUTION_LABEL = N_("Resolution")
+
+# DashScope's `code` first where it is decisive whatever the status (billing, the key, quota),
+# the HTTP status next, the codes that only explain a plain refusal last. `{detail}` is
+# DashScope's code and message, shown, never matched.
+ERRORS = [
+    rule(SubmitOutcomeUnknown, "{provider} failed while taking the submit ({detail}); the task may or may not "
+         "exist there, so it is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderQuotaError, "{provider} refused for a billing reason ({detail}). Settle or top up the Alibaba "
+         "Cloud account (or turn off 'free tier only' for the model) and retry the task.", codes=BILLING_CODES),
+    rule(ProviderAuthError, "{provider} refused the key ({detail}). Check {key_setting}, and that the key, the "
+         "endpoint's region and the model belong together and the model is activated.", codes=AUTH_CODES,
+         statuses=(401, 403)),
+    rule(ProviderRateLimited, "{provider}'s quota allocated for this period is used up ({detail}); trying "
+         "again later.", codes=("Throttling.AllocationQuota",), retry_after=True,
+         retry_default=ALLOCATION_QUOTA_BACKOFF),
+    rule(ProviderRateLimited, "{provider} is rate limiting ({detail}); trying again later.",
+         codes=("Throttling*",), statuses=(429,), retry_after=True),
+    rule(ProviderUnavailable, "{provider} is having trouble ({detail}).", statuses=SERVER_ERRORS),
+    rule(ProviderRejected, "{provider} does not know this model here ({detail}). Model names differ by region "
+         "(wan2.1-* on the international endpoint, wanx2.1-* in Beijing).", codes=("ModelNotFound",)),
+    rule(ProviderRejected, "{provider}'s content moderation refused the prompt or picture ({detail}). Change "
+         "them and try again.", codes=("DataInspectionFailed",)),
+    rule(ProviderRejected, "{provider} rejected the request ({detail})."),
+]
+
 
 def model_table():
     """The capability-table entries of the Wan models (shared with proxies of this protocol)."""
     videos = [
-        {"id": model_id, "kind": "video", "label": spec["label"], "image_to_video": True,
-         "text_to_video": False, "modes": list(spec["resolutions"]), "mode_label": "Resolution",
-         "durations": list(spec["durations"]),
-         "combos": [{"mode": r, "duration": d} for r in spec["resolutions"] for d in spec["durations"]],
-         "tail_combos": [], "cfg_scale": False, "cameras": [], "aspect_ratios": [],
-         "max_prompt": MAX_PROMPT, "max_negative_prompt": MAX_NEGATIVE_PROMPT}
+        VideoModel(id=model_id, label=spec["label"], image_to_video=True, text_to_video=False,
+                   modes=list(spec["resolutions"]), mode_label=RESOLUTION_LABEL, durations=list(spec["durations"]),
+                   combos=combos((r, d) for r in spec["resolutions"] for d in spec["durations"]),
+                   tail_combos=[], cfg_scale=False, cameras=[], aspect_ratios=[], max_prompt=MAX_PROMPT,
+                   max_negative_prompt=MAX_NEGATIVE_PROMPT)
         for model_id, spec in VIDEO_MODELS.items()]
     images = [
-        {"id": model_id, "kind": "image", "label": label, "text_to_image": True, "image_to_image": False,
-         "aspect_ratios": list(IMAGE_SIZES), "n_min": 1, "n_max": IMAGE_N_MAX, "image_fidelity": False,
-         "human_fidelity": False, "image_reference": [], "negative_prompt_with_image": False,
-         "max_prompt": MAX_PROMPT, "max_negative_prompt": MAX_NEGATIVE_PROMPT}
+        ImageModel(id=model_id, label=label, text_to_image=True, image_to_image=False,
+                   aspect_ratios=list(IMAGE_SIZES), n_min=1, n_max=IMAGE_N_MAX, image_fidelity=False,
+                   human_fidelity=False, image_reference=[], negative_prompt_with_image=False,
+                   max_prompt=MAX_PROMPT, max_negative_prompt=MAX_NEGATIVE_PROMPT)
         for model_id, label in IMAGE_MODELS.items()]
     return videos + images
 
@@ -121,18 +151,20 @@ class DashScopeProvider(Provider):
     """Wan image-to-video and text-to-image through DashScope's asynchronous HTTP API."""
 
     name = "dashscope"
-    label = "Aliyun DashScope (Wan)"
-    description = ("Alibaba's Tongyi Wanxiang (Wan) models on DashScope / Model Studio: video from a "
-                   "first frame, pictures from text. Results are kept by DashScope for 24 hours.")
     key_setting = "DASHSCOPE_API_KEY"   # named in error messages
     # DashScope publishes 2 tasks in flight per model for Wan 2.1 and nothing firmer for the newer
     # models; one cap of 2 for the whole provider stays on the safe side (DASHSCOPE_MAX_CONCURRENCY).
     max_concurrency = 2
     query_rate = 20         # documented: about 20 status queries a second per account
-    prompt_extend = False
-    lists_tasks = True      # the batch task query is there to reconcile lost submits with
 
-    # ---- what a proxy of the same protocol overrides
+    def __init__(self, config):
+        super().__init__(config)
+        self.http = self.make_http(self.api_base())
+        self.client = WanClient(self.name, self.http, api_key=self.api_key(), key_setting=self.key_setting,
+                                input_path=self.input_path, data_dir=self.data_dir,
+                                read_timeout=float(config.get("HTTP_TIMEOUT_SECONDS") or 30))
+
+    # ---- where a proxy of the same protocol differs
 
     def api_key(self):
         return self.config.get("DASHSCOPE_API_KEY")
@@ -140,21 +172,55 @@ class DashScopeProvider(Provider):
     def api_base(self):
         return (self.config.get("DASHSCOPE_API_BASE") or DEFAULT_API_BASE).rstrip("/")
 
-    def auth_headers(self):
-        return {"Authorization": f"Bearer {self.api_key()}"}
-
-    def async_headers(self):
-        """Sent on create calls only: DashScope's HTTP API runs these models asynchronously only."""
-        return {"X-DashScope-Async": "enable"}
-
-    # ---- the provider interface
+    # ---- the provider interface: the protocol is the client's
 
     def configured(self):
         return bool(self.api_key())
 
     def capabilities(self):
-        return {"name": self.name, "label": self.label, "description": self.description,
-                "configured": self.configured(), "models": model_table()}
+        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), model_table()).as_dict()
+
+    def submit(self, task):
+        return self.client.submit(task)
+
+    def query(self, task):
+        return self.client.query(task)
+
+    def cancel(self, task):
+        return self.client.cancel(task)
+
+    def reconcile(self, task):
+        return self.client.reconcile(task)
+
+
+class WanClient:
+    """DashScope's Wan protocol over one HttpClient, for DashScope itself or a proxy of it (302.ai).
+
+    `async_header`: send `X-DashScope-Async: enable` on creates (302 adds it itself);
+    `lists_tasks`: reconcile a lost submit through the batch task query; `gateway(response)` may
+    claim an error answer before DashScope's table does.
+    """
+
+    def __init__(self, name, http, *, api_key, key_setting, input_path, data_dir, read_timeout,
+                 async_header=True, lists_tasks=True, prompt_extend=False, gateway=None):
+        self.name = name
+        self.http = http
+        self.api_key = api_key
+        self.key_setting = key_setting
+        self.input_path = input_path
+        self.data_dir = data_dir
+        self.read_timeout = read_timeout
+        self.async_header = async_header
+        self.lists_tasks = lists_tasks
+        self.prompt_extend = prompt_extend
+        self.gateway = gateway
+
+    def auth_headers(self):
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def async_headers(self):
+        """Sent on create calls only: DashScope's HTTP API runs these models asynchronously only."""
+        return {"X-DashScope-Async": "enable"} if self.async_header else {}
 
     def submit(self, task):
         """Create the task at DashScope and return its task id."""
@@ -163,8 +229,7 @@ class DashScopeProvider(Provider):
         else:
             path, body = IMAGE_PATH, self.image_body(task)
         headers = {**self.auth_headers(), "Content-Type": "application/json", **self.async_headers()}
-        with self._client() as client:
-            response = client.submit(path, json=body, headers=headers, task_id=task["id"])
+        response = self.http.submit(path, json=body, headers=headers, task_id=task["id"])
         if not 200 <= response.status_code < 300:
             raise self._error(response, creating=True)
         # Past a 2xx the task exists: an answer we cannot read must not lead to a second create.
@@ -181,9 +246,8 @@ class DashScopeProvider(Provider):
 
     def query(self, task):
         """Ask DashScope about the task and translate its answer."""
-        with self._client() as client:
-            response = client.get(f"/tasks/{task['provider_task_id']}", headers=self.auth_headers(),
-                                  task_id=task["id"])
+        response = self.http.get(f"/tasks/{task['provider_task_id']}", headers=self.auth_headers(),
+                                 task_id=task["id"])
         if response.status_code != 200:
             raise self._error(response, creating=False)
         body = json_body(response, self.name)
@@ -194,15 +258,15 @@ class DashScopeProvider(Provider):
         raw = output["task_status"]
         cost = body.get("usage") if isinstance(body.get("usage"), dict) else None
         if raw == "UNKNOWN":
-            return ProviderStatus(FAILED, raw, error_code="task_unknown", message=(
+            return ProviderStatus(State.FAILED, raw, error_code="task_unknown", message=(
                 f"{self.name} no longer knows this task: task ids expire after 24 h, or the key or "
                 "region changed since it was submitted."))
-        state = STATES.get(raw, RUNNING)        # a status we do not know yet: still running
-        if state == FAILED:
-            return ProviderStatus(FAILED, raw, error_code=output.get("code") or "provider_failed",
+        state = STATES.get(raw, State.RUNNING)        # a status we do not know yet: still running
+        if state == State.FAILED:
+            return ProviderStatus(State.FAILED, raw, error_code=output.get("code") or "provider_failed",
                                   message=output.get("message") or f"{self.name} reported the task as failed.",
                                   cost=cost)
-        if state == SUCCEEDED:
+        if state == State.SUCCEEDED:
             return self._succeeded(task, raw, output, cost)
         return ProviderStatus(state, raw, cost=cost)
 
@@ -210,9 +274,8 @@ class DashScopeProvider(Provider):
         """Cancel at DashScope, which only works while the task is still PENDING."""
         if not task.get("provider_task_id"):
             return False
-        with self._client() as client:
-            response = client.request("POST", f"/tasks/{task['provider_task_id']}/cancel", idempotent=True,
-                                      headers=self.auth_headers(), task_id=task["id"])
+        response = self.http.request("POST", f"/tasks/{task['provider_task_id']}/cancel", idempotent=True,
+                                     headers=self.auth_headers(), task_id=task["id"])
         if response.status_code == 200:
             return True
         if response.status_code == 400 and _error_fields(response)[0] == "UnsupportedOperation":
@@ -240,8 +303,7 @@ class DashScopeProvider(Provider):
                 "Model Studio console, then retry this task if nothing was created.", provider=self.name)
         started = datetime.fromisoformat(task["submit_started_at"].replace("Z", "+00:00"))
         # From a little before the attempt was recorded until the read timeout has surely passed.
-        read_timeout = float(self.config.get("HTTP_TIMEOUT_SECONDS") or 30)
-        window = (started - RECONCILE_SLACK, started + timedelta(seconds=read_timeout) + RECONCILE_SLACK)
+        window = (started - RECONCILE_SLACK, started + timedelta(seconds=self.read_timeout) + RECONCILE_SLACK)
         claimed = submit_journal.for_dir(self.data_dir).claimed()
         candidates = [t for t in self._listed(task, *window) if t not in claimed]
         if len(candidates) == 1:
@@ -259,22 +321,21 @@ class DashScopeProvider(Provider):
         params = {"start_time": _beijing(start), "end_time": _beijing(end), "model_name": task["model"],
                   "page_size": LIST_PAGE_SIZE}
         found = []
-        with self._client() as client:
-            for page_no in range(1, LIST_MAX_PAGES + 1):
-                response = client.get("/tasks/", params={**params, "page_no": page_no},
-                                      headers=self.auth_headers(), task_id=task["id"])
-                if response.status_code != 200:
-                    raise self._error(response, creating=False)
-                body = json_body(response, self.name)
-                entries = body.get("data")
-                if not isinstance(entries, list):
-                    raise ProviderBadResponse(f"{self.name} answered the task list without data.",
-                                              provider=self.name, http_status=200)
-                found += [e["task_id"] for e in entries if isinstance(e, dict) and isinstance(e.get("task_id"), str)
-                          and e.get("model_name") in (None, task["model"])]
-                total = body.get("total")
-                if not entries or not isinstance(total, int) or page_no * LIST_PAGE_SIZE >= total:
-                    return found
+        for page_no in range(1, LIST_MAX_PAGES + 1):
+            response = self.http.get("/tasks/", params={**params, "page_no": page_no},
+                                     headers=self.auth_headers(), task_id=task["id"])
+            if response.status_code != 200:
+                raise self._error(response, creating=False)
+            body = json_body(response, self.name)
+            entries = body.get("data")
+            if not isinstance(entries, list):
+                raise ProviderBadResponse(f"{self.name} answered the task list without data.",
+                                          provider=self.name, http_status=200)
+            found += [e["task_id"] for e in entries if isinstance(e, dict) and isinstance(e.get("task_id"), str)
+                      and e.get("model_name") in (None, task["model"])]
+            total = body.get("total")
+            if not entries or not isinstance(total, int) or page_no * LIST_PAGE_SIZE >= total:
+                return found
         # More candidates than we page through cannot be told apart anyway.
         raise SubmitOutcomeUnknown(f"{self.name}'s task list has too many tasks in the submit's window to tell "
                                    "which one is this task's; check the Model Studio console.", provider=self.name)
@@ -331,7 +392,7 @@ class DashScopeProvider(Provider):
                                           provider=self.name, http_status=200)
             meta = {"resolution": task["params"]["mode"], "duration": int(task["params"]["duration"]),
                     **_prompts_of(output)}
-            return ProviderStatus(SUCCEEDED, raw, progress=100, cost=cost,
+            return ProviderStatus(State.SUCCEEDED, raw, progress=100, cost=cost,
                                   outputs=[RemoteOutput("video", url=url, expires_at=_expiry(url), meta=meta)])
         results = [r for r in output.get("results") or [] if isinstance(r, dict)]
         outputs = [RemoteOutput("image", url=r["url"], expires_at=_expiry(r["url"]),
@@ -341,7 +402,7 @@ class DashScopeProvider(Provider):
                     for i, r in enumerate(results) if not r.get("url")]
         if not outputs:
             first = failures[0] if failures else {}
-            return ProviderStatus(FAILED, raw, cost=cost, error_code=first.get("code") or "no_outputs",
+            return ProviderStatus(State.FAILED, raw, cost=cost, error_code=first.get("code") or "no_outputs",
                                   message=first.get("message") or f"{self.name} finished without any image.")
         cost = dict(cost or {})
         if isinstance(output.get("task_metrics"), dict):
@@ -351,52 +412,20 @@ class DashScopeProvider(Provider):
             cost["partial_failures"] = failures
             message = f"{len(failures)} of {len(results)} images failed: " + "; ".join(
                 f"#{f['index'] + 1} {f['code']}: {f['message']}" for f in failures)
-        return ProviderStatus(SUCCEEDED, raw, progress=100, outputs=outputs, cost=cost, message=message)
+        return ProviderStatus(State.SUCCEEDED, raw, progress=100, outputs=outputs, cost=cost, message=message)
 
     def _error(self, response, *, creating):
-        """The ProviderError for an HTTP error answer, from its status and DashScope `code`."""
+        """The ProviderError for an HTTP error answer: the gateway's (if any), else the ERRORS table's."""
+        claimed = self.gateway(response) if self.gateway else None
+        if claimed:
+            return claimed
         code, message, request_id = _error_fields(response)
         status = response.status_code
-        detail = f"{code or f'HTTP {status}'}: {message or 'no message'}"
         facts = {"provider": self.name, "http_status": status, "provider_code": code, "request_id": request_id}
-        if creating and status >= 500:
-            return SubmitOutcomeUnknown(
-                f"{self.name} failed while taking the submit ({detail}); the task may or may not exist "
-                "there, so it is not sent again.", **facts)
-        if code in BILLING_CODES:
-            return ProviderQuotaError(
-                f"{self.name} refused for a billing reason ({detail}). Settle or top up the Alibaba Cloud "
-                "account (or turn off 'free tier only' for the model) and retry the task.", **facts)
-        if status in (401, 403) or code in AUTH_CODES:
-            return ProviderAuthError(
-                f"{self.name} refused the key ({detail}). Check {self.key_setting}, and that the key, the "
-                "endpoint's region and the model belong together and the model is activated.", **facts)
-        if code == "Throttling.AllocationQuota":
-            return ProviderRateLimited(
-                f"{self.name}'s quota allocated for this period is used up ({detail}); trying again later.",
-                retry_after=retry_after_seconds(response) or ALLOCATION_QUOTA_BACKOFF, **facts)
-        if status == 429 or (code or "").startswith("Throttling"):
-            return ProviderRateLimited(f"{self.name} is rate limiting ({detail}); trying again later.",
-                                       retry_after=retry_after_seconds(response), **facts)
-        if status >= 500:
-            return ProviderUnavailable(f"{self.name} is having trouble ({detail}).", **facts)
-        if code == "ModelNotFound":
-            return ProviderRejected(f"{self.name} does not know this model here ({detail}). Model names differ "
-                                    "by region (wan2.1-* on the international endpoint, wanx2.1-* in Beijing).",
-                                    **facts)
-        if code == "DataInspectionFailed":
-            return ProviderRejected(f"{self.name}'s content moderation refused the prompt or picture "
-                                    f"({detail}). Change them and try again.", **facts)
-        return ProviderRejected(f"{self.name} rejected the request ({detail}).", **facts)
-
-    @contextmanager
-    def _client(self):
-        """A helper for one call, closed afterwards so no connection outlives it."""
-        client = self.http_client(self.api_base())
-        try:
-            yield client
-        finally:
-            client.session.close()
+        context = {"provider": self.name, "key_setting": self.key_setting,
+                   "detail": f"{code or f'HTTP {status}'}: {message or 'no message'}"}
+        return map_error(ERRORS, response, code=code, phase=SUBMIT if creating else OTHER, context=context,
+                         facts=facts)
 
 
 def _check_prompts(provider, params):

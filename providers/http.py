@@ -15,6 +15,7 @@ import random
 import time
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from errors import ProviderBadResponse, ProviderUnavailable, SubmitOutcomeUnknown
@@ -45,15 +46,28 @@ def retry_after_seconds(response):
 
 
 class HttpClient:
-    """Talks to one provider's base URL with one session."""
+    """Talks to one provider's base URL with one session, for the provider's whole life.
 
-    def __init__(self, provider, base_url, *, timeout=(5, 30), retries=3, backoff=1.0):
+    The session keeps connections open between calls (TLS set up once, not per query) and is
+    shared by the pipeline's threads: `requests` sessions are safe for that as long as nobody
+    changes them after construction, and nothing here does. `close()` drops the connections.
+    """
+
+    def __init__(self, provider, base_url, *, timeout=(5, 30), retries=3, backoff=1.0, pool_size=10):
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.session = requests.Session()
+        # One kept connection per thread that may call at once, so none is opened and thrown away.
+        adapter = HTTPAdapter(pool_maxsize=pool_size)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+
+    def close(self):
+        """Close every kept connection; a later call opens new ones, so closing twice is harmless."""
+        self.session.close()
 
     def url(self, path):
         return path if path.startswith(("http://", "https://")) else self.base_url + path

@@ -28,8 +28,11 @@ from errors import (
     ProviderUnavailable,
     SubmitOutcomeUnknown,
 )
-from providers.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Provider, ProviderStatus, RemoteOutput
-from providers.http import json_body, retry_after_seconds
+from providers.base import N_, Provider, ProviderStatus, RemoteOutput
+from providers.base import ReportState as State
+from providers.capabilities import ImageModel, ProviderTable, VideoModel, combos
+from providers.errors_map import OTHER, SERVER_ERRORS, SUBMIT, map_error, rule
+from providers.http import json_body
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ RESULT_LIFETIME = timedelta(days=30)
 MAX_PROMPT = 2500
 VIDEO_RATIOS = ["16:9", "9:16", "1:1"]
 IMAGE_RATIOS = ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"]
-STATES = {"submitted": QUEUED, "processing": RUNNING, "succeed": SUCCEEDED, "failed": FAILED}
+STATES = {"submitted": State.QUEUED, "processing": State.RUNNING, "succeed": State.SUCCEEDED,
+          "failed": State.FAILED}
+NOT_FOUND = 1203               # Kling's "task not found"
 
 # Our camera moves as Kling `simple` camera_control (exactly one axis non-zero). Kling's signs:
 # zoom < 0 = longer focal length, narrower view (zoom in); pan < 0 turns left; tilt > 0 turns up.
@@ -58,41 +63,42 @@ _ALL = (("std", "5"), ("std", "10"), ("pro", "5"), ("pro", "10"))
 _PRO = (("pro", "5"), ("pro", "10"))
 _STD = (("std", "5"), ("std", "10"))
 
+LABEL = N_("Kling (official API)")
+DESCRIPTION = N_("Kuaishou's Kling models through api-*.klingai.com with your AccessKey/SecretKey. "
+                 "Kling keeps results 30 days; the studio saves them at once.")
+SINGLE_QUALITY_LABEL = N_("Quality (one level)")
 
-def _combos(cells):
-    return [{"mode": mode, "duration": duration} for mode, duration in cells]
 
-
-def _video(model_id, label, *, t2v, combos=_ALL, tail=(), cfg_scale=False, cameras=(), camera_combos=(),
+def _video(model_id, label, *, t2v, cells=_ALL, tail=(), cfg_scale=False, cameras=(), camera_cells=(),
            camera_for=()):
-    entry = {"id": model_id, "kind": "video", "label": label, "image_to_video": True, "text_to_video": t2v,
-             "modes": ["std"] if model_id in SINGLE_QUALITY else ["std", "pro"], "durations": ["5", "10"],
-             "combos": _combos(combos), "tail_combos": _combos(tail), "cfg_scale": cfg_scale,
-             "cameras": list(cameras), "aspect_ratios": VIDEO_RATIOS if t2v else [], "max_prompt": MAX_PROMPT}
-    if model_id in SINGLE_QUALITY:
-        entry["mode_label"] = "Quality (one level)"
-    if cameras:
-        entry.update(camera_combos=_combos(camera_combos), camera_for=list(camera_for), camera_with_tail=False)
-    return entry
+    single = model_id in SINGLE_QUALITY
+    return VideoModel(
+        id=model_id, label=label, image_to_video=True, text_to_video=t2v,
+        modes=["std"] if single else ["std", "pro"], durations=["5", "10"], combos=combos(cells),
+        tail_combos=combos(tail), cfg_scale=cfg_scale, cameras=list(cameras),
+        aspect_ratios=VIDEO_RATIOS if t2v else [], max_prompt=MAX_PROMPT,
+        mode_label=SINGLE_QUALITY_LABEL if single else None,
+        camera_combos=combos(camera_cells) if cameras else None, camera_for=list(camera_for) if cameras else None,
+        camera_with_tail=False if cameras else None)
 
 
 def _image(model_id, label, *, t2i=True, i2i=False, ratios=IMAGE_RATIOS, fidelity=False, references=()):
-    return {"id": model_id, "kind": "image", "label": label, "text_to_image": t2i, "image_to_image": i2i,
-            "aspect_ratios": list(ratios), "n_min": 1, "n_max": 9, "image_fidelity": fidelity,
-            "human_fidelity": "subject" in references, "image_reference": list(references),
-            "negative_prompt_with_image": False, "prompt_required": True, "max_prompt": MAX_PROMPT}
+    return ImageModel(id=model_id, label=label, text_to_image=t2i, image_to_image=i2i,
+                      aspect_ratios=list(ratios), n_min=1, n_max=9, image_fidelity=fidelity,
+                      human_fidelity="subject" in references, image_reference=list(references),
+                      negative_prompt_with_image=False, prompt_required=True, max_prompt=MAX_PROMPT)
 
 
 # PROVIDERS.md §1.7 and §1.9, cell by cell.
-MODELS = [
+MODEL_TABLE = [
     _video("kling-v1", "Kling v1 (720p)", t2v=True, tail=(("std", "5"), ("pro", "5")), cfg_scale=True,
-           cameras=[*SIMPLE_MOVES, *PRESET_MOVES], camera_combos=(("std", "5"),), camera_for=["text_to_video"]),
+           cameras=[*SIMPLE_MOVES, *PRESET_MOVES], camera_cells=(("std", "5"),), camera_for=["text_to_video"]),
     _video("kling-v1-5", "Kling v1.5 (std 720p / pro 1080p)", t2v=False, tail=_PRO, cfg_scale=True,
-           cameras=list(SIMPLE_MOVES), camera_combos=(("pro", "5"),), camera_for=["image_to_video"]),
+           cameras=list(SIMPLE_MOVES), camera_cells=(("pro", "5"),), camera_for=["image_to_video"]),
     _video("kling-v1-6", "Kling v1.6 (std 720p / pro 1080p)", t2v=True, tail=_PRO, cfg_scale=True),
-    _video("kling-v2-master", "Kling v2 Master (720p)", t2v=True, combos=_STD),
+    _video("kling-v2-master", "Kling v2 Master (720p)", t2v=True, cells=_STD),
     _video("kling-v2-1", "Kling v2.1 (std 720p / pro 1080p; from a picture only)", t2v=False, tail=_PRO),
-    _video("kling-v2-1-master", "Kling v2.1 Master (1080p)", t2v=True, combos=_STD),
+    _video("kling-v2-1-master", "Kling v2.1 Master (1080p)", t2v=True, cells=_STD),
     _video("kling-v2-5-turbo", "Kling v2.5 Turbo", t2v=True, tail=_PRO),
     _video("kling-v2-6", "Kling v2.6 (silent)", t2v=True, tail=_PRO),
     _image("kling-v1", "Kling v1 (text or whole-picture reference)", i2i=True, ratios=IMAGE_RATIOS[:-1],
@@ -103,6 +109,48 @@ MODELS = [
     _image("kling-v2-new", "Kling v2 restyle (needs a picture)", t2i=False, i2i=True),
     _image("kling-v2-1", "Kling v2.1 (text to image)"),
 ]
+MODELS = [model.as_dict() for model in MODEL_TABLE]     # the dict form, for readers of the module
+
+# Kling's structured codes (PROVIDERS.md §1.10), then the HTTP status where the code is not one of
+# them. Never the HTTP status alone first: a 429 can be a rate limit (retry later) or an empty
+# wallet (do not). `{said}` is Kling's own message, shown, never matched.
+ERRORS = [
+    rule(ProviderAuthError, "Kling refused the credentials: check KLING_ACCESS_KEY and KLING_SECRET_KEY "
+         "(keys only work on their own region's API base).", codes=(1000, 1001, 1002)),
+    rule(ProviderAuthError, "Kling says the token is not valid at its time: check this server's clock (NTP).",
+         codes=(1003, 1004)),
+    rule(ProviderQuotaError, "Kling reports a problem with the account: check it in the Kling console.",
+         codes=(1100,)),
+    rule(ProviderQuotaError, "The Kling account is out of credit (arrears or resource pack used up): top up in "
+         "the Kling console, then retry the task.", codes=(1101, 1102)),
+    rule(ProviderAuthError, "This Kling key has no permission for this model or endpoint: enable it in the "
+         "Kling console or choose another model.", codes=(1103,)),
+    rule(ProviderAuthError, "Kling refused this server's IP address: add it to the key's IP whitelist.",
+         codes=(1304,)),
+    rule(ProviderRejected, "Kling's content policy refused the request ({said}): change the prompt or the "
+         "pictures.", codes=(1300, 1301)),
+    rule(ProviderRejected, "Kling refused the request: {said}", codes=(1200, 1201, 1202, NOT_FOUND)),
+    rule(ProviderRateLimited, "Kling is busy for this account ({said}); trying again later.",
+         codes=(1302, 1303), retry_after=True),
+    # The server may have created the task before failing: reconcile, never resend.
+    rule(SubmitOutcomeUnknown, "Kling failed while taking the submit (HTTP {status}, code {code}); it may have "
+         "been accepted, so it is not sent again.", codes=(5000, 5001, 5002),
+         statuses=(429, *SERVER_ERRORS), phase=SUBMIT),
+    rule(ProviderRateLimited, "Kling is rate-limiting queries.", statuses=(429,), phase=OTHER),
+    rule(ProviderUnavailable, "Kling is unavailable (HTTP {status}, code {code}).", codes=(5000, 5001, 5002),
+         statuses=SERVER_ERRORS, phase=OTHER),
+    rule(ProviderRejected, "Kling refused the request (HTTP {status}, code {code}): {said}"),
+]
+
+
+def official_task_id(data):
+    """The created task's id where Kling's own API puts it."""
+    return data.get("task_id") if isinstance(data, dict) else None
+
+
+def slots(task):
+    """Kling counts an image task as n concurrent tasks (§1.11)."""
+    return int(task["params"].get("n") or 1) if task["kind"] == "image" else 1
 
 
 def camera_control(camera):
@@ -128,19 +176,17 @@ class KlingProvider(Provider):
         self._token_lock = threading.Lock()
         self._token = None
         self._token_renew_at = 0
+        self.http = self.make_http(config.get("KLING_API_BASE") or DEFAULT_API_BASE)
+        self.client = KlingClient(self.name, self.http, self.authorization, self.input_path)
 
     def configured(self):
         return bool(self.config.get("KLING_ACCESS_KEY") and self.config.get("KLING_SECRET_KEY"))
 
     def capabilities(self):
-        return {"name": self.name, "label": "Kling (official API)", "configured": self.configured(),
-                "description": "Kuaishou's Kling models through api-*.klingai.com with your AccessKey/SecretKey. "
-                               "Kling keeps results 30 days; the studio saves them at once.",
-                "models": [dict(model) for model in MODELS]}
+        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), MODEL_TABLE).as_dict()
 
     def slots(self, task):
-        # Kling counts an image task as n concurrent tasks (§1.11).
-        return int(task["params"].get("n") or 1) if task["kind"] == "image" else 1
+        return slots(task)
 
     # ---- auth
 
@@ -155,7 +201,40 @@ class KlingProvider(Provider):
                 self._token_renew_at = now + TOKEN_LIFETIME - TOKEN_REFRESH_MARGIN
             return self._token
 
-    # ---- calls
+    def authorization(self, fresh=False):
+        return f"Bearer {self.auth_token(fresh=fresh)}"
+
+    # ---- calls: the protocol is the client's
+
+    def request_body(self, task):
+        return self.client.request_body(task)
+
+    def submit(self, task):
+        return self.client.submit(task)
+
+    def query(self, task):
+        return self.client.query(task)
+
+    def reconcile(self, task):
+        return self.client.reconcile(task)
+
+
+class KlingClient:
+    """Kling's protocol over one HttpClient, for whoever serves it: Kling itself, or a proxy of the
+    same protocol (302.ai) with its own base URL, authorization, created-id reader and gateway errors.
+
+    `authorization(fresh)` gives the Authorization header value (`fresh` after a 1004, token
+    expired); `gateway(response, envelope)` may claim an error answer before Kling's table does.
+    """
+
+    def __init__(self, name, http, authorization, input_path, *, created_task_id=official_task_id,
+                 gateway=None):
+        self.name = name
+        self.http = http
+        self.authorization = authorization
+        self.input_path = input_path
+        self.created_task_id = created_task_id
+        self.gateway = gateway
 
     def submit(self, task):
         path, body = self.request_body(task)
@@ -170,19 +249,19 @@ class KlingProvider(Provider):
         try:
             data = self._call("GET", f"{self._path(task)}/{task['provider_task_id']}", task)
         except ProviderRejected as exc:
-            if exc.provider_code != 1203:
+            if exc.provider_code != NOT_FOUND:
                 raise
-            return ProviderStatus(FAILED, raw_status="not_found", error_code="provider_task_missing",
+            return ProviderStatus(State.FAILED, raw_status="not_found", error_code="provider_task_missing",
                                   message="Kling no longer knows this task (results are deleted after 30 days).")
         if not isinstance(data, dict):
             raise ProviderBadResponse("Kling answered the query without a task object.", provider=self.name)
         raw = data.get("task_status")
         cost = data.get("final_unit_deduction")
-        status = ProviderStatus(STATES.get(raw, RUNNING), raw_status=raw,
+        status = ProviderStatus(STATES.get(raw, State.RUNNING), raw_status=raw,
                                 cost={"units": cost} if cost not in (None, "") else None)
-        if status.state == SUCCEEDED:
+        if status.state == State.SUCCEEDED:
             status.outputs = self._outputs(task, data)
-        elif status.state == FAILED:
+        elif status.state == State.FAILED:
             status.message = data.get("task_status_msg") or "Kling reported the task as failed."
             status.error_code = "kling_task_failed"
         return status
@@ -192,7 +271,7 @@ class KlingProvider(Provider):
         try:
             data = self._call("GET", f"{self._path(task)}/{task['id']}", task)
         except ProviderError as exc:
-            if exc.provider_code == 1203:
+            if exc.provider_code == NOT_FOUND:
                 return None          # Kling's "not found": certainly not created, safe to submit
             # Anything else, even a bare 404 (1202 "invalid method", a proxy's page), proves nothing.
             if isinstance(exc, ProviderRateLimited | ProviderUnavailable):
@@ -207,41 +286,25 @@ class KlingProvider(Provider):
                                        "outcome unknown, not re-sent.", provider=self.name)
         return str(found["task_id"])
 
-    # ---- what a proxy of the same protocol (302.ai) overrides
-
-    def api_base(self):
-        return self.config.get("KLING_API_BASE") or DEFAULT_API_BASE
-
-    def authorization(self, fresh=False):
-        return f"Bearer {self.auth_token(fresh=fresh)}"
-
-    def created_task_id(self, data):
-        return data.get("task_id") if isinstance(data, dict) else None
-
     def _call(self, method, path, task, body=None):
         """One Kling call with a fresh-token retry on 1004; returns the envelope's `data`."""
         submitting = method == "POST"
-        client = self.http_client(self.api_base())
-        try:
-            for attempt in (1, 2):
-                headers = {"Authorization": self.authorization(fresh=attempt == 2),
-                           "Content-Type": "application/json"}
-                if submitting:
-                    response = client.submit(path, json=body, headers=headers, task_id=task["id"])
-                else:
-                    response = client.get(path, headers=headers, task_id=task["id"])
-                with response:
-                    envelope = self._envelope(response, submitting)
-                code = envelope.get("code")
-                if code == 0 and response.ok:
-                    return envelope.get("data")
-                if code == 1004 and attempt == 1:
-                    # The server refused the expired token before doing anything: mint one and resend.
-                    log.info("kling task %s: token expired at the server; minting a new one", task["id"])
-                    continue
-                raise self._error(response, envelope, submitting)
-        finally:
-            client.session.close()
+        for attempt in (1, 2):
+            headers = {"Authorization": self.authorization(fresh=attempt == 2), "Content-Type": "application/json"}
+            if submitting:
+                response = self.http.submit(path, json=body, headers=headers, task_id=task["id"])
+            else:
+                response = self.http.get(path, headers=headers, task_id=task["id"])
+            with response:
+                envelope = self._envelope(response, submitting)
+            code = envelope.get("code")
+            if code == 0 and response.ok:
+                return envelope.get("data")
+            if code == 1004 and attempt == 1:
+                # The server refused the expired token before doing anything: mint one and resend.
+                log.info("kling task %s: token expired at the server; minting a new one", task["id"])
+                continue
+            raise self._error(response, envelope, submitting)
         raise AssertionError("unreachable")
 
     def _envelope(self, response, submitting):
@@ -260,46 +323,15 @@ class KlingProvider(Provider):
             raise
 
     def _error(self, response, envelope, submitting):
-        """The ProviderError for a Kling error envelope, decided by its `code`."""
-        code, status = envelope.get("code"), response.status_code
-        said = str(envelope.get("message") or "")[:200]
-        info = {"provider": self.name, "http_status": status, "provider_code": code,
-                "request_id": envelope.get("request_id")}
-        if code in (1000, 1001, 1002):
-            return ProviderAuthError("Kling refused the credentials: check KLING_ACCESS_KEY and KLING_SECRET_KEY "
-                                     "(keys only work on their own region's API base).", **info)
-        if code in (1003, 1004):
-            return ProviderAuthError("Kling says the token is not valid at its time: check this server's clock "
-                                     "(NTP).", **info)
-        if code == 1100:
-            return ProviderQuotaError("Kling reports a problem with the account: check it in the Kling console.",
-                                      **info)
-        if code in (1101, 1102):
-            return ProviderQuotaError("The Kling account is out of credit (arrears or resource pack used up): "
-                                      "top up in the Kling console, then retry the task.", **info)
-        if code == 1103:
-            return ProviderAuthError("This Kling key has no permission for this model or endpoint: enable it in "
-                                     "the Kling console or choose another model.", **info)
-        if code == 1304:
-            return ProviderAuthError("Kling refused this server's IP address: add it to the key's IP whitelist.",
-                                     **info)
-        if code in (1300, 1301):
-            return ProviderRejected(f"Kling's content policy refused the request ({said}): change the prompt "
-                                    "or the pictures.", **info)
-        if code in (1200, 1201, 1202, 1203):
-            return ProviderRejected(f"Kling refused the request: {said}", **info)
-        if code in (1302, 1303):
-            return ProviderRateLimited(f"Kling is busy for this account ({said}); trying again later.",
-                                       retry_after=retry_after_seconds(response), **info)
-        if code in (5000, 5001, 5002) or status >= 500 or status == 429:
-            if submitting:
-                # The server may have created the task before failing: reconcile, never resend.
-                return SubmitOutcomeUnknown(f"Kling failed while taking the submit (HTTP {status}, code {code}); "
-                                            "it may have been accepted, so it is not sent again.", **info)
-            if status == 429:
-                return ProviderRateLimited("Kling is rate-limiting queries.", **info)
-            return ProviderUnavailable(f"Kling is unavailable (HTTP {status}, code {code}).", **info)
-        return ProviderRejected(f"Kling refused the request (HTTP {status}, code {code}): {said}", **info)
+        """The ProviderError for a Kling error envelope, from the gateway (if any) or the ERRORS table."""
+        claimed = self.gateway(response, envelope) if self.gateway else None
+        if claimed:
+            return claimed
+        code = envelope.get("code")
+        facts = {"provider": self.name, "http_status": response.status_code, "provider_code": code,
+                 "request_id": envelope.get("request_id")}
+        return map_error(ERRORS, response, code=code, phase=SUBMIT if submitting else OTHER,
+                         context={"said": str(envelope.get("message") or "")[:200]}, facts=facts)
 
     # ---- translation
 

@@ -23,7 +23,6 @@ import hmac
 import logging
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -37,8 +36,11 @@ from errors import (
     ProviderUnavailable,
     SubmitOutcomeUnknown,
 )
-from providers.base import FAILED, QUEUED, RUNNING, SUCCEEDED, Provider, ProviderStatus, RemoteOutput
-from providers.http import json_body, retry_after_seconds
+from providers.base import N_, Provider, ProviderStatus, RemoteOutput
+from providers.base import ReportState as State
+from providers.capabilities import ImageModel, ProviderTable
+from providers.errors_map import OTHER, SERVER_ERRORS, SUBMIT, map_error, rule
+from providers.http import json_body
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,24 @@ SUBMIT_INTERVAL = 1.0                # the submit endpoints allow 1 request a se
 QUEUED_STATUSES, RUNNING_STATUSES = {1}, {2, 3, 4}   # 3 = drawn, not yet audited; 4 = under audit
 DONE, FAILED_STATUSES = 5, {6: "failed", 7: "timed out"}
 BLOCKED_AUDIT = {4, 5}               # auditStatus: blocked, audit failed
+
+LABEL = "LiblibAI 星流 Star-3 Alpha"   # a name, the same in every language
+DESCRIPTION = N_("Liblib's own Star-3 Alpha image model, billed in Liblib points. Prompts should be in "
+                 "English; there is no negative prompt. Results pass Liblib's content audit, which may hold "
+                 "back some of the pictures.")
+
+# Liblib publishes no code list, so only the HTTP status decides; a 2xx with `code != 0` is a
+# refusal whose `msg` is shown as is (`{said}`), never interpreted.
+ERRORS = [
+    rule(ProviderAuthError, "Liblib refused the signed request (HTTP {status}{said}). Check LIBLIB_ACCESS_KEY/"
+         "LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 minutes).", statuses=(401, 403)),
+    rule(ProviderRateLimited, "Liblib is rate-limiting the {what} (1 submit a second, 5 tasks at once{said}).",
+         statuses=(429,), retry_after=True, retry_default=SUBMIT_INTERVAL),
+    rule(SubmitOutcomeUnknown, "Liblib failed the submit (HTTP {status}); the task may have been created, so it "
+         "is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderUnavailable, "Liblib is unavailable for the {what} (HTTP {status}).", statuses=SERVER_ERRORS),
+    rule(ProviderRejected, "Liblib refused the {what} (HTTP {status}, code {code}{said})."),
+]
 
 
 def timestamp_ms():
@@ -99,53 +119,51 @@ class LiblibProvider(Provider):
     name = "liblib"
     max_concurrency = 5      # Liblib runs 5 generation tasks at once by default
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.http = self.make_http(config.get("LIBLIB_API_BASE") or DEFAULT_API_BASE)
+
     def configured(self):
         return bool(self.config.get("LIBLIB_ACCESS_KEY") and self.config.get("LIBLIB_SECRET_KEY"))
 
     def capabilities(self):
-        common = {"kind": "image", "n_min": 1, "n_max": MAX_IMAGES, "image_fidelity": False,
-                  "human_fidelity": False, "image_reference": [], "negative_prompt": False, "prompt_required": True,
+        common = {"n_min": 1, "n_max": MAX_IMAGES, "image_fidelity": False, "human_fidelity": False,
+                  "image_reference": [], "negative_prompt": False, "prompt_required": True,
                   "negative_prompt_with_image": False, "max_prompt": MAX_PROMPT}
-        return {
-            "name": self.name, "label": "LiblibAI 星流 Star-3 Alpha",
-            "description": "Liblib's own Star-3 Alpha image model, billed in Liblib points. Prompts "
-                           "should be in English; there is no negative prompt. Results pass Liblib's "
-                           "content audit, which may hold back some of the pictures.",
-            "configured": self.configured(),
-            "models": [
-                {**common, "id": TEXT2IMG_MODEL, "label": "Star-3 Alpha — text to image",
-                 "text_to_image": True, "image_to_image": False, "aspect_ratios": list(ASPECT_RATIOS)},
-                {**common, "id": IMG2IMG_MODEL,
-                 "label": "Star-3 Alpha — image to image (keeps the reference picture's shape)",
-                 "text_to_image": False, "image_to_image": True, "aspect_ratios": ["source"]},
-            ]}
+        models = [
+            ImageModel(**common, id=TEXT2IMG_MODEL, label="Star-3 Alpha — text to image", text_to_image=True,
+                       image_to_image=False, aspect_ratios=list(ASPECT_RATIOS)),
+            ImageModel(**common, id=IMG2IMG_MODEL,
+                       label="Star-3 Alpha — image to image (keeps the reference picture's shape)",
+                       text_to_image=False, image_to_image=True, aspect_ratios=["source"]),
+        ]
+        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), models).as_dict()
 
     # ---- calls ----
 
     def submit(self, task):
         params = task["params"]
         generate = {"prompt": params["prompt"]}
-        with self._http() as http:
-            if task["model"] == IMG2IMG_MODEL:
-                if not params["prompt"]:
-                    raise ProviderRejected("Star-3 Alpha image-to-image needs a prompt describing the result.",
-                                           provider=self.name, code="prompt_required")
-                generate["sourceImage"] = self._upload_reference(http, task)
-                path, template = IMG2IMG_PATH, IMG2IMG_TEMPLATE
+        if task["model"] == IMG2IMG_MODEL:
+            if not params["prompt"]:
+                raise ProviderRejected("Star-3 Alpha image-to-image needs a prompt describing the result.",
+                                       provider=self.name, code="prompt_required")
+            generate["sourceImage"] = self._upload_reference(task)
+            path, template = IMG2IMG_PATH, IMG2IMG_TEMPLATE
+        else:
+            ratio = params["aspect_ratio"]
+            if ratio in PRESETS:
+                generate["aspectRatio"] = PRESETS[ratio]
             else:
-                ratio = params["aspect_ratio"]
-                if ratio in PRESETS:
-                    generate["aspectRatio"] = PRESETS[ratio]
-                else:
-                    width, height = SIZES[ratio]
-                    generate["imageSize"] = {"width": width, "height": height}
-                path, template = TEXT2IMG_PATH, TEXT2IMG_TEMPLATE
-            generate["imgCount"] = params["n"]
-            # `templateUuid` for both templates: the official T2I table, the official upload guide's
-            # img2img example and working clients spell it so; only one table writes `templateUUID`.
-            response = http.submit(path, json={"templateUuid": template, "generateParams": generate},
-                                   auth=self._signer(), task_id=task["id"])
-            data = self._data(response, "submit", submitted=True)
+                width, height = SIZES[ratio]
+                generate["imageSize"] = {"width": width, "height": height}
+            path, template = TEXT2IMG_PATH, TEXT2IMG_TEMPLATE
+        generate["imgCount"] = params["n"]
+        # `templateUuid` for both templates: the official T2I table, the official upload guide's
+        # img2img example and working clients spell it so; only one table writes `templateUUID`.
+        response = self.http.submit(path, json={"templateUuid": template, "generateParams": generate},
+                                    auth=self._signer(), task_id=task["id"])
+        data = self._data(response, "submit", submitted=True)
         generate_uuid = data.get("generateUuid") if isinstance(data, dict) else None
         if not generate_uuid:
             raise SubmitOutcomeUnknown("Liblib accepted the submit but returned no task id; it is not sent "
@@ -153,20 +171,19 @@ class LiblibProvider(Provider):
         return generate_uuid
 
     def query(self, task):
-        with self._http() as http:
-            response = http.request("POST", STATUS_PATH, idempotent=True, auth=self._signer(),
-                                    json={"generateUuid": task["provider_task_id"]}, task_id=task["id"])
-            data = self._data(response, "status query", submitted=False)
+        response = self.http.request("POST", STATUS_PATH, idempotent=True, auth=self._signer(),
+                                     json={"generateUuid": task["provider_task_id"]}, task_id=task["id"])
+        data = self._data(response, "status query", submitted=False)
         if not isinstance(data, dict):
             raise ProviderBadResponse("Liblib's status answer has no data.", provider=self.name)
         status = data.get("generateStatus")
         cost = {key: data[field] for key, field in (("points", "pointsCost"), ("account_balance", "accountBalance"))
                 if data.get(field) is not None} or None
-        report = ProviderStatus(state=RUNNING, raw_status=None if status is None else str(status), cost=cost)
+        report = ProviderStatus(state=State.RUNNING, raw_status=None if status is None else str(status), cost=cost)
         if status in QUEUED_STATUSES:
-            report.state = QUEUED
+            report.state = State.QUEUED
         elif status in FAILED_STATUSES:
-            report.state, report.error_code = FAILED, "generation_" + FAILED_STATUSES[status].replace(" ", "_")
+            report.state, report.error_code = State.FAILED, "generation_" + FAILED_STATUSES[status].replace(" ", "_")
             report.message = f"Liblib: generation {FAILED_STATUSES[status]}" + (
                 f": {data['generateMsg']}" if data.get("generateMsg") else ".")
         elif status == DONE:
@@ -186,7 +203,7 @@ class LiblibProvider(Provider):
         images = [image for image in data.get("images") or [] if isinstance(image, dict)
                   and image.get("imageUrl") and image.get("auditStatus") not in BLOCKED_AUDIT]
         if not images:
-            report.state, report.error_code = FAILED, "moderated"
+            report.state, report.error_code = State.FAILED, "moderated"
             report.message = ("Liblib's content audit blocked every picture of this task. Change the prompt "
                               "(or the reference picture) and try again.")
             return
@@ -196,18 +213,18 @@ class LiblibProvider(Provider):
                               f"the {len(images)} that passed are kept.")
             note["audit_note"] = report.message
         expires_at = (datetime.now(UTC) + URL_LIFETIME).strftime("%Y-%m-%dT%H:%M:%SZ")
-        report.state = SUCCEEDED
+        report.state = State.SUCCEEDED
         report.outputs = [RemoteOutput("image", url=image["imageUrl"], expires_at=expires_at,
                                        meta={"seed": image.get("seed"), **note}) for image in images]
 
-    def _upload_reference(self, http, task):
+    def _upload_reference(self, task):
         """Upload the task's reference picture to Liblib's storage; return its public URL."""
         path = self.input_path(task, "reference")
         if path is None:
             raise ProviderRejected("Image-to-image needs a reference picture.", provider=self.name,
                                    code="image_required")
         extension = "png" if path.suffix.lower() == ".png" else "jpg"
-        response = http.request("POST", UPLOAD_SIGNATURE_PATH, idempotent=True, auth=self._signer(),
+        response = self.http.request("POST", UPLOAD_SIGNATURE_PATH, idempotent=True, auth=self._signer(),
                                 json={"name": task["id"], "extension": extension}, task_id=task["id"])
         data = self._data(response, "upload signature", submitted=False)
         try:
@@ -221,7 +238,7 @@ class LiblibProvider(Provider):
             raise ProviderBadResponse("Liblib's upload signature is missing fields.", provider=self.name) from None
         mime = "image/png" if extension == "png" else "image/jpeg"
         # Bytes, not a file object, so a retried upload sends the whole picture again.
-        upload = http.request("POST", post_url, idempotent=True, data=fields,
+        upload = self.http.request("POST", post_url, idempotent=True, data=fields,
                               files={"file": (f"{task['id']}.{extension}", path.read_bytes(), mime)},
                               task_id=task["id"])
         upload.close()
@@ -252,33 +269,11 @@ class LiblibProvider(Provider):
             else:
                 raise
         code, msg = body.get("code"), str(body.get("msg") or "").strip()
-        details = dict(provider=self.name, http_status=status, provider_code=code)
-        said = f": {msg}" if msg else ""
-        if status in (401, 403):
-            raise ProviderAuthError(f"Liblib refused the signed request (HTTP {status}{said}). Check LIBLIB_ACCESS_KEY/"
-                                    "LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 minutes).",
-                                    **details)
-        if status == 429:
-            raise ProviderRateLimited(f"Liblib is rate-limiting the {what} (1 submit a second, 5 tasks at once{said}).",
-                                      retry_after=retry_after_seconds(response) or SUBMIT_INTERVAL, **details)
-        if status >= 500:
-            if submitted:
-                raise SubmitOutcomeUnknown(f"Liblib failed the submit (HTTP {status}); the task may have been "
-                                           "created, so it is not sent again.", **details)
-            raise ProviderUnavailable(f"Liblib is unavailable for the {what} (HTTP {status}).", **details)
-        if status >= 400 or code != 0:
-            # Liblib publishes no code list: show its message rather than guess what the number means.
-            raise ProviderRejected(f"Liblib refused the {what} (HTTP {status}, code {code}{said}).", **details)
-        return body.get("data")
+        if status < 400 and code == 0:
+            return body.get("data")
+        raise map_error(ERRORS, response, code=code, phase=SUBMIT if submitted else OTHER,
+                        context={"what": what, "said": f": {msg}" if msg else ""},
+                        facts={"provider": self.name, "http_status": status, "provider_code": code})
 
     def _signer(self):
         return LiblibSignature(self.config["LIBLIB_ACCESS_KEY"], self.config["LIBLIB_SECRET_KEY"])
-
-    @contextmanager
-    def _http(self):
-        """The shared HTTP helper for one call, its connections closed afterwards."""
-        client = self.http_client(self.config.get("LIBLIB_API_BASE") or DEFAULT_API_BASE)
-        try:
-            yield client
-        finally:
-            client.session.close()

@@ -1,0 +1,126 @@
+"""The capability tables, typed: what a provider offers, model by model.
+
+A provider describes itself with a `ProviderTable` of `VideoModel`s and `ImageModel`s and hands
+out `as_dict()`, the plain JSON shape `GET /api/capabilities` serves and validation.py, the
+generate routes and the pages read (`model["modes"]`, ...). The optional keys are `None` when a
+model leaves them out, and are then left out of the dict too, so a reader applies the default
+named beside each field (`option()` does that here); the API only ever shows what a model says.
+
+Labels, descriptions and mode labels are English, marked with `N_` where they are written, and
+translated for the pages by providers/catalog.py.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One allowed mode x duration pair."""
+
+    mode: str
+    duration: str
+
+
+def combos(cells):
+    """Combos from (mode, duration) pairs."""
+    return [Combo(mode, duration) for mode, duration in cells]
+
+
+class _Table:
+    """The dict form shared by the model types: optional fields left out while unset (None)."""
+
+    DEFAULTS = {}   # optional field -> the default a reader applies when it is left out
+
+    def as_dict(self):
+        table = asdict(self)
+        return {key: value for key, value in table.items() if not (key in self.DEFAULTS and value is None)}
+
+    def option(self, name):
+        """An optional field's value, or its default when the model leaves it out."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        default = self.DEFAULTS[name]
+        return getattr(self, default) if default in {f.name for f in fields(self)} else default
+
+    @classmethod
+    def from_dict(cls, table):
+        """The typed form of a table entry (round-trips with as_dict)."""
+        values = {key: value for key, value in table.items() if key != "kind"}
+        for key in ("combos", "tail_combos", "camera_combos"):
+            if values.get(key) is not None:
+                values[key] = [Combo(**cell) for cell in values[key]]
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class VideoModel(_Table):
+    """A video model; `modes` x `durations` narrowed by `combos`."""
+
+    id: str
+    label: str
+    image_to_video: bool
+    text_to_video: bool
+    modes: list
+    durations: list
+    combos: list                # [Combo] allowed
+    tail_combos: list           # [Combo] allowed with a tail frame ([] = no tail frame)
+    cfg_scale: bool
+    cameras: list
+    aspect_ratios: list         # offered for text-to-video
+    max_prompt: int
+    kind: str = field(default="video", init=False)
+    mode_label: str | None = None           # what `modes` mean ["Mode"]; Wan uses them for resolutions
+    max_negative_prompt: int | None = None  # [max_prompt]
+    negative_prompt: bool | None = None     # whether a negative prompt is accepted at all [True]
+    camera_combos: list | None = None       # [Combo] where a camera move is allowed [any combo]
+    camera_for: list | None = None          # "text_to_video"/"image_to_video" with a camera move [both]
+    camera_with_tail: bool | None = None    # whether a camera move may go with a tail frame [True]
+
+    DEFAULTS = {"mode_label": "Mode", "max_negative_prompt": "max_prompt", "negative_prompt": True,
+                "camera_combos": "combos", "camera_for": ["text_to_video", "image_to_video"],
+                "camera_with_tail": True}
+
+
+@dataclass(frozen=True)
+class ImageModel(_Table):
+    """An image model."""
+
+    id: str
+    label: str
+    text_to_image: bool
+    image_to_image: bool
+    aspect_ratios: list
+    n_min: int
+    n_max: int
+    image_fidelity: bool
+    human_fidelity: bool
+    image_reference: list
+    negative_prompt_with_image: bool
+    max_prompt: int
+    kind: str = field(default="image", init=False)
+    max_negative_prompt: int | None = None  # [max_prompt]
+    negative_prompt: bool | None = None     # whether a negative prompt is accepted at all [True]
+    prompt_required: bool | None = None     # a prompt is needed even with a reference picture [False]
+
+    DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False}
+
+
+def model_from_dict(table):
+    """The typed model of one table entry, by its kind."""
+    return (VideoModel if table["kind"] == "video" else ImageModel).from_dict(table)
+
+
+@dataclass(frozen=True)
+class ProviderTable:
+    """A provider's whole table: who it is, whether its keys are set, and its models."""
+
+    name: str
+    label: str
+    description: str
+    configured: bool
+    models: list    # [VideoModel | ImageModel]
+
+    def as_dict(self):
+        return {"name": self.name, "label": self.label, "description": self.description,
+                "configured": self.configured, "models": [model.as_dict() for model in self.models]}
