@@ -54,11 +54,12 @@ def atomic_write(path, data, mode=0o600):
 
 
 @contextmanager
-def locked(lock_path):
-    """Hold an exclusive lock on `lock_path` (made if missing) for the block."""
+def locked(lock_path, shared=False):
+    """Hold a lock on `lock_path` (made if missing) for the block: exclusive, or `shared` with
+    other readers."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

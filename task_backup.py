@@ -15,7 +15,6 @@ records hold no secrets (provider keys live only in the environment), so neither
 """
 
 import argparse
-import fcntl
 import gzip
 import json
 import logging
@@ -27,7 +26,8 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from task_store import TaskStore, fsync_dir
+from fileio import atomic_write, fsync_dir, locked
+from task_store import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -91,34 +91,24 @@ def read_accounts(path):
     return data
 
 
-def _accounts_lock(data_dir, mode):
-    fd = os.open(Path(data_dir) / "accounts.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, mode)
-    return fd
+def _accounts_lock(data_dir, shared=False):
+    return locked(Path(data_dir) / "accounts.lock", shared=shared)
 
 
 def _write_private(data, dest):
     """Write bytes to `dest` atomically, readable by the owner only, fsynced."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)        # whatever the umask or an older file said
-    os.replace(tmp, dest)
+    atomic_write(dest, data, mode=0o600)
+    os.chmod(dest, 0o600)        # whatever the umask said
 
 
 def _backup_accounts(data_dir, dest):
     """Copy accounts.json (if there is one) under its lock, verified; returns the copy or None."""
     source = Path(data_dir) / ACCOUNTS
-    fd = _accounts_lock(data_dir, fcntl.LOCK_SH)       # no account change half-written meanwhile
     try:
-        try:
+        with _accounts_lock(data_dir, shared=True):     # no account change half-written meanwhile
             data = source.read_bytes()
-        except FileNotFoundError:
-            return None
-    finally:
-        os.close(fd)
+    except FileNotFoundError:
+        return None
     _write_private(data, dest)
     try:
         read_accounts(dest)
@@ -213,14 +203,10 @@ def restore(store_dir, backup_dir, path, accounts=False):
     store.replace_all(records)
     if account_data is not None:
         live = Path(store_dir) / ACCOUNTS
-        fd = _accounts_lock(store_dir, fcntl.LOCK_EX)
-        try:
+        with _accounts_lock(store_dir):
             if live.exists():
                 _write_private(live.read_bytes(), folder / f"pre-restore-{stamp}-accounts.json")
             _write_private(json.dumps(account_data, indent=1).encode(), live)
-        finally:
-            os.close(fd)
-        fsync_dir(Path(store_dir))
     return safety, len(records)
 
 

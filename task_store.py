@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from errors import InsufficientStorage
+from fileio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -517,12 +518,3 @@ class TaskStore:
 def _now_iso():
     now = datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def fsync_dir(path):
-    """Make a rename or new file in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
