@@ -109,19 +109,8 @@ def _wants_json():
 
 def authenticate():
     """Identify the caller; refuse what the view's rule does not allow; enforce CSRF."""
-    accounts = current_app.extensions["accounts"]
     rule = _rule()
-    g.user, g.via_key, g.scopes = None, False, ()
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer ") and rule != "public":
-        g.user, g.scopes = accounts.user_for_key(header[len("Bearer "):].strip())
-        if g.user is None:
-            raise LoginRequired("The API key is not valid.", code="invalid_api_key")
-        g.via_key = True
-    elif session.get("sid"):
-        g.user = accounts.session_user(session["sid"])
-        if g.user is None:
-            session.clear()         # signed out elsewhere, password changed, or user removed
+    _identify(use_key=rule != "public")
     if rule == "public":
         return None
     if g.user is None:
@@ -131,12 +120,32 @@ def authenticate():
     _check_rule(rule)
     if not g.via_key and request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()
+    _count_rate_limit()
+    return None
+
+
+def _identify(use_key):
+    """g.user from the API key (unless `use_key` is off: public views ignore credentials) or the session."""
+    accounts = current_app.extensions["accounts"]
+    g.user, g.via_key, g.scopes = None, False, ()
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and use_key:
+        g.user, g.scopes = accounts.user_for_key(header[len("Bearer "):].strip())
+        if g.user is None:
+            raise LoginRequired("The API key is not valid.", code="invalid_api_key")
+        g.via_key = True
+    elif session.get("sid"):
+        g.user = accounts.session_user(session["sid"])
+        if g.user is None:
+            session.clear()         # signed out elsewhere, password changed, or user removed
+
+
+def _count_rate_limit():
     limit = getattr(_view(), "rate_limit", None)
     if limit:
         wait = current_app.extensions["rate_limiter"].hit(f"{limit}:{g.user['id']}", *RATE_LIMITS[limit])
         if wait:
             raise RateLimited(f"Too many new tasks in a minute; try again in {wait} s.", wait)
-    return None
 
 
 def _check_rule(rule):

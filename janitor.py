@@ -33,23 +33,9 @@ def sweep(data_dir, store, now, min_age=MIN_AGE):
     removed = []
     for area in ("inputs", "outputs"):
         folder = data_dir / area
-        if not folder.is_dir():
-            continue
-        for task_dir in folder.iterdir():
-            if not task_dir.is_dir():
-                continue
-            task = store.get(task_dir.name)
-            if task is None:
-                if _newest_mtime(task_dir) < cutoff:
-                    shutil.rmtree(task_dir, ignore_errors=True)
-                    removed.append(task_dir)
-                continue
-            if area == "outputs" and task["status"] == DOWNLOADING:
-                continue                # its .part files are resumed downloads
-            for part in task_dir.glob("*.part"):
-                if _mtime(part) < cutoff:
-                    part.unlink(missing_ok=True)
-                    removed.append(part)
+        task_dirs = [d for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+        for task_dir in task_dirs:
+            removed += _sweep_task_dir(task_dir, store.get(task_dir.name), area, cutoff)
     rewrite = data_dir / "tasks.jsonl.rewrite"
     if rewrite.exists() and _mtime(rewrite) < cutoff:
         rewrite.unlink(missing_ok=True)
@@ -58,6 +44,21 @@ def sweep(data_dir, store, now, min_age=MIN_AGE):
     if removed:
         log.info("janitor removed %d orphaned file(s) or folder(s): %s", len(removed), ", ".join(removed[:20]))
     return removed
+
+
+def _sweep_task_dir(task_dir, task, area, cutoff):
+    """What to remove of one task's folder: all of it when no task owns it, else stale .part files."""
+    if task is None:
+        if _newest_mtime(task_dir) < cutoff:
+            shutil.rmtree(task_dir, ignore_errors=True)
+            return [task_dir]
+        return []
+    if area == "outputs" and task["status"] == DOWNLOADING:
+        return []               # its .part files are resumed downloads
+    stale = [part for part in task_dir.glob("*.part") if _mtime(part) < cutoff]
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return stale
 
 
 def _mtime(path):

@@ -171,11 +171,6 @@ def test_link_expiry_takes_the_earlier_deadline():
     assert downloads.link_expiry("https://x/a.mp4", declared).isoformat() == declared
 
 
-def test_requests_is_used_with_timeouts():
-    assert downloads.TIMEOUT[0] > 0 and downloads.TIMEOUT[1] > 0
-    assert issubclass(downloads.DownloadIncomplete, Exception) and requests
-
-
 def test_a_link_the_server_keeps_refusing_fails_after_an_hour_of_tries(app, server):
     url, _ = server.publish(sample_mp4(), "video/mp4", ".mp4")
     missing = url.replace("/files/", "/files/0")            # a signed-looking link to nothing: 403

@@ -267,24 +267,20 @@ def paused_renders(monkeypatch):
     gate.set()
 
 
-def test_capabilities_are_the_agreed_table(provider):
-    caps = provider.capabilities()
-    combos = [{"mode": "std", "duration": "5"}, {"mode": "std", "duration": "10"}]
-    assert caps == {
-        "name": "local", "label": "Local effects engine", "configured": True,
-        "description": "Offline effects engine built into the studio: camera moves and looks made from your "
-                       "own pictures with OpenCV. Not an AI model; needs no key and no network.",
-        "models": [
-            {"id": "local-motion", "kind": "video", "label": "Local motion (camera move)",
-             "image_to_video": True, "text_to_video": False, "modes": ["std"], "durations": ["5", "10"],
-             "combos": combos, "tail_combos": combos, "cfg_scale": False,
-             "cameras": ["auto", "zoom_in", "zoom_out", "pan_left", "pan_right", "tilt_up", "tilt_down"],
-             "aspect_ratios": [], "max_prompt": 2500},
-            {"id": "local-filters", "kind": "image", "label": "Local filters (variations of your picture)",
-             "text_to_image": False, "image_to_image": True,
-             "aspect_ratios": ["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"],
-             "n_min": 1, "n_max": 9, "image_fidelity": True, "human_fidelity": False, "image_reference": [],
-             "negative_prompt_with_image": True, "max_prompt": 2500}]}
+def test_every_offered_value_is_one_the_engine_can_make(provider, tmp_path):
+    """The table is what the page offers: each camera move is one the renderer knows, and each
+    aspect ratio comes out as that ratio."""
+    video, image = provider.capabilities()["models"]
+    assert set(video["cameras"]) == {"auto", *local_render.CAMERAS}
+    for i, ratio in enumerate(image["aspect_ratios"]):
+        task = make_task(tmp_path, task_id=f"20261122T101500123Z-{i:06x}", kind="image",
+                         params={"n": 1, "aspect_ratio": ratio})
+        provider.submit(task)
+        (output,) = wait_for(provider, task, {SUCCEEDED, FAILED})[-1].outputs
+        width, height = media.probe_media(tmp_path / output.path)["width"], media.probe_media(tmp_path / output.path)[
+            "height"]
+        w, h = map(int, ratio.split(":"))
+        assert abs(width / height - w / h) < 0.02, (ratio, width, height)
 
 
 def test_constructing_starts_nothing(tmp_path):
