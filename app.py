@@ -15,12 +15,8 @@ import re
 import secrets
 from pathlib import Path
 
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
-from errors import AppError, InsufficientStorage
-
-log = logging.getLogger(__name__)
 
 def create_app(config=None):
     """Build the studio app; `config` overrides everything (tests pass TESTING and DATA_DIR)."""
@@ -44,6 +40,7 @@ def create_app(config=None):
 
     import auth
     import downloads
+    import error_pages
     import health
     import i18n
     import image_generate
@@ -66,7 +63,7 @@ def create_app(config=None):
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
     app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
     auth.init_app(app)
-    _register_error_handlers(app)
+    error_pages.init_app(app)      # JSON for API clients, pages for browsers
 
     @app.get("/api/capabilities")
     def capabilities():
@@ -152,34 +149,6 @@ class _RedactLoginLinks(logging.Filter):
         if "/login/" in message:
             record.msg, record.args = self.pattern.sub("/login/[redacted]", message), ()
         return True
-
-
-def _register_error_handlers(app):
-    """One JSON error shape for every failure; 500s are logged and answered generically."""
-
-    @app.errorhandler(AppError)
-    def app_error(exc):
-        return jsonify(exc.to_dict()), exc.status
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.code, (exc.name or "error").lower().replace(" ", "_"))
-        message = ("The request is larger than the studio accepts (two pictures of 10 MB at most)."
-                   if exc.code == 413 else exc.description)
-        return jsonify({"error": {"code": code, "message": message, "field": None}}), exc.code
-
-    @app.errorhandler(OSError)
-    def os_error(exc):
-        # A full disk is the operator's to fix, not a bug: say so (507) whichever write met it.
-        full = InsufficientStorage.from_os_error(exc)
-        return app_error(full) if full is not None else unexpected(exc)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc):
-        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        return jsonify({"error": {"code": "internal_error",
-                                  "message": "Something went wrong on the server; it has been logged."}}), 500
 
 
 def _serve():

@@ -23,7 +23,7 @@ import sys
 from typing import Literal
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -33,6 +33,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import access
 from access import admin_only, public, session_only
 from accounts import ADMIN, LIMITS, SCOPES, Accounts
+from error_pages import render as render_error
+from error_pages import wants_json
 from errors import Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
 from ledger import Ledger
 from rate_limit import RateLimiter
@@ -83,10 +85,7 @@ def init_app(app):
     csrf.init_app(app)
     app.before_request(authenticate)
     app.after_request(security_headers)
-    app.register_error_handler(CSRFError, lambda exc: (jsonify({"error": {
-        "code": "csrf_failed", "field": None,
-        "message": "The security token of this page is missing or expired: reload the page and try again."}}),
-        400))
+    app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(RateLimited, _rate_limited)
     app.register_blueprint(bp)
 
@@ -102,11 +101,6 @@ def _announce_admin(app, accounts, password):
           file=sys.stderr, flush=True)
 
 
-def _wants_json():
-    return (request.path.startswith(("/api/", "/media/", "/generate")) or request.is_json
-            or request.accept_mimetypes.best == "application/json")
-
-
 def authenticate():
     """Identify the caller; refuse what the view's rule does not allow; enforce CSRF."""
     rule = _rule()
@@ -114,7 +108,7 @@ def authenticate():
     if rule == "public":
         return None
     if g.user is None:
-        if _wants_json():
+        if wants_json():
             raise LoginRequired("Sign in, or send 'Authorization: Bearer <API key>'.")
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     _check_rule(rule)
@@ -179,15 +173,22 @@ def _drain_body():
         pass
 
 
+def _sign_in_form():
+    """On the sign-in form its errors show on the form again (error_pages.render's `page`), else None."""
+    if request.endpoint != "auth.login":
+        return None
+    return lambda error: render_template("login.html", error=error.message, next_url=request.values.get("next", ""))
+
+
+def _csrf_failed(exc):
+    return render_error(ValidationError(
+        _("The security token of this page is missing or expired: reload the page and try again."),
+        code="csrf_failed"), page=_sign_in_form())
+
+
 def _rate_limited(exc):
-    _drain_body()
-    if _wants_json():
-        response = jsonify(exc.to_dict())
-    else:
-        response = current_app.make_response(render_template("login.html", error=exc.message, next_url=""))
-    response.status_code = exc.status
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
+    _drain_body()           # met before the body was read; the renderer adds Retry-After
+    return render_error(exc, page=_sign_in_form())
 
 
 def _sign_in(user):

@@ -1,7 +1,9 @@
 """The one exception hierarchy of the studio and its JSON shape.
 
 Every failure that reaches a client is an `AppError`; it renders as
-`{"error": {"code", "message", "field"?}}` with its HTTP status. Provider failures carry the
+`{"error": {"code", "message", "field"}}` (`field` null when no field is to blame) with its HTTP
+status, or as an HTML page for a browser (error_pages.py does the answering; this module stays
+free of Flask because low-level modules raise these errors too). Provider failures carry the
 provider's structured code so the pipeline can decide retry/fail from data, never from text.
 """
 
@@ -26,10 +28,8 @@ class AppError(Exception):
         self.field = field
 
     def to_dict(self):
-        body = {"code": self.code, "message": self.message}
-        if self.field:
-            body["field"] = self.field
-        return {"error": body}
+        """The JSON body: `field` is always there, null when no field is to blame."""
+        return {"error": {"code": self.code, "message": self.message, "field": self.field or None}}
 
 
 class ValidationError(AppError):

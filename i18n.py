@@ -6,6 +6,8 @@ toggle leaves behind so the choice persists, then the browser's Accept-Language.
 the translating; its catalogs live in `translations/<lang>/LC_MESSAGES/` (Chinese is `zh`).
 """
 
+from urllib.parse import urlencode
+
 from flask import request, url_for
 from flask_babel import Babel, get_locale
 
@@ -37,6 +39,9 @@ def switch_url(lang):
     """This page's URL (with its query) in another language, for the toggle."""
     # url_for reads `_method`, `_external`, `_scheme` and `_anchor` as options: never from the query.
     args = {**{k: v for k, v in request.args.items() if not k.startswith("_")}, "lang": lang}
+    if request.endpoint is None:
+        # No route matched (an error page for a 404 or 405): the same path, by a relative link.
+        return "?" + urlencode(args)
     return url_for(request.endpoint, **(request.view_args or {}), **args)
 
 

@@ -86,13 +86,3 @@ def test_config_precedence_and_generated_secret_key(tmp_path, monkeypatch):
     assert oct((tmp_path / "d" / "secret_key").stat().st_mode & 0o777) == "0o600"
     again = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "d")})
     assert again.config["SECRET_KEY"] == key
-
-
-def test_unexpected_errors_are_generic_json_500(app, client, caplog):
-    @app.get("/boom")
-    def boom():
-        raise RuntimeError("secret detail sk-123")
-    resp = client.get("/boom")
-    assert resp.status_code == 500
-    assert resp.get_json()["error"]["code"] == "internal_error"
-    assert b"sk-123" not in resp.data

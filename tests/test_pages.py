@@ -644,6 +644,17 @@ def test_account_page_makes_a_key_once_and_adds_a_user(open_page, studio):
     assert problems.unexpected() == []
 
 
+def test_a_missing_page_shows_the_studios_404_page(open_page, studio):
+    page, problems = open_page("/no-such-page")
+    expect(page.locator("#error-page h1")).to_have_text("Page not found")
+    expect(page).to_have_title(re.compile(r"^Page not found · AIAPI Studio$"))
+    expect(page.locator("#user-menu")).to_be_visible()              # the studio's own navigation
+    problems.allow("404")           # the page itself answers 404, which Chromium logs
+    page.click("#error-home")
+    expect(page).to_have_url(studio.url("/"))
+    expect(page.locator("#video-form")).to_have_attribute("aria-busy", "false")
+
+
 # ---- screenshots: last, so the pages show the work of the tests above ------------------------
 
 SIZES = [(1280, 800), (390, 844)]
