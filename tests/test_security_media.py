@@ -25,7 +25,7 @@ PLANTED = b"planted-" + SECRET.encode()        # content of every file the recor
 # ---- a data dir with two users' finished tasks, and things planted in them
 
 def _make_user(accounts, name):
-    user = accounts.create_user(name, f"{name}-correct-horse-battery")
+    user = accounts.create_user(name, "correct-horse-battery-staple")
     key, _ = accounts.create_api_key(user["id"], "test")
     return key
 
