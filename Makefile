@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench
+.PHONY: run test bench soak
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/store_bench.py
 	$(PY) bench/render_bench.py
 	$(PY) bench/poll_bench.py
+
+# The reliability fault table against a real studio process (several minutes; not in `make test`).
+soak: $(VENV)/.dev
+	$(PY) bench/soak.py
