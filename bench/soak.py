@@ -106,8 +106,10 @@ class Fakes:
 class Studio:
     """`python app.py` as a child process on a temporary data dir."""
 
-    def __init__(self, work, fakes, *, data_dir=None, faketime_file=None):
+    def __init__(self, work, fakes, *, data_dir=None, faketime_file=None, gunicorn=False):
         self.work = work
+        self.command = ([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+                        if gunicorn else [sys.executable, "app.py"])
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir or work / "data"
@@ -117,7 +119,7 @@ class Studio:
                     "DATA_DIR": str(self.data_dir), "BACKUP_DIR": str(self.backup_dir),
                     "DOTENV_PATH": str(work / "none.env"), "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD,
                     "POLL_INTERVAL_SECONDS": "0.5", "HTTP_TIMEOUT_SECONDS": "1", "LOCAL_WORKERS": "1",
-                    "BACKUP_INTERVAL_MINUTES": "600", "READY_MIN_FREE_MB": "1",
+                    "BACKUP_INTERVAL_MINUTES": "600", "READY_MIN_FREE_MB": "1", "WEB_WORKERS": "2", "WEB_THREADS": "4",
                     "KLING_API_BASE": fakes.kling.base_url, "KLING_ACCESS_KEY": kling_fake.FAKE_AK,
                     "KLING_SECRET_KEY": kling_fake.FAKE_SK,
                     "DASHSCOPE_API_BASE": fakes.dashscope.base_url, "DASHSCOPE_API_KEY": dashscope_fake.API_KEY}
@@ -134,7 +136,7 @@ class Studio:
         """Start the studio; True when it answers /healthz, False when it exited first."""
         log = open(self.log_path, "ab")
         self.log_offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=log,
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
 
@@ -160,10 +162,10 @@ class Studio:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def terminate(self, timeout=20):
-        """SIGTERM; (exit status, seconds to exit) — SIGKILL after `timeout`."""
+    def terminate(self, timeout=20, sig=signal.SIGTERM):
+        """SIGTERM (or `sig`); (exit status, seconds to exit) — SIGKILL after `timeout`."""
         started = time.monotonic()
-        self.proc.terminate()
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -326,25 +328,34 @@ class Row:
 # ---- the faults -------------------------------------------------------------------------------
 
 def fault_kill9(ctx):
-    return _stop_mid_flight(ctx, "kill9", graceful=False)
+    return _stop_mid_flight(ctx, "kill9", None)
 
 
 def fault_sigterm(ctx):
-    return _stop_mid_flight(ctx, "sigterm", graceful=True)
+    return _stop_mid_flight(ctx, "sigterm", signal.SIGTERM)
 
 
-def _stop_mid_flight(ctx, tag, graceful):
+def fault_sigint(ctx):
+    """Ctrl-C of `python app.py`: the interpreter shuts down with the pipeline's pools."""
+    return _stop_mid_flight(ctx, "sigint", signal.SIGINT)
+
+
+def fault_gunicorn_term(ctx):
+    return _stop_mid_flight(ctx, "gterm", signal.SIGTERM, gunicorn=True)
+
+
+def _stop_mid_flight(ctx, tag, sig, gunicorn=False):
     """Local tasks queued behind one worker and provider submits hanging, then a stop and a restart."""
-    studio, fakes, row = ctx.studio(), ctx.fakes, ctx.row
+    studio, fakes, row = ctx.studio(gunicorn=gunicorn), ctx.fakes, ctx.row
     fakes.kling.inject("submit", *["hang"] * ctx.n)
     fakes.dashscope.inject("submit", *["hang"] * ctx.n)
     studio.start()
     row.tasks = create_many(studio, ["local", "local", "kling", "dashscope"], ctx.n, tag)
     time.sleep(2)
     row.notes.append(f"stopped with {states(studio, row.tasks)}")
-    if graceful:
-        code, took = studio.terminate()
-        row.notes.append(f"SIGTERM exit {code} after {took:.1f}s")
+    if sig is not None:
+        code, took = studio.terminate(40, sig)
+        row.notes.append(f"{signal.Signals(sig).name} exit {code} after {took:.1f}s")
     else:
         studio.kill()
     studio.start()
@@ -430,14 +441,20 @@ def fault_disk_full(ctx):
     studio, fakes, row = ctx.studio(data_dir=mount / "data"), ctx.fakes, ctx.row
     studio.start()
     first = create_many(studio, ["local", "kling"], (ctx.n + 1) // 2, "disk")
+    # Fill once the provider tasks are at the provider, so their results arrive on a full disk.
+    wait_until(lambda: all(r is None or r["status"] != "queued" for t, r in
+                           zip(first, read(studio, first).values(), strict=True) if t.kind != "local"), 15)
+    # One more provider task just before the fill: it is still queued when the disk is full.
+    late = create_many(studio, ["kling"], 1, "disk", len(first))
     filler = mount / "filler"
     _fill(filler)
-    second = create_many(studio, ["local", "kling"], ctx.n // 2, "disk", len(first))
+    row.notes.append(f"filled with {states(studio, first + late)}")
+    second = create_many(studio, ["local", "kling"], ctx.n // 2, "disk", len(first) + 1)
     refused = [t for t in second if not t.task_id]
     if refused:
         row.notes.append(f"{len(refused)} create(s) refused while full: "
                          + ", ".join(sorted({f'{t.status_code} {t.create_error}' for t in refused})))
-    row.tasks = first + second
+    row.tasks = first + late + second
     _window(ctx, 10)
     filler.unlink()
     settle(studio, row.tasks, 90)
@@ -467,10 +484,14 @@ def _clock_step(ctx, step):
     time.sleep(1)
     clock.write_text(f"{step}\n")
     row.notes.append(f"studio clock stepped {step} 1s after the creates; DashScope (no signed tokens)")
+    stepped = time.monotonic()
     settle(studio, row.tasks, 45)
     ready = HTTP.get(studio.base + "/readyz", timeout=5)
     row.notes.append(f"/readyz {ready.status_code} at the end")
     finish(studio, fakes, row.tasks)
+    timeouts = [t for t in row.tasks if t.final and (t.final.get("error") or {}).get("code") == "timeout"]
+    if timeouts:
+        row.notes.append(f"{len(timeouts)} failed as timeout within {time.monotonic() - stepped:.0f}s of real time")
 
 
 def fault_clock_back(ctx):
@@ -548,7 +569,8 @@ def fault_restore(ctx):
 
 
 FAULTS = {
-    "kill9": fault_kill9, "sigterm": fault_sigterm, "down": fault_provider_down, "500": fault_provider_500,
+    "kill9": fault_kill9, "sigterm": fault_sigterm, "sigint": fault_sigint, "gunicorn-term": fault_gunicorn_term,
+    "down": fault_provider_down, "500": fault_provider_500,
     "429": fault_provider_429, "hang": fault_provider_hang, "link404": fault_link_404,
     "expired": fault_link_expired, "cut": fault_link_cut, "disk": fault_disk_full, "clock-2h": fault_clock_back,
     "clock+2h": fault_clock_forward, "truncated": fault_truncated_store, "restore": fault_restore,
