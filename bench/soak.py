@@ -16,13 +16,17 @@ For faults with a window (provider down, 500, 429, hang, disk full) the tasks ar
 end of the window: "silent during" counts open provider tasks that showed nothing then. Target per
 row: 0 silent, 0 silent during, 0 lost, 0 double; the exit status is 1 when a row misses it.
 
-    /work/main/.venv/bin/python bench/soak.py [--faults kill9,sigterm] [--tasks N] [--verbose]
+    /work/main/.venv/bin/python bench/soak.py [--faults kill9,sigterm] [--tasks N] [--verbose] [--studio DIR]
+
+`--studio DIR` runs another checkout's `app.py` (e.g. `git archive main | tar -x -C DIR`) against this
+tree's fakes; that checkout's store and backup modules run only in child processes.
 
 Disk full needs root and a mountable tmpfs; the clock steps need Debian's libfaketime
 (`apt-get install faketime`). Not part of the default test suite: it takes several minutes.
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import logging
@@ -44,9 +48,15 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture  # noqa: E402
 from tests.fakes import dashscope as dashscope_fake  # noqa: E402
 from tests.fakes import kling as kling_fake  # noqa: E402
+from tests.fakes import sample_png  # noqa: E402
+
+ADMIN_KEY = "sk-soak-admin-key-0123456789abcdef"
+ADMIN_PASSWORD = "soak-admin-password-9f3k"
+# The checkout whose `app.py` runs (--studio); the fakes always come from this script's own tree.
+# Its modules (store, backups) are only ever used in child processes run there, never imported here.
+STUDIO_DIR = ROOT
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
@@ -55,6 +65,50 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 SLEEP_SHIM = "import select, time\ntime.sleep = lambda seconds: select.select([], [], [], max(0.0, seconds))\n"
 HTTP = requests.Session()
 HTTP.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def picture(width=640, height=400, seed=0):
+    return sample_png(width, height, seed)
+
+
+def in_studio(studio, code, *args):
+    """Run Python `code` in the studio's checkout (its store and backup modules); its JSON output."""
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=STUDIO_DIR, env=studio.env,
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "child failed")
+    return json.loads(done.stdout)
+
+
+READ_STORE = """import json, sys
+from task_store import TaskStore
+store = TaskStore(sys.argv[1], check=False)
+print(json.dumps({i: store.get(i) for i in sys.argv[2:]}))
+"""
+TAKE_BACKUP = """import json, sys
+from collections import Counter
+from task_backup import read_backup, take_backup
+from task_store import TaskStore
+store = TaskStore(sys.argv[1], check=False)
+path = take_backup(store, sys.argv[2])
+store.close()
+print(json.dumps({"path": str(path), "held": Counter(r["status"] for r in read_backup(path))}))
+"""
+NEWEST_BACKUP = """import json, sys
+from task_backup import newest_good_backup
+found = newest_good_backup(sys.argv[1])
+print(json.dumps(found and str(found)))
+"""
+
+
+def restore(studio, backup):
+    subprocess.run([sys.executable, "task_backup.py", "--data-dir", str(studio.data_dir), "--backup-dir",
+                    str(studio.backup_dir), "restore", str(backup)], cwd=STUDIO_DIR, check=True,
+                   capture_output=True, env=studio.env, timeout=60)
 
 
 def free_port():
@@ -122,7 +176,8 @@ class Studio:
                     "BACKUP_INTERVAL_MINUTES": "600", "READY_MIN_FREE_MB": "1", "WEB_WORKERS": "2", "WEB_THREADS": "4",
                     "KLING_API_BASE": fakes.kling.base_url, "KLING_ACCESS_KEY": kling_fake.FAKE_AK,
                     "KLING_SECRET_KEY": kling_fake.FAKE_SK,
-                    "DASHSCOPE_API_BASE": fakes.dashscope.base_url, "DASHSCOPE_API_KEY": dashscope_fake.API_KEY}
+                    "DASHSCOPE_API_BASE": fakes.dashscope.base_url, "DASHSCOPE_API_KEY": dashscope_fake.API_KEY,
+                    "PYTHONDONTWRITEBYTECODE": "1"}     # leave the studio's checkout as it was
         if faketime_file is not None:
             shim = work / "shim"
             shim.mkdir(exist_ok=True)
@@ -136,7 +191,7 @@ class Studio:
         """Start the studio; True when it answers /healthz, False when it exited first."""
         log = open(self.log_path, "ab")
         self.log_offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log,
+        self.proc = subprocess.Popen(self.command, cwd=STUDIO_DIR, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
 
@@ -238,12 +293,7 @@ def read(studio, tasks):
             else:
                 found[t.task_id] = {"status": f"unreadable (HTTP {resp.status_code})"}
         return found
-    from task_store import TaskStore
-    store = TaskStore(studio.data_dir, check=False)
-    try:
-        return {t.task_id: store.get(t.task_id) for t in accepted}
-    finally:
-        store.close()
+    return in_studio(studio, READ_STORE, studio.data_dir, *[t.task_id for t in accepted])
 
 
 def settle(studio, tasks, timeout):
@@ -505,18 +555,11 @@ def fault_clock_forward(ctx):
 def fault_truncated_store(ctx):
     """Tasks finish, a backup is taken, tasks.jsonl is cut to 60 % while stopped: the studio must
     refuse to start naming a backup; then the named backup is restored and nothing runs again."""
-    from task_backup import newest_good_backup, take_backup
-    from task_store import TaskStore
-
     studio, fakes, row = ctx.studio(), ctx.fakes, ctx.row
     studio.start()
     row.tasks = create_many(studio, ["local", "kling"], ctx.n, "trunc")
     settle(studio, row.tasks, 90)
-    store = TaskStore(studio.data_dir, check=False)
-    try:
-        take_backup(store, studio.backup_dir)
-    finally:
-        store.close()
+    in_studio(studio, TAKE_BACKUP, studio.data_dir, studio.backup_dir)
     studio.terminate()
     path = studio.data_dir / "tasks.jsonl"
     size = path.stat().st_size
@@ -530,10 +573,7 @@ def fault_truncated_store(ctx):
     named = [line for line in log.splitlines() if "Refusing to start" in line]
     row.said_why = bool(named) and "backup" in named[-1]
     row.notes.append("refused to start" + (", naming a backup" if row.said_why else " WITHOUT naming a backup"))
-    backup = newest_good_backup(studio.backup_dir)
-    subprocess.run([sys.executable, "task_backup.py", "--data-dir", str(studio.data_dir), "--backup-dir",
-                    str(studio.backup_dir), "restore", str(backup)], cwd=ROOT, check=True, capture_output=True,
-                   env=studio.env)
+    restore(studio, in_studio(studio, NEWEST_BACKUP, studio.backup_dir))
     studio.start()
     settle(studio, row.tasks, 60)
     finish(studio, fakes, row.tasks)
@@ -541,27 +581,18 @@ def fault_truncated_store(ctx):
 
 def fault_restore(ctx):
     """A backup taken while tasks are queued, the tasks finish, the backup is restored: none is sent twice."""
-    from task_backup import read_backup, take_backup
-    from task_store import TaskStore
-
     ctx.fakes.stop()
     ctx.fakes = Fakes(polls=4)      # slower tasks: some are still queued when the backup is taken
     ctx.fakes.start()
     studio, fakes, row = ctx.studio(), ctx.fakes, ctx.row
     studio.start()
     row.tasks = create_many(studio, ["dashscope", "kling"], ctx.n, "restore")
-    store = TaskStore(studio.data_dir, check=False)
-    try:
-        backup = take_backup(store, studio.backup_dir)
-    finally:
-        store.close()
-    held = Counter(r["status"] for r in read_backup(backup))
+    taken = in_studio(studio, TAKE_BACKUP, studio.data_dir, studio.backup_dir)
+    backup, held = taken["path"], taken["held"]
     row.notes.append("backup held " + ", ".join(f"{n} {s}" for s, n in sorted(held.items())))
     settle(studio, row.tasks, 90)
     studio.terminate()
-    subprocess.run([sys.executable, "task_backup.py", "--data-dir", str(studio.data_dir), "--backup-dir",
-                    str(studio.backup_dir), "restore", str(backup)], cwd=ROOT, check=True, capture_output=True,
-                   env=studio.env)
+    restore(studio, backup)
     studio.start()
     settle(studio, row.tasks, 60)
     time.sleep(3)           # a re-send would come within a few dispatch rounds of the start
@@ -665,7 +696,13 @@ def main(argv=None):
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from: {', '.join(FAULTS)}")
     parser.add_argument("--tasks", type=int, default=4, help="tasks created per fault (default 4)")
     parser.add_argument("--verbose", action="store_true", help="also show each task's state at the fault window")
+    parser.add_argument("--studio", type=Path, default=ROOT,
+                        help="the checkout whose app.py runs (default: this one; e.g. an export of main)")
     args = parser.parse_args(argv)
+    global STUDIO_DIR
+    STUDIO_DIR = args.studio.resolve()
+    if not (STUDIO_DIR / "app.py").is_file():
+        parser.error(f"{STUDIO_DIR} has no app.py")
     names = [f for f in args.faults.split(",") if f]
     unknown = [f for f in names if f not in FAULTS]
     if unknown:
@@ -673,6 +710,7 @@ def main(argv=None):
     logging.getLogger("werkzeug").setLevel(logging.ERROR)      # the fakes' access logs
     started = time.monotonic()
     rows = [run_fault(name, max(1, args.tasks), args.verbose) for name in names]
+    print(f"\nstudio: {STUDIO_DIR}")
     print_table(rows)
     missed = [row.fault for row in rows if row.missed()]
     print(f"\n{len(rows)} faults in {time.monotonic() - started:.0f}s; "
