@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench screenshots
+.PHONY: run test bench screenshots soak
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ bench: $(VENV)/.dev
 # Screenshots of every page in test-artifacts/ (opt-in: the browser tests check the pages without them).
 screenshots: $(VENV)/.dev
 	STUDIO_SCREENSHOTS=1 $(PY) -m pytest tests/test_pages.py -k screenshots
+
+# The reliability fault table against a real studio process (several minutes; not in `make test`).
+soak: $(VENV)/.dev
+	$(PY) bench/soak.py

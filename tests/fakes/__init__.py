@@ -165,6 +165,8 @@ class FakeServer:
             return Response(cut(), 200, mimetype=mime, headers={"Content-Length": str(len(data))})
         if fault == "error":
             return Response("busy", 503)
+        if fault == "not_found":
+            abort(404)          # the link's object is gone from the CDN
         # Like the CDNs behind real result links: HTTP Range works, so a cut download can resume.
         return Response(data, 200, mimetype=mime).make_conditional(
             request, accept_ranges=True, complete_length=len(data))

@@ -14,7 +14,8 @@ Throttling.RateQuota. The task list checks its window (Beijing-time `YYYYMMDDhhm
 `status`, `page_no` and `page_size` (1-100), and pages newest first.
 
 Faults, queued with `inject(where, *names)`:
-  "submit":   "rate_limit" (429 Throttling.RateQuota), "allocation_quota" (429 Throttling.AllocationQuota),
+  "submit":   "rate_limit" (429 Throttling.RateQuota), "rate_limit_retry_after" (the same 429 with
+              `Retry-After: 2`), "allocation_quota" (429 Throttling.AllocationQuota),
               "overdue" (429 PrepaidBillOverdue), "arrearage" (400 Arrearage),
               "server_error" (500 InternalError, nothing created),
               "hang" (the task IS created; the answer comes `hang_seconds` later)
@@ -23,7 +24,7 @@ Faults, queued with `inject(where, *names)`:
   "list":     "server_error" (500 InternalError)
   "result":   "partial" (the second of n images fails), "moderation" (FAILED DataInspectionFailed),
               "expired_url" (result links that have already expired)
-  "download": "truncate", "error" (FakeServer)
+  "download": "truncate", "error", "not_found" (FakeServer)
 """
 
 import base64
@@ -130,6 +131,10 @@ class Server(FakeServer):
         if request.headers.get("X-DashScope-Async") != "enable":
             return self.error(403, "AccessDenied", "current user api does not support synchronous calls")
         fault = self.take_fault("submit")
+        if fault == "rate_limit_retry_after":
+            answer = self.error(*SUBMIT_FAULTS["rate_limit"])
+            answer.headers["Retry-After"] = "2"
+            return answer
         if fault in SUBMIT_FAULTS:
             return self.error(*SUBMIT_FAULTS[fault])
         body = request.get_json(silent=True)

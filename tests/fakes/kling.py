@@ -12,7 +12,7 @@ results are a real MP4 / PNGs behind expiring signed URLs.
 Faults (`inject(where, name)`): submit: "rate_limit" (429 1302), "concurrency" (429 1303), "billing"
 (429 1102), "error_500" (500 5000, nothing created), "error_500_after_create", "hang" (task created,
 answer after `hang_seconds`); query: "malformed" (broken JSON), "error_500"; result: "expired"
-(URLs already expired), "failed" (moderation failure); download: "truncate", "error" (base class).
+(URLs already expired), "failed" (moderation failure); download: "truncate", "error", "not_found" (base class).
 """
 
 import base64
