@@ -9,6 +9,7 @@ the store, the accounts and the media code can all use it.
 
 import fcntl
 import os
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,16 @@ def atomic_write(path, data, mode=0o600):
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+DISK_FULL_MARGIN = 16 * 1024 * 1024
+
+
+def disk_nearly_full(path, margin=DISK_FULL_MARGIN):
+    """True when the disk holding `path` has less than `margin` bytes (or 2 % of a small disk)
+    left: writes fail soon, or already do."""
+    usage = shutil.disk_usage(path)
+    return usage.free < min(margin, usage.total // 50)
 
 
 @contextmanager

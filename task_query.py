@@ -36,6 +36,7 @@ from errors import (
     SubmitOutcomeUnknown,
     ValidationError,
 )
+from fileio import disk_nearly_full
 from providers import base
 from redact import redact_url
 from tasks import (
@@ -510,6 +511,10 @@ def _store():
     return current_app.extensions["task_store"]
 
 
+def _for_client(record):
+    return tasks.for_client(record, disk_full=disk_nearly_full(current_app.config["DATA_DIR"]))
+
+
 def _task_or_404(task_id):
     return access.task_or_404(_store(), task_id)
 
@@ -540,7 +545,7 @@ def list_tasks():
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
                                 text=args.get("q") or None, owner=access.visible_owner(), offset=offset,
                                 limit=limit)
-    return {"tasks": [tasks.for_client(t) for t in page], "total": total, "offset": offset, "limit": limit}
+    return {"tasks": [_for_client(t) for t in page], "total": total, "offset": offset, "limit": limit}
 
 
 def _list_args():
@@ -576,7 +581,7 @@ def _int_arg(args, name, default, low, high):
 
 @bp.get("/api/tasks/<task_id>")
 def get_task(task_id):
-    return tasks.for_client(_task_or_404(task_id))
+    return _for_client(_task_or_404(task_id))
 
 
 @bp.post("/api/tasks/<task_id>/cancel")
@@ -589,7 +594,7 @@ def cancel_task(task_id):
     if not record.get("submit_started_at") and record.get("owner"):
         # No provider ever saw it, so it cost nothing: its quota comes back.
         current_app.extensions["ledger"].refund(record["owner"], record["kind"], task_id)
-    return tasks.for_client(record)
+    return _for_client(record)
 
 
 @bp.post("/api/tasks/<task_id>/retry")

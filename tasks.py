@@ -272,9 +272,14 @@ def remove_files(data_dir, task_id):
         shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
 
 
-def for_client(record):
+def for_client(record, disk_full=False):
     """The record as API clients see it: result links without their signatures (the studio
-    serves its own copy; a signed link would hand out the file to whoever reads the JSON)."""
+    serves its own copy; a signed link would hand out the file to whoever reads the JSON). With
+    `disk_full`, a task still in progress says so: the pipeline cannot even record it then."""
     outputs = [{**o, "remote_url": redact_url(o["remote_url"])} if o.get("remote_url") else o
                for o in record.get("outputs") or []]
-    return {**record, "outputs": outputs}
+    seen = {**record, "outputs": outputs}
+    if disk_full and record["status"] in ACTIVE:
+        seen["problem"] = {"code": "disk_full", "since": iso(utcnow()),
+                           "message": "The studio's disk is full: this task goes on when there is room again."}
+    return seen

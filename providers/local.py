@@ -17,6 +17,7 @@ pipeline's own limit compares wall-clock times from the task record, which a clo
 would turn into a timeout of a render that ran for seconds.
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -317,7 +318,9 @@ class LocalProvider(Provider):
             log.exception("local task %s failed", job.task_id)
             with self._lock:
                 if not job.stop.is_set():  # a failure while stopping is still a cancel
-                    job.state, job.message = FAILED, f"local render failed: {exc}"
+                    job.state, job.message = FAILED, _failure_message(exc)
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        job.error_code = "disk_full"
 
     def _render(self, job, task, staging, should_stop):
         """Run the task's model into `staging`; return [(file name, kind, meta)]."""
@@ -356,3 +359,10 @@ class LocalProvider(Provider):
                     "outputs": [{"kind": r.kind, "path": r.path, "meta": r.meta} for r in results]}
             media.save_bytes_atomic(json.dumps(done, indent=1).encode(), out_dir / DONE)
             job.state, job.progress, job.outputs = SUCCEEDED, 100, results
+
+
+def _failure_message(exc):
+    """What the task shows: never the exception's text, which names files on the studio's disk."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The studio's disk was full while rendering: free some space, then retry the task."
+    return f"The local render failed ({type(exc).__name__}); the server log has the details."

@@ -144,3 +144,17 @@ def test_generate_on_a_full_disk_answers_507_and_keeps_nothing(disk, tmp_path, m
     assert found.status_code == 200 and found.get_json()["status"] == "queued"
     assert _task_folders(disk) == [task_id]
     assert TaskStore(disk / "data").get(task_id)["status"] == "queued"
+
+
+def test_tasks_in_progress_say_the_disk_is_full_while_it_is(disk, tmp_path, monkeypatch):
+    # With no room the pipeline cannot even record a problem on the task: the API says it instead.
+    app, client = _studio(disk, tmp_path, monkeypatch)
+    task_id = client.post("/generate", json={"image": b64(picture()), "prompt": "harbour"}).get_json()["task_id"]
+    assert client.get(f"/api/tasks/{task_id}").get_json().get("problem") is None
+    filler = Filler(disk)
+    filler.fill()
+    problem = client.get(f"/api/tasks/{task_id}").get_json()["problem"]
+    assert problem["code"] == "disk_full" and "disk is full" in problem["message"]
+    assert client.get("/api/tasks").get_json()["tasks"][0]["problem"]["code"] == "disk_full"
+    filler.free()
+    assert client.get(f"/api/tasks/{task_id}").get_json().get("problem") is None

@@ -1,5 +1,6 @@
 """Tests for the local engine (providers/local.py, local_render.py): renders, looks, provider lifecycle."""
 
+import errno
 import json
 import os
 import threading
@@ -405,8 +406,20 @@ def test_a_broken_input_fails_with_a_message(provider, tmp_path):
     provider.submit(task)
     status = wait_for(provider, task, {SUCCEEDED, FAILED})[-1]
     assert status.state == FAILED
-    assert status.message.startswith("local render failed:") and status.error_code == "local_render_failed"
+    assert status.message.startswith("The local render failed") and status.error_code == "local_render_failed"
+    assert str(tmp_path) not in status.message                  # the studio's paths stay in its log
     assert not (tmp_path / "outputs" / task["id"] / "done.json").exists()
+
+
+def test_a_full_disk_while_rendering_says_so(provider, tmp_path, monkeypatch):
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "outputs"))
+    monkeypatch.setattr(local_render, "render_video", no_room)
+    task = make_task(tmp_path)
+    provider.submit(task)
+    status = wait_for(provider, task, {SUCCEEDED, FAILED})[-1]
+    assert status.error_code == "disk_full" and "disk was full" in status.message
+    assert str(tmp_path) not in status.message
 
 
 @pytest.mark.parametrize(("change", "words"), [
