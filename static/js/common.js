@@ -196,6 +196,14 @@ window.Studio = (function ($) {
     return ACTIVE.indexOf(task.status) !== -1;
   }
 
+  /** What a task has to say besides its error: its latest problem while in progress, else a cancel note. */
+  function taskNote(task) {
+    if (isActive(task)) {
+      return (task.problem && task.problem.message) || task.download_error || "";
+    }
+    return task.cancel_note || "";
+  }
+
   function statusClass(status) {
     return {
       queued: "text-bg-secondary", submitted: "text-bg-secondary", running: "text-bg-primary",
@@ -634,7 +642,7 @@ window.Studio = (function ($) {
     config: config, pageData: pageData, t: t, tr: tr, fmt: fmt, url: url, api: api,
     fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
-    isActive: isActive, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
+    isActive: isActive, taskNote: taskNote, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
     mediaUrl: mediaUrl, studioMediaPath: studioMediaPath, getTask: getTask, cancelTask: cancelTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
     segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue, dropzone: dropzone,
     queryParam: queryParam, ACTIVE: ACTIVE,

@@ -215,7 +215,7 @@ $(function () {
       $card.find(".spinner-border").toggleClass("d-none", !S.isActive(task));
       $card.find(".placeholder-text").text(S.isActive(task)
         ? t("status." + task.status) + (task.progress ? " · " + task.progress + " %" : "") : "");
-      const error = task.status === "failed" && task.error ? task.error.message : task.cancel_note || "";
+      const error = task.status === "failed" && task.error ? task.error.message : S.taskNote(task);
       $card.find(".task-error").text(error).toggleClass("d-none", !error);
       $card.find(".image-frame").prop("disabled", true);
     });

@@ -316,7 +316,7 @@ $(function () {
       $modal.find(".detail-error").append($("<strong>").text(error.message))
         .append($("<span>", { class: "d-block font-monospace small mt-1 opacity-75" }).text(error.code));
     }
-    $modal.find(".detail-note").toggleClass("d-none", !task.cancel_note).text(task.cancel_note || "");
+    $modal.find(".detail-note").toggleClass("d-none", !S.taskNote(task)).text(S.taskNote(task));
 
     // Outputs: an inline player for videos, the pictures for images (rebuilt only when they change).
     const outputs = task.status === "succeeded" ? task.outputs || [] : [];
