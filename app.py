@@ -42,11 +42,13 @@ def create_app(config=None):
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
     _configure_logging(app)
 
+    import api_v1
     import auth
     import downloads
     import health
     import i18n
     import image_generate
+    import openapi
     import task_backup
     import task_query
     import tasks
@@ -61,6 +63,8 @@ def create_app(config=None):
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
+    app.register_blueprint(api_v1.bp)
+    app.register_blueprint(openapi.bp)
     i18n.init_app(app)
     task_backup.init_app(app)
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
