@@ -380,12 +380,13 @@ def _service_request(body):
     if model_id in SERVICE_MODELS and provider in (None, SERVICE_MODELS[model_id][0]):
         provider, model_id = SERVICE_MODELS[model_id]
     if provider is None:
-        offering = [p.name for p in current_app.extensions["providers"].values()
+        offering = [p for p in current_app.extensions["providers"].values()
                     if any(m["id"] == model_id and m["kind"] == "image" for m in p.capabilities()["models"])]
         if not offering:
             raise ValidationError(f"The studio offers no image model '{model_id}'.", code="unknown_model",
                                   field="model", status=422)
-        provider = offering[0]
+        # A model served by several providers (Wan directly and through 302.ai): one with its keys set.
+        provider = next((p for p in offering if p.configured()), offering[0]).name
     given = body.parameters.model_dump(exclude_none=True)
     fields = {}
     for name, value in given.items():
@@ -415,7 +416,7 @@ def _service_field(field, given):
     """The image service's name for a studio field named in an error."""
     if field == "model_name":
         return "model"
-    if field in ("provider", "callback_url") or field is None:
+    if field is None or field in ("model", "provider", "callback_url", "is_async") or field.startswith("parameters."):
         return field
     if field in ("width", "height") and "size" in given:
         return "parameters.size"
