@@ -129,7 +129,8 @@ def liblib_app(tmp_path, monkeypatch):
     fake = Server(polls_to_finish=2)
     fake.start()
     app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "t",
-                      "LIBLIB_API_BASE": fake.base_url, "LIBLIB_ACCESS_KEY": ACCESS_KEY, "LIBLIB_SECRET_KEY": SECRET_KEY,
+                      "LIBLIB_API_BASE": fake.base_url, "LIBLIB_ACCESS_KEY": ACCESS_KEY,
+                      "LIBLIB_SECRET_KEY": SECRET_KEY,
                       "DASHSCOPE_API_KEY": "sk-not-called", "HTTP_TIMEOUT_SECONDS": 2})
     yield app
     fake.stop()

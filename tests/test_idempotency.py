@@ -1,8 +1,10 @@
 """Idempotency-Key on every create: the same answer for the same request, 409 for another, for 24 h,
 across app instances over one DATA_DIR (a restart) and across two gunicorn workers."""
 
+import json
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -39,7 +41,7 @@ def test_the_same_key_gives_the_same_task_and_another_body_a_409(app, client, pa
 
 
 def test_the_key_is_per_path_and_spacing_does_not_matter(app, client):
-    body = '{"image": "%s"}' % PICTURE
+    body = json.dumps({"image": PICTURE})
     first = client.post("/generate_image", data=body, content_type="application/json",
                         headers={"Idempotency-Key": "k"})
     spaced = client.post("/generate_image", data=body.replace(": ", ":   "), content_type="application/json",
@@ -73,7 +75,7 @@ def test_keys_last_24_hours_and_survive_a_restart(app, client, monkeypatch):
     expired = client.post("/generate_image", json={"image": PICTURE}, headers={"Idempotency-Key": "k"})
     assert expired.status_code == 202 and expired.get_json()["task_id"] != first["task_id"]
     # The expired record was replaced by the new one, and nothing else is kept.
-    assert len(list((app.config["DATA_DIR"] / __import__("pathlib").Path("idempotency")).rglob("*.json"))) == 1
+    assert len(list((Path(app.config["DATA_DIR"]) / "idempotency").rglob("*.json"))) == 1
 
 
 def test_the_same_key_sent_at_once_to_two_gunicorn_workers_makes_one_task(tmp_path):

@@ -43,7 +43,8 @@ def test_the_document_is_built_from_the_request_models(document):
         names = {p["name"] for p in paths[path]["post"]["parameters"]}
         assert "Idempotency-Key" in names
     # Every v1 route of the app is in the document, and the health check needs no key.
-    assert {"/api/v1/tasks", "/api/v1/tasks/{task_id}", "/api/v1/tasks/{task_id}/result", "/api/v1/health"} <= set(paths)
+    assert {"/api/v1/tasks", "/api/v1/tasks/{task_id}", "/api/v1/tasks/{task_id}/result",
+            "/api/v1/health"} <= set(paths)
     assert paths["/api/v1/health"]["get"]["security"] == []
     assert "`processing` (submitted, running, downloading)" in " ".join(document["info"]["description"].split())
 
