@@ -203,3 +203,21 @@ def test_bad_image_service_requests_name_the_services_field(liblib_app, body, st
     error = resp.get_json()["error"]
     assert (error["code"], error["field"]) == (code, field)
     assert len(liblib_app.extensions["task_store"]) == 0
+
+
+def test_v1_keeps_to_the_users_limits_and_tasks(app, client):
+    from tests.signin import make_user
+
+    alice = make_user(app, "alice", images_per_day=2)
+    mine = client.post("/api/v1/images/generate", json=image_body()).get_json()["task_id"]
+    hers = client.post("/api/v1/images/generate", json=image_body(n=2), headers=alice)
+    assert hers.status_code == 202
+    over = client.post("/api/v1/images/generate", json=image_body(), headers=alice)
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "quota_exceeded"
+    assert client.get(f"/api/v1/tasks/{mine}", headers=alice).status_code == 404
+    assert client.get(f"/api/v1/tasks/{mine}/result", headers=alice).status_code == 404
+    assert [t["task_id"] for t in client.get("/api/v1/tasks", headers=alice).get_json()["tasks"]] == [
+        hers.get_json()["task_id"]]
+    reader = make_user(app, "reader", scopes=("read",))
+    refused = client.post("/api/v1/tasks/", json={"model": "local-filters", "parameters": {}}, headers=reader)
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "insufficient_scope"

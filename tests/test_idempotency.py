@@ -99,3 +99,14 @@ def test_the_same_key_sent_at_once_to_two_gunicorn_workers_makes_one_task(tmp_pa
             assert answers[0].json() == answers[1].json()
         listing = requests.get(studio.url("/api/v1/tasks"), headers=headers, timeout=10).json()
         assert listing["total"] == 4
+
+
+def test_keys_belong_to_their_user(app, client):
+    from tests.signin import make_user
+
+    alice = make_user(app, "alice")
+    mine = client.post("/generate_image", json={"image": PICTURE}, headers={"Idempotency-Key": "k"}).get_json()
+    hers = client.post("/generate_image", json={"image": PICTURE}, headers={**alice, "Idempotency-Key": "k"})
+    assert hers.status_code == 202 and hers.get_json()["task_id"] != mine["task_id"]
+    assert app.extensions["task_store"].get(hers.get_json()["task_id"])["owner"] != app.extensions[
+        "task_store"].get(mine["task_id"])["owner"]
