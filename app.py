@@ -42,17 +42,16 @@ def create_app(config=None):
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
     _configure_logging(app)
 
-    import api_v1
     import auth
     import downloads
     import health
     import i18n
     import image_generate
-    import openapi
     import task_backup
     import task_query
     import tasks
     import video_extend
+    from api import image_service, openapi, v1
     from providers import build_providers
 
     app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
@@ -63,7 +62,8 @@ def create_app(config=None):
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
-    app.register_blueprint(api_v1.bp)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(image_service.bp)
     app.register_blueprint(openapi.bp)
     i18n.init_app(app)
     task_backup.init_app(app)

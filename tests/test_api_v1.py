@@ -46,12 +46,12 @@ def test_v1_video_is_queued_and_completes_with_its_result(app, client):
 
 
 def test_v1_statuses_map_the_studios(app, client):
-    import api_v1
     import tasks
+    from api import models
 
-    assert set(api_v1.V1_STATUS) == set(tasks.STATUSES)
-    assert {api_v1.V1_STATUS[s] for s in (tasks.SUBMITTED, tasks.RUNNING, tasks.DOWNLOADING)} == {"processing"}
-    assert api_v1.V1_STATUS[tasks.SUCCEEDED] == "completed"
+    assert set(models.V1_STATUS) == set(tasks.STATUSES)
+    assert {models.V1_STATUS[s] for s in (tasks.SUBMITTED, tasks.RUNNING, tasks.DOWNLOADING)} == {"processing"}
+    assert models.V1_STATUS[tasks.SUCCEEDED] == "completed"
 
 
 def test_width_and_height_choose_the_nearest_offered_ratio(app, client):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode, checks
 
-import api_v1
 import health
+from api import models
 from tests.conftest import ADMIN_KEY, b64, picture, run_pipeline
 
 EXAMPLES = 40           # per operation: about 15 s for the whole run
@@ -34,9 +34,9 @@ def test_the_document_is_valid_openapi_3_1(document):
 def test_the_document_is_built_from_the_request_models(document):
     schemas = document["components"]["schemas"]
     paths = document["paths"]
-    for path, model in (("/api/v1/videos/generate", api_v1.V1VideoRequest),
-                        ("/api/v1/images/generate", api_v1.V1ImageRequest),
-                        ("/api/v1/tasks/", api_v1.ImageServiceRequest)):
+    for path, model in (("/api/v1/videos/generate", models.V1VideoRequest),
+                        ("/api/v1/images/generate", models.V1ImageRequest),
+                        ("/api/v1/tasks/", models.ImageServiceRequest)):
         ref = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref == f"#/components/schemas/{model.__name__}"
         assert set(schemas[model.__name__]["properties"]) == set(model.model_fields)

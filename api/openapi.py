@@ -1,6 +1,6 @@
 """The API's OpenAPI 3.1 document (`/openapi.json`) and its interactive docs (`/docs`).
 
-The document is assembled, not written: every route of the app that carries `api_v1.documented`
+The document is assembled, not written: every route of the app that carries `documented`
 metadata becomes an operation, its request body and responses are the JSON schemas of the very
 pydantic models that validate the requests and shape the answers (`models_json_schema`), and
 every error is the one `ErrorBody` shape. `/docs` is Swagger UI, vendored under static/vendor/ and
@@ -12,8 +12,8 @@ import re
 from flask import Blueprint, current_app, render_template
 from pydantic.json_schema import models_json_schema
 
-import api_v1
 from access import public
+from api.models import ErrorBody
 
 bp = Blueprint("openapi", __name__)
 
@@ -39,6 +39,15 @@ value the chosen model does not allow, 429 rate or quota limit, 507 disk full.
 _ARG = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
+def documented(summary, *, request=None, responses, query=None, idempotent=False, public=False):
+    """Attach a route's models for the document (the document is built from these, not written)."""
+    def mark(view):
+        view.openapi = {"summary": summary, "doc": view.__doc__, "request": request, "responses": responses,
+                        "query": query, "idempotent": idempotent, "public": public}
+        return view
+    return mark
+
+
 def _documented_routes(app):
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         meta = getattr(app.view_functions[rule.endpoint], "openapi", None)
@@ -50,7 +59,7 @@ def _documented_routes(app):
 def document(app):
     """The OpenAPI 3.1 document of every documented route of `app`."""
     routes = list(_documented_routes(app))
-    models = {api_v1.ErrorBody}
+    models = {ErrorBody}
     for *_, meta, _args in routes:
         models.update(m for m in meta["responses"].values() if m is not None)
         if meta["request"] is not None:
@@ -112,7 +121,7 @@ def _operation(path, method, meta, args, refs):
         if model is not None:
             answer["content"] = _json(refs[model])
         operation["responses"][str(status)] = answer
-    operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[api_v1.ErrorBody])}
+    operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[ErrorBody])}
     if meta["public"]:
         operation["security"] = []
     return operation
