@@ -120,6 +120,10 @@ def _operation(path, method, meta, args, refs):
                   ("No content." if model is None else model.__name__)}
         if model is not None:
             answer["content"] = _json(refs[model])
+        if meta["idempotent"] and 200 <= status < 300:
+            answer["headers"] = {"Idempotent-Replayed": {
+                "description": "Sent when this is the remembered answer to an earlier request with the same key.",
+                "schema": {"type": "string", "enum": ["true"]}}}
         operation["responses"][str(status)] = answer
     operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[ErrorBody])}
     if meta["public"]:

@@ -110,3 +110,14 @@ def test_keys_belong_to_their_user(app, client):
     assert hers.status_code == 202 and hers.get_json()["task_id"] != mine["task_id"]
     assert app.extensions["task_store"].get(hers.get_json()["task_id"])["owner"] != app.extensions[
         "task_store"].get(mine["task_id"])["owner"]
+
+
+def test_a_retry_with_a_key_is_made_once(app, client):
+    from tests.conftest import run_pipeline
+
+    task_id = client.post("/generate_image", json={"image": PICTURE}).get_json()["task_id"]
+    run_pipeline(app, task_id)
+    first = client.post(f"/api/v1/tasks/{task_id}/retry", headers={"Idempotency-Key": "retry-1"})
+    again = client.post(f"/api/v1/tasks/{task_id}/retry", headers={"Idempotency-Key": "retry-1"})
+    assert first.status_code == again.status_code == 202 and first.get_json() == again.get_json()
+    assert len(app.extensions["task_store"]) == 2
