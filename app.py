@@ -48,6 +48,7 @@ def create_app(config=None):
     import task_query
     import tasks
     import video_extend
+    from api import image_service, openapi, v1
     from providers import build_providers
 
     app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
@@ -58,6 +59,9 @@ def create_app(config=None):
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(image_service.bp)
+    app.register_blueprint(openapi.bp)
     i18n.init_app(app)
     task_backup.init_app(app)
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).

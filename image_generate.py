@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 import access
+import idempotency
 import media
 import tasks
 from errors import ValidationError
@@ -94,6 +95,7 @@ def _default(value, default):
 
 
 @bp.post("/generate_image")
+@idempotency.idempotent      # the same Idempotency-Key: the same task (idempotency.py)
 @access.limited("generate")
 def generate_image():
     """Queue an image task: 202 {"task_id", "status"}."""

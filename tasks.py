@@ -98,6 +98,7 @@ class Task(BaseModel):
     finished_at: str | None = None
     owner: str | None = None            # the user's immutable id
     retry_of: str | None = None         # the task this one retries
+    callback_url: str | None = None     # where the studio POSTs the v1 task body when it ends (webhooks)
 
     problem: TaskProblem | None = None  # shown while the task waits on trouble
     problems: int = 0                   # consecutive failed calls, for the backoff and the retry cap
@@ -221,7 +222,7 @@ def new_task_id(moment=None):
 
 
 def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None,
-                task_id=None):
+                task_id=None, callback_url=None):
     """Store the input pictures as files and the task record; returns the record.
 
     `images` maps a role ("first", "tail", "reference") to a `media.DecodedImage` or to an
@@ -240,7 +241,7 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
             "inputs": inputs, "status": QUEUED, "provider_task_id": None, "provider_status": None,
             "progress": 0, "outputs": [], "error": None, "cost": None, "attempts": 0,
             "created_at": iso(now), "updated_at": iso(now), "submitted_at": None,
-            "finished_at": None, "owner": owner, "retry_of": retry_of,
+            "finished_at": None, "owner": owner, "retry_of": retry_of, "callback_url": callback_url,
         }
         store.create(record)
     except BaseException as exc:

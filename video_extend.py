@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, Field, field_validator
 
 import access
+import idempotency
 import media
 import tasks
 from errors import ValidationError
@@ -102,6 +103,7 @@ def check_video_request(req):
 
 
 @bp.post("/generate")
+@idempotency.idempotent      # the same Idempotency-Key: the same task (idempotency.py)
 @access.limited("generate")
 def generate():
     """Queue a video task: 202 {"task_id", "status"}."""

@@ -705,3 +705,17 @@ def test_screenshots_of_every_page(browser, open_page, studio):
     expect(page.locator("#task-modal .detail-media video, #task-modal .detail-media img").first).to_be_visible()
     page.wait_for_timeout(400)
     page.screenshot(path=ARTIFACTS / "tasks-detail-1280x800.png", animations="disabled")
+
+
+def test_api_docs_load_offline_with_no_console_error(open_page, studio):
+    outside = []
+
+    def offline(page):
+        # Everything /docs needs is served by the studio: any other address is a failure.
+        page.route(re.compile(r"^(?!" + re.escape(studio.base_url) + ")"),
+                   lambda route: (outside.append(route.request.url), route.abort()))
+    page, _ = open_page("/docs", before=offline)
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("AIAPI Studio API")
+    expect(page.locator(".opblock-summary-path").filter(has_text="/api/v1/videos/generate")).to_have_count(1)
+    assert page.locator(".opblock").count() == 11
+    assert outside == []
