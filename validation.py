@@ -117,3 +117,18 @@ def decode_images(fields):
         else:
             images[role] = media.decode_image(data, field)
     return images
+
+
+def check_seed_and_prompt_extend(model, req):
+    """The request's `seed` / `prompt_extend` where the model takes them (a 422 where it does not);
+    only the ones given, so a task records what the user chose and the provider default otherwise."""
+    chosen = {}
+    for name, what in (("seed", "a seed"), ("prompt_extend", "prompt_extend (prompt rewriting)")):
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if not model.get(name, False):
+            raise ValidationError(f"{model['id']} does not take {what}.", code="unsupported_value", field=name,
+                                  status=422)
+        chosen[name] = value
+    return chosen

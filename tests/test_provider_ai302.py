@@ -78,7 +78,7 @@ def test_kling_image_to_video_through_klingai(app, fake):
 
 
 def test_kling_image_task_id_read_from_data_task_id(app, fake):
-    fake.kling.nested_task_id = True
+    fake.kling.create_shape = "official_nested"
     task_id = create(app, "image", prompt="a lighthouse", model_name="kling-v1", n=2, aspect_ratio="1:1")
     task = verified(app, run_pipeline(app, task_id, skip_waits=True))
     assert len(task["outputs"]) == 2 and task["provider_task_id"].startswith("kt")

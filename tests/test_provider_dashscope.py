@@ -112,20 +112,45 @@ def test_capability_table(app):
     (table,) = [p for p in caps["providers"] if p["name"] == "dashscope"]
     assert table["configured"] is True
     videos = {m["id"]: m for m in table["models"] if m["kind"] == "video"}
+    five_to_fifteen = [str(n) for n in range(2, 16)]
     assert {k: (m["modes"], m["durations"]) for k, m in videos.items()} == {
         "wan2.2-i2v-flash": (["480P", "720P", "1080P"], ["5"]),
         "wan2.2-i2v-plus": (["480P", "1080P"], ["5"]),
         "wanx2.1-i2v-turbo": (["480P", "720P"], ["3", "4", "5"]),
         "wanx2.1-i2v-plus": (["720P"], ["5"]),
+        "wan2.5-i2v-preview": (["480P", "720P", "1080P"], ["5", "10"]),
+        "wan2.6-i2v": (["720P", "1080P"], ["5", "10", "15"]),
+        "wan2.6-i2v-flash": (["720P", "1080P"], five_to_fifteen),
+        "wan2.2-kf2v-flash": (["480P", "720P", "1080P"], ["5"]),
+        "wanx2.1-kf2v-plus": (["720P"], ["5"]),
+        "wanx2.1-t2v-turbo": (["480P", "720P"], ["5"]),
+        "wanx2.1-t2v-plus": (["720P"], ["5"]),
+        "wan2.2-t2v-plus": (["480P", "1080P"], ["5"]),
+        "wan2.5-t2v-preview": (["480P", "720P", "1080P"], ["5", "10"]),
+        "wan2.6-t2v": (["720P", "1080P"], ["5", "10", "15"]),
     }
     for model in videos.values():
         assert model["combos"] == [{"mode": m, "duration": d} for m in model["modes"] for d in model["durations"]]
-        assert model["mode_label"] == "Resolution" and model["tail_combos"] == [] and model["cameras"] == []
-        assert model["image_to_video"] and not model["text_to_video"] and model["cfg_scale"] is False
-        assert (model["max_prompt"], model["max_negative_prompt"]) == (800, 500)
+        assert model["mode_label"] == "Resolution" and model["cameras"] == []
+        assert model["cfg_scale"] is False and model["seed"] is True and model["prompt_extend"] is True
+        assert model["max_negative_prompt"] == 500
+        assert model["max_prompt"] == (1500 if model["id"].startswith(("wan2.5", "wan2.6")) else 800)
+        kf2v, t2v = "kf2v" in model["id"], "t2v" in model["id"]
+        assert model["image_to_video"] is not t2v and model["text_to_video"] is t2v
+        assert model["aspect_ratios"] == (["16:9", "9:16", "1:1"] if t2v else [])
+        # A first-and-last-frame model takes (and needs) a tail frame in every cell; no other Wan model does.
+        assert model["tail_combos"] == (model["combos"] if kf2v else [])
+        assert model.get("tail_required", False) is kf2v
+    sounding = {k: (m.get("sound_default"), m.get("sound_switch", True)) for k, m in videos.items()
+                if m.get("sound_combos")}
+    assert sounding == {"wan2.5-i2v-preview": (True, False), "wan2.6-i2v": (True, False),
+                        "wan2.6-i2v-flash": (True, True), "wan2.5-t2v-preview": (True, False)}
+    assert "2-15 s" in videos["wan2.6-i2v"]["note"]
     images = {m["id"]: m for m in table["models"] if m["kind"] == "image"}
-    assert set(images) == {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"}
+    assert set(images) == {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo", "wan2.2-t2i-flash",
+                           "wan2.2-t2i-plus", "wan2.5-t2i-preview"}
     for model in images.values():
+        assert model["seed"] is True and model["prompt_extend"] is True
         assert model["text_to_image"] and not model["image_to_image"] and model["image_reference"] == []
         assert (model["n_min"], model["n_max"], model["max_prompt"], model["max_negative_prompt"]) == (1, 4, 800, 500)
         assert model["aspect_ratios"][0] == "1:1"       # DashScope's own default, 1024*1024
@@ -217,16 +242,17 @@ def test_video_pipeline_without_prompt_and_the_other_models(app, client, fake):
     assert task["cost"] == {"video_duration": 3, "video_ratio": "standard", "video_count": 1}
 
 
-def test_large_picture_is_scaled_down_and_small_one_refused_before_sending(app, client, fake):
+def test_large_picture_is_scaled_down_and_small_one_scaled_up(app, client, fake):
     task = finish(app, post_video(client, image=b64(picture(2400, 1200, fmt="JPEG"))))
     assert task["status"] == "succeeded", task["error"]
     (remote,) = fake.tasks.values()
     assert (remote["img_format"], remote["img_size"], remote["img_mime"]) == ("JPEG", (2000, 1000), "image/jpeg")
 
+    # Under 360 px (every source's minimum) but over the newest page's 240: scaled up, ratio kept.
     small = finish(app, post_video(client, image=b64(picture(340, 500))))
-    assert small["status"] == "failed" and small["error"]["code"] == "image_too_small"
-    assert "360" in small["error"]["message"]
-    assert len(fake.requests_to(VIDEO_PATH)) == 1      # the small one never left the studio
+    assert small["status"] == "succeeded", small["error"]
+    remote = fake.tasks[small["provider_task_id"]]
+    assert remote["img_size"] == (360, 529)
 
 
 def test_transparent_png_is_flattened(app, client, fake):
@@ -254,7 +280,11 @@ def test_transparent_png_is_flattened(app, client, fake):
     ({"negative_prompt": "x" * 501}, "negative_prompt"),
     ({"camera": "zoom_in"}, "camera"),
     ({"image_tail": "TAIL"}, "image_tail"),
-    ({"model_name": "wan2.5-i2v-preview"}, "model_name"),
+    ({"model_name": "wan2.1-i2v-turbo"}, "model_name"),         # Singapore's name, not Beijing's
+    ({"model_name": "wanx2.1-t2v-plus"}, "image"),              # text only
+    ({"seed": 2147483648}, "seed"),
+    ({"model_name": "wan2.5-i2v-preview", "sound": False}, "sound"),   # adds audio itself, no switch
+    ({"sound": True}, "sound"),                                  # wan2.2 is silent
 ])
 def test_video_values_a_model_does_not_offer_are_refused(client, fake, body, field):
     if body.get("image_tail") == "TAIL":
@@ -366,12 +396,12 @@ def test_lost_submit_with_two_candidates_in_its_window_fails_with_the_hint(app, 
 
 
 def test_task_list_server_checks_auth_window_and_pages(fake):
+    fake.concurrency_limit = 3
     for _ in range(3):
         requests.post(fake.base_url + IMAGE_PATH, headers={"Authorization": f"Bearer {API_KEY}",
                                                            "X-DashScope-Async": "enable"},
                       json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": PROMPT}, "parameters": {"n": 1}},
                       timeout=5).raise_for_status()
-        fake.concurrency_limit += 1
     auth = {"Authorization": f"Bearer {API_KEY}"}
     assert requests.get(fake.base_url + "/tasks/", timeout=5).status_code == 401
     bad = requests.get(fake.base_url + "/tasks/", params={"start_time": "2025-01-01"}, headers=auth, timeout=5)
@@ -446,14 +476,32 @@ def test_unknown_task_id_fails_the_task(app, client, fake):
     assert "24 h" in task["error"]["message"]
 
 
-def test_third_task_in_flight_is_throttled_then_sent(make_app, fake):
-    app = make_app(DASHSCOPE_MAX_CONCURRENCY=3)   # more than DashScope allows, to meet its limit
+def test_in_flight_tasks_are_capped_per_model_as_documented(make_app, fake):
+    app = make_app()
     client = app.test_client()
-    ids = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(3)]
+    store, registry = app.extensions["task_store"], app.extensions["providers"]
+    turbo = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(3)]           # cap 2
+    preview = [post_image(client, model_name="wan2.5-t2i-preview", prompt=f"{PROMPT} #{i}") for i in range(3)]
+    task_query.dispatch(store, registry)
+    statuses = [store.get(task_id)["status"] for task_id in turbo + preview]
+    # Two of wanx2.1-t2i-turbo (its cap) and all three of wan2.5-t2i-preview (cap 5): the third turbo
+    # waits in the studio instead of meeting DashScope's 429, and does not hold back the other model.
+    assert statuses == ["submitted", "submitted", "queued"] + ["submitted"] * 3
+    for task_id in turbo + preview:
+        assert finish(app, task_id)["status"] == "succeeded"
+    assert len(creates(fake)) == 6 and len(fake.tasks) == 6
+    assert_never_resubmitted(fake)
+
+
+def test_third_task_in_flight_is_throttled_then_sent(make_app, fake):
+    fake.concurrency_limit = 1      # an account below the documented cap meets DashScope's 429
+    app = make_app()
+    client = app.test_client()
+    ids = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(2)]
     for task_id in ids:
         assert finish(app, task_id)["status"] == "succeeded"
-    # The third create was refused (429 Throttling.RateQuota) until a slot freed up, creating nothing.
-    assert len(fake.requests_to(IMAGE_PATH)) > 3 and len(fake.tasks) == 3
+    # The second create was refused (429 Throttling.RateQuota) until a slot freed up, creating nothing.
+    assert len(fake.requests_to(IMAGE_PATH)) > 2 and len(fake.tasks) == 2
     assert_never_resubmitted(fake)
 
 
