@@ -71,7 +71,11 @@ def provider_and_model(provider_id, model_id, kind):
             field="provider")
     # Kling uses one id for a video and an image model (kling-v1 ...): look the id up among this kind.
     models = {m["id"]: m for m in provider.capabilities()["models"] if m["kind"] == kind}
-    model = models.get(model_id or next(iter(models)))
+    model = models.get(model_id or next(iter(models), None))
+    if model is None and not models:
+        # A provider may offer no model of this kind (DashScope's Virginia region: no pictures).
+        raise ValidationError(f"{provider_id} offers no {kind} models here.", code="unknown_model",
+                              field="model_name", status=422)
     if model is None:
         raise ValidationError(
             f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(models)}.",

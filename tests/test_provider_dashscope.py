@@ -705,3 +705,173 @@ def test_a_restored_task_whose_submit_was_unanswered_is_reconciled_not_sent_agai
     assert task["status"] == "succeeded", task["error"]
     assert len(fake.requests_to(VIDEO_PATH)) == 1 and len(fake.tasks) == 1
     assert task["provider_task_id"] == next(iter(fake.tasks))
+
+
+# ---- newer models (PROVIDERS.md §9.2): kf2v, wan2.5/2.6, text-to-video, wan2.2/2.5 text-to-image
+
+def test_first_and_last_frame_video_goes_to_its_own_endpoint(app, client, fake):
+    first, last = picture(640, 400, fmt="JPEG"), picture(800, 500, seed=3, fmt="JPEG")
+    task_id = post_video(client, model_name="wan2.2-kf2v-flash", image=b64(first), image_tail=b64(last),
+                         mode="1080P", seed=77)
+    task = finish(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert fake.requests_to(VIDEO_PATH) == []
+    (body,) = fake.requests_to(ds.KF2V_PATH)
+    assert body["model"] == "wan2.2-kf2v-flash" and set(body["input"]) == {"first_frame_url", "last_frame_url",
+                                                                           "prompt"}
+    stored = {item["role"]: (Path(app.config["DATA_DIR"]) / item["path"]).read_bytes() for item in task["inputs"]}
+    assert data_uri_bytes(body["input"]["first_frame_url"]) == ("data:image/jpeg;base64", stored["first"])
+    assert data_uri_bytes(body["input"]["last_frame_url"]) == ("data:image/jpeg;base64", stored["tail"])
+    assert body["parameters"] == {"resolution": "1080P", "duration": 5, "prompt_extend": False,
+                                  "watermark": False, "seed": 77}
+    (remote,) = fake.tasks.values()
+    assert remote["endpoint"] == "kf2v" and remote["last_img_size"] == (800, 500) and remote["seed"] == 77
+    assert saved_file(app, task["outputs"][0]) == sample_mp4()
+    assert_never_resubmitted(fake)
+
+
+def test_first_and_last_frame_model_needs_both_frames(client, fake):
+    resp = client.post("/generate", json={"provider": "dashscope", "model_name": "wanx2.1-kf2v-plus",
+                                          "image": b64(picture(640, 400))})
+    assert resp.status_code == 400 and resp.get_json()["error"]["field"] == "image_tail"
+    assert fake.received == []
+
+
+def test_server_keeps_kf2v_and_image_to_video_apart(fake):
+    frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+    status, body = api(fake, "POST", ds.KF2V_PATH, json={"model": "wan2.2-kf2v-flash", "input": {"img_url": frame}})
+    assert status == 400 and "first_frame_url" in body["message"]
+    status, _ = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.2-kf2v-flash", "input": {
+        "first_frame_url": frame, "last_frame_url": frame}})
+    assert status == 400
+    status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.2-i2v-flash", "input": {"img_url": frame},
+                                                       "parameters": {"audio": True}})
+    assert status == 400 and "audio" in body["message"]
+    status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.6-t2v", "input": {"prompt": PROMPT},
+                                                       "parameters": {"size": "832*480"}})
+    assert status == 400 and "size" in body["message"]          # 480P is not a wan2.6 tier
+    assert fake.tasks == {}
+
+
+def test_wan26_flash_audio_switch_and_seed(app, client, fake):
+    task = finish(app, post_video(client, model_name="wan2.6-i2v-flash", mode="720P", duration="12", sound=False,
+                                  prompt_extend=True, seed=0))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert body["parameters"] == {"resolution": "720P", "duration": 12, "audio": False, "prompt_extend": True,
+                                  "watermark": False, "seed": 0}
+    assert task["params"]["sound"] is False
+    (remote,) = fake.tasks.values()
+    assert remote["audio"] is False and task["outputs"][0]["meta"]["actual_prompt"].endswith("prompt_extend)")
+    # Left out, the documented default (audio on) is what the task records and sends.
+    again = finish(app, post_video(client, model_name="wan2.6-i2v-flash", mode="1080P", duration="5"))
+    assert again["params"]["sound"] is True and fake.requests_to(VIDEO_PATH)[1]["parameters"]["audio"] is True
+
+
+def test_wan25_image_to_video_with_its_own_audio_for_ten_seconds(app, client, fake):
+    long_prompt = "a slow pan over the harbour " * 50      # 1400 characters: over 800, within 2.5's 1500
+    task = finish(app, post_video(client, model_name="wan2.5-i2v-preview", mode="480P", duration="10",
+                                  prompt=long_prompt.strip()))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert "audio" not in body["parameters"] and body["parameters"]["duration"] == 10
+    (remote,) = fake.tasks.values()
+    assert remote["audio"] is True and remote["prompt_truncated"] is False
+    assert task["params"]["sound"] is True
+
+
+def test_text_to_video_sends_an_exact_size(app, client, fake):
+    resp = client.post("/generate", json={"provider": "dashscope", "model_name": "wan2.5-t2v-preview",
+                                          "prompt": PROMPT, "mode": "720P", "duration": "10", "aspect_ratio": "9:16"})
+    assert resp.status_code == 202, resp.get_json()
+    task = finish(app, resp.get_json()["task_id"])
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert body["input"] == {"prompt": PROMPT}
+    assert body["parameters"] == {"size": "720*1280", "duration": 10, "prompt_extend": False, "watermark": False}
+    (remote,) = fake.tasks.values()
+    assert (remote["resolution"], remote["size"]) == ("720P", "720*1280")
+    assert task["outputs"][0]["meta"]["resolution"] == "720P"
+
+
+@pytest.mark.parametrize("model, size", [("wan2.5-t2i-preview", "1728*960"), ("wan2.2-t2i-flash", "1280*720")])
+def test_newer_text_to_image_models(app, client, fake, model, size):
+    task = finish(app, post_image(client, model_name=model, aspect_ratio="16:9", seed=5, prompt_extend=True))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(IMAGE_PATH)
+    assert body["parameters"] == {"size": size, "n": 1, "prompt_extend": True, "watermark": False, "seed": 5}
+    assert task["params"]["seed"] == 5 and task["params"]["prompt_extend"] is True
+    assert task["outputs"][0]["meta"]["actual_prompt"]
+
+
+@pytest.mark.parametrize("ratio", list(ds.LARGE_IMAGE_SIZES))
+def test_wan25_image_sizes_satisfy_both_readings(ratio):
+    width, height = ds.LARGE_IMAGE_SIZES[ratio]
+    across, down = map(int, ratio.split(":"))
+    assert 1280 * 1280 <= width * height <= 1440 * 1440 and 1 / 4 <= width / height <= 4
+    assert width / height == pytest.approx(across / down, rel=0.03)
+
+
+# ---- regions (§9.2(e))
+
+def test_singapore_region_offers_its_models_at_its_url(make_app, tmp_path):
+    app = make_app(DASHSCOPE_REGION="singapore", DASHSCOPE_API_BASE="")
+    provider = app.extensions["providers"]["dashscope"]
+    assert provider.api_base() == "https://dashscope-intl.aliyuncs.com/api/v1"
+    ids = [m["id"] for m in provider.capabilities()["models"]]
+    assert ids == ds.REGIONS["singapore"]["models"]
+    assert "wan2.1-i2v-turbo" in ids and not any(i.startswith("wanx") for i in ids)
+    assert "wan2.2-i2v-flash" not in ids and "wanx2.0-t2i-turbo" not in ids
+
+
+def test_singapore_task_end_to_end(make_app):
+    fake = Server(polls_to_finish=2, region="singapore")
+    fake.start()
+    try:
+        app = make_app(DASHSCOPE_REGION="singapore", DASHSCOPE_API_BASE=fake.base_url)
+        client = app.test_client()
+        refused = client.post("/generate", json={"provider": "dashscope", "model_name": "wanx2.1-i2v-turbo",
+                                                 "image": b64(picture(640, 400))})
+        assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "unknown_model"
+        task_id = post_video(client, model_name="wan2.1-kf2v-plus", image_tail=b64(picture(640, 400, seed=2)),
+                             mode="720P")
+        task = finish(app, task_id)
+        assert task["status"] == "succeeded", task["error"]
+        assert [body["model"] for body in fake.requests_to(ds.KF2V_PATH)] == ["wan2.1-kf2v-plus"]
+        # The local server holds the region's model list like a Singapore key: a Beijing name is not found.
+        frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+        status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wanx2.1-i2v-turbo", "input": {"img_url": frame}})
+        assert status == 404 and body["code"] == "ModelNotFound" and body["message"] == "Model can not be found."
+    finally:
+        fake.stop()
+
+
+def test_virginia_offers_only_wan26_and_no_pictures(make_app):
+    app = make_app(DASHSCOPE_REGION="virginia", DASHSCOPE_API_BASE="")
+    table = app.extensions["providers"]["dashscope"].capabilities()
+    assert app.extensions["providers"]["dashscope"].api_base() == "https://dashscope-us.aliyuncs.com/api/v1"
+    assert [m["id"] for m in table["models"]] == ["wan2.6-i2v", "wan2.6-i2v-us", "wan2.6-t2v", "wan2.6-t2v-us"]
+    resp = app.test_client().post("/generate_image", json={"provider": "dashscope", "prompt": PROMPT})
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "unknown_model"
+
+
+def test_region_setting_is_checked_at_start():
+    import config
+
+    assert config.load_settings({"DASHSCOPE_REGION": "Singapore"})[0].DASHSCOPE_REGION == "singapore"
+    with pytest.raises(config.SettingsError, match="DASHSCOPE_REGION"):
+        config.load_settings({"DASHSCOPE_REGION": "mars"})
+    with pytest.raises(config.SettingsError, match="workspace"):
+        config.load_settings({"DASHSCOPE_REGION": "frankfurt"})
+    assert config.load_settings({"DASHSCOPE_REGION": "frankfurt", "DASHSCOPE_API_BASE": "https://w.example/api/v1"})
+
+
+def test_official_sdk_kf2v_is_accepted_like_our_client(app, client, fake, sdk):
+    frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+    created = sdk.VideoSynthesis.async_call(model="wan2.2-kf2v-flash", prompt=PROMPT, first_frame_url=frame,
+                                            last_frame_url=frame, resolution="720P", prompt_extend=False)
+    assert created.status_code == 200, created.message
+    done = sdk_wait(sdk.VideoSynthesis.fetch, created.output.task_id)
+    assert done.output.task_status == "SUCCEEDED"
+    (theirs,) = fake.requests_to(ds.KF2V_PATH)
+    assert {"first_frame_url", "last_frame_url"} <= set(theirs["input"])
