@@ -1,17 +1,24 @@
-"""A local DashScope (Model Studio) server for the Wan models, speaking PROVIDERS.md §3.
+"""A local DashScope (Model Studio) server for the Wan models, speaking PROVIDERS.md §3 and §9.2.
 
 Routes, under `prefix` ("" here; 302.ai mounts the same protocol under "/aliyun/api/v1"):
-`POST /services/aigc/video-generation/video-synthesis`, `POST /services/aigc/text2image/image-synthesis`,
-`GET /tasks/<id>`, `POST /tasks/<id>/cancel`, and the batch task query `GET /tasks/`. Like the real
-service it wants `Authorization: Bearer <key>` everywhere and `X-DashScope-Async: enable` on creates,
-answers errors as `{code, message, request_id}`, checks each model's resolutions and durations,
-`img_url` formats (http(s), `oss://`, or a `data:image/...;base64,` URI; raw Base64 is refused) and
-picture sides (360-2000 px, no transparency), `size` as "W*H" with sides 512-1440, `n` 1-4 (4 when
-left out), silently cuts prompts to 800 and negative prompts to 500 characters (keeping what it used
-in the task), moves tasks PENDING -> RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks,
-answers UNKNOWN for unknown or day-old ids, and refuses a third task in flight with 429
-Throttling.RateQuota. The task list checks its window (Beijing-time `YYYYMMDDhhmmss`, at most 24 h),
-`status`, `page_no` and `page_size` (1-100), and pages newest first.
+`POST /services/aigc/video-generation/video-synthesis` (image-to-video, text-to-video),
+`POST /services/aigc/image2video/video-synthesis` (first-and-last-frame, `*kf2v*` models only),
+`POST /services/aigc/text2image/image-synthesis`, `GET /tasks/<id>`, `POST /tasks/<id>/cancel`, and the
+batch task query `GET /tasks/`. Like the real service it wants `Authorization: Bearer <key>` everywhere
+and `X-DashScope-Async: enable` on creates, answers errors as `{code, message, request_id}`, knows
+only its `region`'s model list (another region's model is `404 ModelNotFound`, "Model can not be
+found."), checks each model's resolutions and durations, text-to-video `size` against the model's
+tiers, `parameters.audio` only where documented, `img_url` / `first_frame_url` / `last_frame_url`
+formats (http(s), `oss://`, or a `data:image/...;base64,` URI; raw Base64 is refused) and picture
+sides (360-2000 px, no transparency), text-to-image `size` as "W*H" with sides 512-1440 (wan2.5:
+total pixels 768²-1440², ratio 1:4-4:1), `n` 1-4 (4 when left out), `seed` 0-2147483647, silently
+cuts prompts to 800 (1500 for 2.5/2.6 video) and negative prompts to 500 characters (keeping what
+it used in the task), tolerates the SDK's deprecated `input.extend_prompt`, moves tasks PENDING ->
+RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks, answers UNKNOWN for unknown or day-old
+ids, and refuses a task beyond the model's documented in-flight cap (2 or 5; `concurrency_limit`
+sets one cap for every model) with 429 Throttling.RateQuota. The task list checks its window
+(Beijing-time `YYYYMMDDhhmmss`, at most 24 h), `status`, `page_no` and `page_size` (1-100), and
+pages newest first.
 
 Faults, queued with `inject(where, *names)`:
   "submit":   "rate_limit" (429 Throttling.RateQuota), "allocation_quota" (429 Throttling.AllocationQuota),
