@@ -296,7 +296,7 @@ class KlingClient:
         except ProviderError as exc:
             if exc.provider_code == NOT_FOUND and self.not_found_is_proof:
                 return None          # Kling's "not found": certainly not created, safe to submit
-            if exc.provider_code == NOT_FOUND or exc.http_status == 404:
+            if exc.provider_code == NOT_FOUND:
                 raise SubmitOutcomeUnknown(
                     f"{self.name} answered 'not found' to the lookup by our task id, which does not prove that "
                     "nothing was created (the lookup may not reach the model provider); outcome unknown, not "

@@ -14,6 +14,7 @@ import providers.http
 import task_query
 from app import create_app
 from errors import ProviderUnavailable, SubmitOutcomeUnknown
+from providers.capabilities import model_from_dict
 from providers.kling import MODELS, camera_control
 from tasks import parse_iso, utcnow
 from tests.conftest import b64, picture, run_pipeline
@@ -191,6 +192,9 @@ def test_v2_5_turbo_is_pro_only_and_says_why():
     (turbo,) = [m for m in MODELS if m["id"] == "kling-v2-5-turbo"]
     assert turbo["modes"] == ["pro"] and {c["mode"] for c in turbo["combos"]} == {"pro"}
     assert "pro only" in turbo["note"]
+    # Left out, the new options read as their documented defaults.
+    silent = model_from_dict(next(m for m in MODELS if m["id"] == "kling-v1-6"))
+    assert silent.option("sound_combos") == [] and silent.option("seed") is False and silent.option("note") is None
 
 
 def test_server_refuses_what_the_map_does_not_offer(fake):
