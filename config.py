@@ -9,8 +9,9 @@ a message naming the setting. Provider keys are secrets: they are never logged o
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROVIDER_NAMES = ("LOCAL", "KLING", "AI302", "DASHSCOPE", "LIBLIB")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
@@ -51,6 +52,8 @@ class Settings(BaseModel):
     AI302_API_BASE: str | None = None
     DASHSCOPE_API_KEY: str | None = None
     DASHSCOPE_API_BASE: str | None = None
+    # The region of the DashScope key: picks the base URL and the models offered (PROVIDERS.md §9.2(e)).
+    DASHSCOPE_REGION: Literal["beijing", "singapore", "virginia", "frankfurt"] = "beijing"
     LIBLIB_ACCESS_KEY: str | None = None
     LIBLIB_SECRET_KEY: str | None = None
     LIBLIB_API_BASE: str | None = None
@@ -78,6 +81,19 @@ class Settings(BaseModel):
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise ValueError("use 1 or 0 (true/false, yes/no, on/off)")
+
+    @model_validator(mode="after")
+    def frankfurt_needs_its_workspace_url(self):
+        """Frankfurt has only workspace URLs (`https://{WorkspaceId}.eu-central-1.maas.aliyuncs.com/api/v1`)."""
+        if self.DASHSCOPE_REGION == "frankfurt" and not self.DASHSCOPE_API_BASE:
+            raise ValueError("DASHSCOPE_REGION=frankfurt needs DASHSCOPE_API_BASE set to the workspace's URL")
+        return self
+
+    @field_validator("DASHSCOPE_REGION", mode="before")
+    @classmethod
+    def region_lower(cls, value):
+        """`Singapore` as well as `singapore`; `DASHSCOPE_REGION=` means the default."""
+        return (value.strip().lower() or "beijing") if isinstance(value, str) else value
 
     @field_validator("*", mode="before")
     @classmethod

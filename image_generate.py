@@ -6,14 +6,23 @@ its reference picture and a queued task and answers 202 at once.
 """
 
 from flask import Blueprint, current_app, render_template
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
 import access
 import idempotency
 import media
 import tasks
 from errors import ValidationError
-from validation import STRICT, Text, check_prompts, choose, decode_images, parse_body, provider_and_model
+from validation import (
+    STRICT,
+    Text,
+    check_prompts,
+    check_seed_and_prompt_extend,
+    choose,
+    decode_images,
+    parse_body,
+    provider_and_model,
+)
 
 bp = Blueprint("image_generate", __name__)
 
@@ -32,6 +41,8 @@ class ImageRequest(BaseModel):
     image_fidelity: float | None = Field(None, ge=0, le=1)
     human_fidelity: float | None = Field(None, ge=0, le=1)
     image_reference: Text | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=2147483647)
+    prompt_extend: bool | None = None
 
     @field_validator("image", mode="before")
     @classmethod
@@ -87,6 +98,7 @@ def check_image_request(req):
         else None,
         "image_reference": image_reference,
     }
+    params.update(check_seed_and_prompt_extend(model, req))
     return provider, model, params
 
 

@@ -133,12 +133,15 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
 
     `stopping` (an Event) ends the pass after the task in hand: a stopping studio sends nothing new.
     """
-    in_flight = {}      # provider -> concurrency slots held by tasks in flight
+    in_flight = {}      # provider, and (provider, model group) where it caps per model -> slots held
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
         if task and task["provider"] in providers:
-            slots = providers[task["provider"]].slots(task)
-            in_flight[task["provider"]] = in_flight.get(task["provider"], 0) + slots
+            provider = providers[task["provider"]]
+            slots = provider.slots(task)
+            in_flight[provider.name] = in_flight.get(provider.name, 0) + slots
+            if cap := provider.model_cap(task):
+                in_flight[(provider.name, cap[0])] = in_flight.get((provider.name, cap[0]), 0) + slots
     for task_id in store.ids_with_status((QUEUED,)):
         if stopping is not None and stopping.is_set():
             return
@@ -154,8 +157,13 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
         slots = provider.slots(task)
         if in_flight.get(provider.name, 0) + slots > max(provider.max_concurrency, slots):
             continue
+        cap = provider.model_cap(task)
+        if cap and in_flight.get((provider.name, cap[0]), 0) + slots > max(cap[1], slots):
+            continue
         if _submit(store, provider, task, now):
             in_flight[provider.name] = in_flight.get(provider.name, 0) + slots
+            if cap:
+                in_flight[(provider.name, cap[0])] = in_flight.get((provider.name, cap[0]), 0) + slots
 
 
 def _submit(store, provider, task, now):

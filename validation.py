@@ -71,7 +71,11 @@ def provider_and_model(provider_id, model_id, kind):
             field="provider")
     # Kling uses one id for a video and an image model (kling-v1 ...): look the id up among this kind.
     models = {m["id"]: m for m in provider.capabilities()["models"] if m["kind"] == kind}
-    model = models.get(model_id or next(iter(models)))
+    model = models.get(model_id or next(iter(models), None))
+    if model is None and not models:
+        # A provider may offer no model of this kind (DashScope's Virginia region: no pictures).
+        raise ValidationError(f"{provider_id} offers no {kind} models here.", code="unknown_model",
+                              field="model_name", status=422)
     if model is None:
         raise ValidationError(
             f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(models)}.",
@@ -117,3 +121,18 @@ def decode_images(fields):
         else:
             images[role] = media.decode_image(data, field)
     return images
+
+
+def check_seed_and_prompt_extend(model, req):
+    """The request's `seed` / `prompt_extend` where the model takes them (a 422 where it does not);
+    only the ones given, so a task records what the user chose and the provider default otherwise."""
+    chosen = {}
+    for name, what in (("seed", "a seed"), ("prompt_extend", "prompt_extend (prompt rewriting)")):
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if not model.get(name, False):
+            raise ValidationError(f"{model['id']} does not take {what}.", code="unsupported_value", field=name,
+                                  status=422)
+        chosen[name] = value
+    return chosen

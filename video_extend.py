@@ -6,14 +6,23 @@ existing scripts keep working. A good request stores its pictures and a queued t
 """
 
 from flask import Blueprint, current_app, render_template
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 import access
 import idempotency
 import media
 import tasks
 from errors import ValidationError
-from validation import STRICT, Text, check_prompts, choose, decode_images, parse_body, provider_and_model
+from validation import (
+    STRICT,
+    Text,
+    check_prompts,
+    check_seed_and_prompt_extend,
+    choose,
+    decode_images,
+    parse_body,
+    provider_and_model,
+)
 
 bp = Blueprint("video_extend", __name__)
 
@@ -32,6 +41,9 @@ class VideoRequest(BaseModel):
     cfg_scale: float | None = Field(None, ge=0, le=1)
     camera: Text | None = None
     aspect_ratio: Text | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=2147483647)
+    prompt_extend: bool | None = None
+    sound: bool | None = None
 
     @field_validator("image", "image_tail", mode="before")
     @classmethod
@@ -64,6 +76,9 @@ def check_video_request(req):
     if combo not in model["combos"]:
         raise ValidationError(f"{model['id']} does not offer {duration} s in {mode} mode.",
                               code="unsupported_value", field="duration", status=422)
+    if req.image_tail is None and req.image is not None and model.get("tail_required"):
+        raise ValidationError(f"{model['id']} makes a video between two frames: add a tail frame.",
+                              code="image_required", field="image_tail")
     if req.image_tail is not None:
         if req.image is None:
             raise ValidationError("A tail frame needs a first frame too.", code="image_required", field="image")
@@ -99,7 +114,38 @@ def check_video_request(req):
         "duration": duration, "cfg_scale": (req.cfg_scale if req.cfg_scale is not None else 0.5)
         if model["cfg_scale"] else None, "camera": camera, "aspect_ratio": aspect_ratio,
     }
+    params.update(check_seed_and_prompt_extend(model, req))
+    sound = _check_sound(model, req, combo)
+    if sound is not None:
+        params["sound"] = sound
     return provider, model, params
+
+
+def _check_sound(model, req, combo):
+    """Whether the video has sound (None for a model that is always silent)."""
+    sound_combos = model.get("sound_combos", [])
+    if not sound_combos:
+        if req.sound:
+            raise ValidationError(f"{model['id']} makes silent video only.", code="unsupported_value",
+                                  field="sound", status=422)
+        return None
+    default = model.get("sound_default", False)
+    if req.sound is not None and req.sound != default and not model.get("sound_switch", True):
+        raise ValidationError(f"{model['id']} decides about sound itself: leave the sound setting out.",
+                              code="unsupported_value", field="sound", status=422)
+    sound = default if req.sound is None else req.sound
+    if req.image_tail is not None and not model.get("sound_with_tail", True):
+        if req.sound:
+            raise ValidationError(f"{model['id']} makes silent video only with a tail frame.",
+                                  code="unsupported_value", field="sound", status=422)
+        return False
+    if sound and combo not in sound_combos:
+        if req.sound is None:
+            return False            # the default asked for sound where it is not offered: silent
+        offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in sound_combos)
+        raise ValidationError(f"{model['id']} makes sound only with: {offered}.", code="unsupported_value",
+                              field="sound", status=422)
+    return sound
 
 
 @bp.post("/generate")

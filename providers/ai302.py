@@ -5,16 +5,21 @@ module composes the Kling and DashScope protocol clients (`kling.KlingClient`,
 `dashscope.WanClient`), each configured with only what differs: where requests go, how they are
 authorised (`Authorization: Bearer AI302_API_KEY`), and how 302's own gateway errors read:
 a non-2xx answer whose JSON is `{"error": {message, err_code}}` comes from 302 before anything
-reached the model provider, so it never means "maybe created". Two 302 specifics: the Kling
-create answer may carry the id at `data.task.id` instead of `data.task_id`, and 302 adds the
-DashScope async header itself, as its own SDK shows (we do not send it).
+reached the model provider, so it never means "maybe created". 302 specifics (§9.3): the Kling
+create answer comes with or without Kling's `code` (302's own `{"status": 200, "result": 1}`) and
+carries the id at `data.task_id` or `data.task.id` — a 2xx answer is never a failure, and one without
+a readable id is "outcome unknown"; a lookup by our id that 302 answers "not found" proves nothing
+(302 documents no such lookup), so such a task fails as outcome unknown, with the late check, and is
+not re-sent; Wan's success reads `SUCCEEDED` or `SUCCESS`; 302 adds the DashScope async header
+itself, as its own SDK shows (we do not send it); the first-and-last-frame endpoint is not among
+302's documented Wan paths, so those models are not offered here.
 """
 
 from dataclasses import replace
 
 from errors import ProviderAuthError, ProviderQuotaError, ProviderRateLimited, ProviderRejected, ProviderUnavailable
 from providers import dashscope, kling
-from providers.base import N_, Provider
+from providers.base import N_, Provider, ReportState
 from providers.capabilities import ProviderTable
 from providers.errors_map import SERVER_ERRORS, map_error, rule
 
@@ -57,6 +62,18 @@ def _kling_gateway_error(response, envelope):
     return None if "code" in envelope else gateway_error(response)
 
 
+def _kling_accepted(response, envelope):
+    """302's Kling answers: the official envelope (`code == 0`), or 302's own code-less one
+    (`{"status": 200, "result": 1, "data": ...}`, §9.3). A 2xx answer with neither a Kling `code` nor
+    302's `error` object is taken as accepted too: whether it carries an id then decides between
+    "created" and "outcome unknown", never a plain failure, because 302 may have billed for it."""
+    if not response.ok:
+        return False
+    if "code" in envelope:
+        return envelope["code"] == 0
+    return "error" not in envelope
+
+
 def _created_task_id(data):
     """302's Kling create answer may carry the id at `data.task.id` instead of `data.task_id`."""
     task = data.get("task") if isinstance(data, dict) else None
@@ -77,14 +94,19 @@ class Ai302Provider(Provider):
         self.kling_http = self.make_http(base + "/klingai")
         self.wan_http = self.make_http(base + "/aliyun/api/v1")
         self.kling = kling.KlingClient(self.name, self.kling_http, self._authorization, self.input_path,
-                                       created_task_id=_created_task_id, gateway=_kling_gateway_error)
+                                       created_task_id=_created_task_id, gateway=_kling_gateway_error,
+                                       accepted=_kling_accepted,
+                                       # 302 documents no lookup by external id (§9.3): "not found" is no proof
+                                       not_found_is_proof=False)
         self.wan = dashscope.WanClient(
             self.name, self.wan_http, api_key=config.get(KEY_SETTING), key_setting=KEY_SETTING,
             input_path=self.input_path, data_dir=self.data_dir,
             read_timeout=float(config.get("HTTP_TIMEOUT_SECONDS") or 30),
             async_header=False,     # 302 adds X-DashScope-Async itself; its own SDK never sends it
             lists_tasks=False,      # 302's account is shared and its pass-through of the task list unverified
-            gateway=gateway_error)
+            gateway=gateway_error,
+            # 302's SDK checks SUCCEEDED; one guide shows SUCCESS (§9.3): both are success.
+            states={**dashscope.STATES, "SUCCESS": ReportState.SUCCEEDED})
 
     def _authorization(self, fresh=False):
         return f"Bearer {self.config.get(KEY_SETTING)}"     # a plain key: nothing to mint afresh
@@ -97,7 +119,7 @@ class Ai302Provider(Provider):
 
     def capabilities(self):
         models = [_relabelled(m, "Kling") for m in kling.MODEL_TABLE] + [
-            _relabelled(m, "Wan") for m in dashscope.model_table()]
+            _relabelled(m, "Wan") for m in dashscope.model_table(dashscope.PROXY_MODELS)]
         return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), models).as_dict()
 
     def slots(self, task):

@@ -154,6 +154,11 @@ class Provider:
         """Concurrency slots a task holds at the provider while in flight (Kling: n per image task)."""
         return 1
 
+    def model_cap(self, task):
+        """(group, cap) when the provider limits tasks in flight per model as well (DashScope: each
+        Wan model has its own documented cap), or None; the dispatcher holds both limits."""
+        return None
+
     def input_path(self, task, role):
         """Absolute path of the task's input picture with this role, or None."""
         for item in task.get("inputs") or []:

@@ -41,13 +41,15 @@ class _Table:
         if value is not None:
             return value
         default = self.DEFAULTS[name]
-        return getattr(self, default) if default in {f.name for f in fields(self)} else default
+        # A default that names another field reads that field (a list default is never a name).
+        named = isinstance(default, str) and default in {f.name for f in fields(self)}
+        return getattr(self, default) if named else default
 
     @classmethod
     def from_dict(cls, table):
         """The typed form of a table entry (round-trips with as_dict)."""
         values = {key: value for key, value in table.items() if key != "kind"}
-        for key in ("combos", "tail_combos", "camera_combos"):
+        for key in ("combos", "tail_combos", "camera_combos", "sound_combos"):
             if values.get(key) is not None:
                 values[key] = [Combo(**cell) for cell in values[key]]
         return cls(**values)
@@ -76,10 +78,19 @@ class VideoModel(_Table):
     camera_combos: list | None = None       # [Combo] where a camera move is allowed [any combo]
     camera_for: list | None = None          # "text_to_video"/"image_to_video" with a camera move [both]
     camera_with_tail: bool | None = None    # whether a camera move may go with a tail frame [True]
+    tail_required: bool | None = None       # the model makes video between two frames only [False]
+    sound_combos: list | None = None        # [Combo] where the video may have sound ([] = always silent) [[]]
+    sound_default: bool | None = None       # sound when a request does not say [False]
+    sound_with_tail: bool | None = None     # whether sound may go with a tail frame [True]
+    sound_switch: bool | None = None        # whether a request may choose; False = the model adds it itself [True]
+    seed: bool | None = None                # takes a user's `seed` (0..2147483647) [False]
+    prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
+    note: str | None = None                 # where sources disagree: the reading the table takes [None]
 
     DEFAULTS = {"mode_label": "Mode", "max_negative_prompt": "max_prompt", "negative_prompt": True,
                 "camera_combos": "combos", "camera_for": ["text_to_video", "image_to_video"],
-                "camera_with_tail": True}
+                "camera_with_tail": True, "tail_required": False, "sound_combos": [], "sound_default": False,
+                "sound_with_tail": True, "sound_switch": True, "seed": False, "prompt_extend": False, "note": None}
 
 
 @dataclass(frozen=True)
@@ -102,8 +113,12 @@ class ImageModel(_Table):
     max_negative_prompt: int | None = None  # [max_prompt]
     negative_prompt: bool | None = None     # whether a negative prompt is accepted at all [True]
     prompt_required: bool | None = None     # a prompt is needed even with a reference picture [False]
+    seed: bool | None = None                # takes a user's `seed` (0..2147483647) [False]
+    prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
+    note: str | None = None                 # where sources disagree: the reading the table takes [None]
 
-    DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False}
+    DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False,
+                "seed": False, "prompt_extend": False, "note": None}
 
 
 def model_from_dict(table):

@@ -1,20 +1,29 @@
-"""Aliyun DashScope (Model Studio) Wan models: image-to-video and text-to-image (PROVIDERS.md §3).
+"""Aliyun DashScope (Model Studio) Wan models: video from a first frame, from a first and a last
+frame, or from text, and text-to-image (PROVIDERS.md §3 and §9.2).
 
-Both kinds are asynchronous tasks: a create call (`X-DashScope-Async: enable`) answers with
+Every kind is an asynchronous task: a create call (`X-DashScope-Async: enable`) answers with
 `output.task_id`, `GET /tasks/{id}` reports PENDING/RUNNING/SUCCEEDED/FAILED/CANCELED/UNKNOWN and
-the result URLs, which (like the task id) live 24 h. Decisions worth knowing:
+the result URLs, which (like the task id) live 24 h. First-and-last-frame models (`*kf2v*`) have
+their own endpoint (`/services/aigc/image2video/video-synthesis`, `first_frame_url` /
+`last_frame_url`); text-to-video takes an exact `size` per resolution tier. Decisions worth knowing:
 
-- `prompt_extend` is sent as false: DashScope's default (true) has an LLM rewrite the prompt, so the
-  video would follow text the user never wrote and the task takes longer. A `WanClient` may flip
-  `prompt_extend`; the rewritten text (`actual_prompt`) is kept in each output's meta.
+- `DASHSCOPE_REGION` picks the base URL *and* the region's model list (keys, URLs and models belong
+  to one region, §9.2(e)); `DASHSCOPE_API_BASE` still overrides the URL.
+- Tasks in flight are capped per model as documented (2 or 5, `model_cap`, §9.2(f)), and
+  submissions are spaced to each model's documented rate.
+- `prompt_extend` is sent as false unless the user asks for it: DashScope's default (true) has an
+  LLM rewrite the prompt, so the video would follow text the user never wrote and the task takes
+  longer. The rewritten text (`actual_prompt`) is kept in each output's meta. `seed` is sent when
+  the user gives one.
 - `n` is always sent: DashScope's default is 4 images, billed per image.
-- The service silently truncates prompts past 800 (negative 500) characters, so the capability table
-  refuses longer text instead.
-- The first frame goes as a `data:{mime};base64,` URI, the mime from the file's real format. Wan takes
-  sides of 360-2000 px (the newest page says 240-8000; we keep the narrower, older rule): a picture
-  with a side under 360 px is refused before anything is sent, a larger one is scaled down to fit
-  2000 px (the video is at most 1080P, so nothing is lost), and a PNG with transparency, which Wan
-  does not take, is flattened onto white.
+- The service silently truncates prompts past 800 (1500 for 2.5/2.6 video; negative 500) characters,
+  so the capability table refuses longer text instead.
+- Frames go as `data:{mime};base64,` URIs, the mime from the file's real format. Every source accepts
+  sides of 360-2000 px: a frame down to 240 px on its short side is scaled up to 360 px, a larger one
+  down to 2000 px, a PNG with transparency (which Wan does not take) is flattened onto white, and a
+  file over 10 MB is re-encoded (JPEG quality steps, then smaller).
+- Audio: wan2.6-i2v-flash has a documented switch (`parameters.audio`); wan2.5 and wan2.6-i2v add
+  audio themselves (no switch is offered); the older models are silent.
 - Partial image success: a task with n > 1 SUCCEEDS when at least one image was made; the failed
   entries (`code`, `message`) are reported in `cost["partial_failures"]` (the task record keeps
   `cost`) and in the status message, and only the images that were made are outputs.
@@ -32,6 +41,7 @@ that speaks the same protocol (302.ai's `/aliyun/api/v1`) uses it too; the model
 import base64
 import io
 import logging
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 from PIL import Image, ImageOps
@@ -48,7 +58,7 @@ from errors import (
     ProviderUnavailable,
     SubmitOutcomeUnknown,
 )
-from providers.base import N_, Provider, ProviderStatus, RemoteOutput
+from providers.base import N_, Provider, ProviderStatus, RemoteOutput, Throttle
 from providers.base import ReportState as State
 from providers.capabilities import ImageModel, ProviderTable, VideoModel, combos
 from providers.errors_map import OTHER, SERVER_ERRORS, SUBMIT, map_error, rule
@@ -57,36 +67,133 @@ from providers.http import json_body
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://dashscope.aliyuncs.com/api/v1"
-VIDEO_PATH = "/services/aigc/video-generation/video-synthesis"
+VIDEO_PATH = "/services/aigc/video-generation/video-synthesis"   # image-to-video and text-to-video
+KF2V_PATH = "/services/aigc/image2video/video-synthesis"         # first-and-last-frame video (§9.2(a))
 IMAGE_PATH = "/services/aigc/text2image/image-synthesis"
 RESULT_LIFETIME = timedelta(hours=24)
 MAX_PROMPT, MAX_NEGATIVE_PROMPT = 800, 500
-MIN_SIDE, MAX_SIDE = 360, 2000          # sides of the first frame Wan image-to-video takes
+LONG_PROMPT = 1500      # wan2.5 / wan2.6 video (older pages said 2000; the lower figure is safe) [D-i2v]
+# Picture sides every source accepts (§9.2(g)): 360-2000 px. A first or last frame down to 240 px on
+# its short side (the newest page's minimum) is scaled up to 360 px before it is sent.
+MIN_SIDE, SEND_MIN_SIDE, MAX_SIDE = 240, 360, 2000
+MAX_PICTURE_BYTES = 10 * 1024 * 1024    # 10 MB: the lower figure where mirrors disagree (2.5/2.6: 20 MB [?])
 
-# Image-to-video models (§3.3): resolution tiers and durations, cheapest first, because the first
-# value is what the studio uses when a request leaves it out. All silent, no tail frame.
-VIDEO_MODELS = {
-    "wan2.2-i2v-flash": {"label": "Wan 2.2 Flash (image to video)",
-                         "resolutions": ["480P", "720P", "1080P"], "durations": ["5"]},
-    "wan2.2-i2v-plus": {"label": "Wan 2.2 Plus (image to video)",
-                        "resolutions": ["480P", "1080P"], "durations": ["5"]},
-    "wanx2.1-i2v-turbo": {"label": "Wanx 2.1 Turbo (image to video)",
-                          "resolutions": ["480P", "720P"], "durations": ["3", "4", "5"]},
-    "wanx2.1-i2v-plus": {"label": "Wanx 2.1 Plus (image to video)",
-                         "resolutions": ["720P"], "durations": ["5"]},
+# Text-to-video `size` per resolution tier and aspect ratio (§9.2(c); [D-t2v]). The three ratios
+# every tier has are offered.
+T2V_SIZES = {
+    "480P": {"16:9": "832*480", "9:16": "480*832", "1:1": "624*624"},
+    "720P": {"16:9": "1280*720", "9:16": "720*1280", "1:1": "960*960"},
+    "1080P": {"16:9": "1920*1080", "9:16": "1080*1920", "1:1": "1440*1440"},
 }
-# Text-to-image models (§3.4), all on the same endpoint with the same parameters.
+T2V_RATIOS = ["16:9", "9:16", "1:1"]
+
+
+def _seconds(low, high):
+    return [str(n) for n in range(low, high + 1)]
+
+
+# Wan video models, by the id each region's model list uses. `kind`: i2v (first frame, `img_url`),
+# kf2v (first and last frame, its own endpoint), t2v (text, `size`). Resolutions and durations are
+# cheapest first: the first value is what the studio uses when a request leaves it out. `audio`:
+# None = silent; "auto" = the model adds audio itself, no documented switch; "switch" =
+# `parameters.audio` (default on). `cap` = tasks in flight at once per account, `rps` = submissions
+# a second (§9.2(f) [D-rl]). Sources: §3.3 and §9.2(a)-(c) [D-i2v][D-i2v-3p][D-kf2v][D-t2v].
+def _i2v(label, resolutions, durations, cap=2, rps=2, audio=None, long_prompt=False, note=None):
+    return {"kind": "i2v", "label": label, "resolutions": resolutions, "durations": durations, "cap": cap,
+            "rps": rps, "audio": audio, "max_prompt": LONG_PROMPT if long_prompt else MAX_PROMPT, "note": note}
+
+
+def _kf2v(label, resolutions, rps=2):
+    return {**_i2v(label, resolutions, ["5"], rps=rps), "kind": "kf2v"}
+
+
+def _t2v(label, resolutions, durations, cap=2, audio=None, long_prompt=False, note=None):
+    return {**_i2v(label, resolutions, durations, cap=cap, rps=cap, audio=audio, long_prompt=long_prompt,
+                   note=note), "kind": "t2v"}
+
+
+WAN26_DURATIONS_NOTE = ("Duration: the current reference says 2-15 s, older copies 5/10/15 s; the studio offers "
+                        "5, 10 and 15 s, which both allow.")
+WAN26_I2V = _i2v("Wan 2.6 (image to video, with audio)", ["720P", "1080P"], ["5", "10", "15"], cap=5, rps=5,
+                 audio="auto", long_prompt=True,
+                 note=WAN26_DURATIONS_NOTE + " Whether parameters.audio applies to this model is told both "
+                      "ways, so no audio switch is offered; the model adds audio itself.")
+WAN26_T2V = _t2v("Wan 2.6 (text to video)", ["720P", "1080P"], ["5", "10", "15"], cap=5, long_prompt=True,
+                 note=WAN26_DURATIONS_NOTE + " The sources read document no audio setting for it.")
+VIDEO_MODELS = {
+    "wan2.2-i2v-flash": _i2v("Wan 2.2 Flash (image to video)", ["480P", "720P", "1080P"], ["5"]),
+    "wan2.2-i2v-plus": _i2v("Wan 2.2 Plus (image to video)", ["480P", "1080P"], ["5"]),
+    "wanx2.1-i2v-turbo": _i2v("Wanx 2.1 Turbo (image to video)", ["480P", "720P"], ["3", "4", "5"]),
+    "wanx2.1-i2v-plus": _i2v("Wanx 2.1 Plus (image to video)", ["720P"], ["5"]),
+    "wan2.1-i2v-turbo": _i2v("Wan 2.1 Turbo (image to video)", ["480P", "720P"], ["3", "4", "5"]),
+    "wan2.1-i2v-plus": _i2v("Wan 2.1 Plus (image to video)", ["720P"], ["5"]),
+    "wan2.5-i2v-preview": _i2v("Wan 2.5 Preview (image to video, with audio)", ["480P", "720P", "1080P"],
+                               ["5", "10"], cap=5, rps=5, audio="auto", long_prompt=True),
+    "wan2.6-i2v": WAN26_I2V,
+    "wan2.6-i2v-us": {**WAN26_I2V, "label": "Wan 2.6 US (image to video, with audio)"},
+    "wan2.6-i2v-flash": _i2v("Wan 2.6 Flash (image to video, audio on/off)", ["720P", "1080P"], _seconds(2, 15),
+                             cap=5, rps=5, audio="switch", long_prompt=True),
+    "wan2.2-kf2v-flash": _kf2v("Wan 2.2 Flash (first and last frame)", ["480P", "720P", "1080P"]),
+    "wanx2.1-kf2v-plus": _kf2v("Wanx 2.1 Plus (first and last frame)", ["720P"]),
+    "wan2.1-kf2v-plus": _kf2v("Wan 2.1 Plus (first and last frame)", ["720P"], rps=1),
+    "wanx2.1-t2v-turbo": _t2v("Wanx 2.1 Turbo (text to video)", ["480P", "720P"], ["5"]),
+    "wanx2.1-t2v-plus": _t2v("Wanx 2.1 Plus (text to video)", ["720P"], ["5"]),
+    "wan2.1-t2v-turbo": _t2v("Wan 2.1 Turbo (text to video)", ["480P", "720P"], ["5"]),
+    "wan2.1-t2v-plus": _t2v("Wan 2.1 Plus (text to video)", ["720P"], ["5"]),
+    "wan2.2-t2v-plus": _t2v("Wan 2.2 Plus (text to video)", ["480P", "1080P"], ["5"]),
+    "wan2.5-t2v-preview": _t2v("Wan 2.5 Preview (text to video, with audio)", ["480P", "720P", "1080P"],
+                               ["5", "10"], cap=5, audio="auto", long_prompt=True),
+    "wan2.6-t2v": WAN26_T2V,
+    "wan2.6-t2v-us": {**WAN26_T2V, "label": "Wan 2.6 US (text to video)"},
+}
+# Text-to-image models (§3.4, §9.2(d)), all on the same endpoint with the same parameters.
 IMAGE_MODELS = {
-    "wanx2.1-t2i-turbo": "Wanx 2.1 Turbo (text to image)",
-    "wanx2.1-t2i-plus": "Wanx 2.1 Plus (text to image)",
-    "wanx2.0-t2i-turbo": "Wanx 2.0 Turbo (text to image)",
+    "wanx2.1-t2i-turbo": {"label": "Wanx 2.1 Turbo (text to image)", "cap": 2},
+    "wanx2.1-t2i-plus": {"label": "Wanx 2.1 Plus (text to image)", "cap": 2},
+    "wanx2.0-t2i-turbo": {"label": "Wanx 2.0 Turbo (text to image)", "cap": 2},
+    "wan2.1-t2i-turbo": {"label": "Wan 2.1 Turbo (text to image)", "cap": 2},
+    "wan2.1-t2i-plus": {"label": "Wan 2.1 Plus (text to image)", "cap": 2},
+    "wan2.2-t2i-flash": {"label": "Wan 2.2 Flash (text to image)", "cap": 2},
+    "wan2.2-t2i-plus": {"label": "Wan 2.2 Plus (text to image)", "cap": 2},
+    "wan2.5-t2i-preview": {"label": "Wan 2.5 Preview (text to image)", "cap": 5, "sizes": "large",
+                           "note": "Total pixels: [768x768, 1440x1440] in the reference, at least 1280x1280 in "
+                                   "one mirror; the studio's sizes satisfy both."},
 }
 # Our aspect ratios as DashScope `size` "W*H": every side within 512..1440, at most about 2 MP.
 IMAGE_SIZES = {
     "1:1": (1024, 1024), "16:9": (1280, 720), "9:16": (720, 1280), "4:3": (1152, 864),
     "3:4": (864, 1152), "3:2": (1248, 832), "2:3": (832, 1248), "21:9": (1440, 616),
 }
+# wan2.5-t2i-preview: total pixels within [1280², 1440²] (the stricter of the two lower bounds), ratio 1:4..4:1.
+LARGE_IMAGE_SIZES = {
+    "1:1": (1280, 1280), "16:9": (1728, 960), "9:16": (960, 1728), "4:3": (1504, 1128),
+    "3:4": (1128, 1504), "3:2": (1584, 1056), "2:3": (1056, 1584), "21:9": (2016, 864),
+}
 IMAGE_N_MAX = 4
+
+# Which models each region's keys can use, and its base URL (§9.2(e) [D-rl][D-kf2v]); the order is
+# the table's (the first video and image model are the defaults). Singapore names 2.1 models
+# `wan2.1-*`; `wan2.2-kf2v-flash` appears in a Singapore sample but not in its model list [?], so it
+# is not offered there. Frankfurt has only workspace URLs: DASHSCOPE_API_BASE is required there.
+REGIONS = {
+    "beijing": {"base": DEFAULT_API_BASE, "models": [
+        "wan2.2-i2v-flash", "wan2.2-i2v-plus", "wanx2.1-i2v-turbo", "wanx2.1-i2v-plus", "wan2.5-i2v-preview",
+        "wan2.6-i2v", "wan2.6-i2v-flash", "wan2.2-kf2v-flash", "wanx2.1-kf2v-plus", "wanx2.1-t2v-turbo",
+        "wanx2.1-t2v-plus", "wan2.2-t2v-plus", "wan2.5-t2v-preview", "wan2.6-t2v",
+        "wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo", "wan2.2-t2i-flash", "wan2.2-t2i-plus",
+        "wan2.5-t2i-preview"]},
+    "singapore": {"base": "https://dashscope-intl.aliyuncs.com/api/v1", "models": [
+        "wan2.2-i2v-plus", "wan2.1-i2v-turbo", "wan2.1-i2v-plus", "wan2.5-i2v-preview", "wan2.6-i2v",
+        "wan2.6-i2v-flash", "wan2.1-kf2v-plus", "wan2.1-t2v-turbo", "wan2.1-t2v-plus", "wan2.2-t2v-plus",
+        "wan2.5-t2v-preview", "wan2.6-t2v",
+        "wan2.1-t2i-turbo", "wan2.1-t2i-plus", "wan2.2-t2i-flash", "wan2.2-t2i-plus", "wan2.5-t2i-preview"]},
+    "virginia": {"base": "https://dashscope-us.aliyuncs.com/api/v1", "models": [
+        "wan2.6-i2v", "wan2.6-i2v-us", "wan2.6-t2v", "wan2.6-t2v-us"]},
+    "frankfurt": {"base": None, "models": ["wan2.6-i2v", "wan2.6-t2v"]},
+}
+# 302.ai's /aliyun pass-through: Beijing names [302-sdk], on the two documented paths (§2.5); the
+# first-and-last-frame endpoint is not among them, so the kf2v models are not offered through 302.
+PROXY_MODELS = [m for m in REGIONS["beijing"]["models"] if VIDEO_MODELS.get(m, {}).get("kind") != "kf2v"]
 
 STATES = {"PENDING": State.QUEUED, "RUNNING": State.RUNNING, "SUSPENDED": State.RUNNING,
           "SUCCEEDED": State.SUCCEEDED, "FAILED": State.FAILED, "CANCELED": State.CANCELLED, "UNKNOWN": State.FAILED}
@@ -129,40 +236,56 @@ ERRORS = [
 ]
 
 
-def model_table():
-    """The capability-table entries of the Wan models (shared with proxies of this protocol)."""
-    videos = [
-        VideoModel(id=model_id, label=spec["label"], image_to_video=True, text_to_video=False,
-                   modes=list(spec["resolutions"]), mode_label=RESOLUTION_LABEL, durations=list(spec["durations"]),
-                   combos=combos((r, d) for r in spec["resolutions"] for d in spec["durations"]),
-                   tail_combos=[], cfg_scale=False, cameras=[], aspect_ratios=[], max_prompt=MAX_PROMPT,
-                   max_negative_prompt=MAX_NEGATIVE_PROMPT)
-        for model_id, spec in VIDEO_MODELS.items()]
-    images = [
-        ImageModel(id=model_id, label=label, text_to_image=True, image_to_image=False,
-                   aspect_ratios=list(IMAGE_SIZES), n_min=1, n_max=IMAGE_N_MAX, image_fidelity=False,
-                   human_fidelity=False, image_reference=[], negative_prompt_with_image=False,
-                   max_prompt=MAX_PROMPT, max_negative_prompt=MAX_NEGATIVE_PROMPT)
-        for model_id, label in IMAGE_MODELS.items()]
-    return videos + images
+def model_table(models=None):
+    """The capability-table entries of the given Wan models (a region's, or a proxy's; Beijing's by default)."""
+    table = []
+    for model_id in models or REGIONS["beijing"]["models"]:
+        if model_id in VIDEO_MODELS:
+            table.append(_video_entry(model_id, VIDEO_MODELS[model_id]))
+        else:
+            spec = IMAGE_MODELS[model_id]
+            table.append(ImageModel(
+                id=model_id, label=spec["label"], text_to_image=True, image_to_image=False,
+                aspect_ratios=list(IMAGE_SIZES), n_min=1, n_max=IMAGE_N_MAX, image_fidelity=False,
+                human_fidelity=False, image_reference=[], negative_prompt_with_image=False,
+                max_prompt=MAX_PROMPT, max_negative_prompt=MAX_NEGATIVE_PROMPT, seed=True, prompt_extend=True,
+                note=spec.get("note")))
+    return table
+
+
+def _video_entry(model_id, spec):
+    cells = combos((r, d) for r in spec["resolutions"] for d in spec["durations"])
+    t2v = spec["kind"] == "t2v"
+    return VideoModel(
+        id=model_id, label=spec["label"], image_to_video=not t2v, text_to_video=t2v,
+        modes=list(spec["resolutions"]), mode_label=RESOLUTION_LABEL, durations=list(spec["durations"]),
+        combos=cells, tail_combos=cells if spec["kind"] == "kf2v" else [], cfg_scale=False, cameras=[],
+        aspect_ratios=list(T2V_RATIOS) if t2v else [], max_prompt=spec["max_prompt"],
+        max_negative_prompt=MAX_NEGATIVE_PROMPT, tail_required=True if spec["kind"] == "kf2v" else None,
+        sound_combos=cells if spec["audio"] else None, sound_default=True if spec["audio"] else None,
+        sound_switch=False if spec["audio"] == "auto" else None, seed=True, prompt_extend=True, note=spec["note"])
 
 
 class DashScopeProvider(Provider):
-    """Wan image-to-video and text-to-image through DashScope's asynchronous HTTP API."""
+    """Wan video and text-to-image through DashScope's asynchronous HTTP API, in one region."""
 
     name = "dashscope"
     key_setting = "DASHSCOPE_API_KEY"   # named in error messages
-    # DashScope publishes 2 tasks in flight per model for Wan 2.1 and nothing firmer for the newer
-    # models; one cap of 2 for the whole provider stays on the safe side (DASHSCOPE_MAX_CONCURRENCY).
-    max_concurrency = 2
+    # DashScope limits tasks in flight per model (2 or 5, §9.2(f)), which `model_cap` gives the
+    # dispatcher; this is only the studio's own ceiling for all Wan models together.
+    max_concurrency = 10
     query_rate = 20         # documented: about 20 status queries a second per account
 
     def __init__(self, config):
         super().__init__(config)
+        self.region = config.get("DASHSCOPE_REGION") or "beijing"
+        self.models = REGIONS[self.region]["models"]
         self.http = self.make_http(self.api_base())
         self.client = WanClient(self.name, self.http, api_key=self.api_key(), key_setting=self.key_setting,
                                 input_path=self.input_path, data_dir=self.data_dir,
                                 read_timeout=float(config.get("HTTP_TIMEOUT_SECONDS") or 30))
+        self._submit_throttles = {}     # model -> Throttle at its documented submissions a second
+        self._throttles_lock = threading.Lock()
 
     # ---- where a proxy of the same protocol differs
 
@@ -170,7 +293,9 @@ class DashScopeProvider(Provider):
         return self.config.get("DASHSCOPE_API_KEY")
 
     def api_base(self):
-        return (self.config.get("DASHSCOPE_API_BASE") or DEFAULT_API_BASE).rstrip("/")
+        """DASHSCOPE_API_BASE (a proxy, a workspace URL, a local server), else the region's URL."""
+        base = self.config.get("DASHSCOPE_API_BASE") or REGIONS[self.region]["base"] or DEFAULT_API_BASE
+        return base.rstrip("/")
 
     # ---- the provider interface: the protocol is the client's
 
@@ -178,9 +303,18 @@ class DashScopeProvider(Provider):
         return bool(self.api_key())
 
     def capabilities(self):
-        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), model_table()).as_dict()
+        return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), model_table(self.models)).as_dict()
+
+    def model_cap(self, task):
+        spec = VIDEO_MODELS.get(task["model"]) or IMAGE_MODELS.get(task["model"])
+        return (task["model"], spec["cap"]) if spec else None
 
     def submit(self, task):
+        spec = VIDEO_MODELS.get(task["model"])
+        rps = spec["rps"] if spec else IMAGE_MODELS.get(task["model"], {}).get("cap", 2)
+        with self._throttles_lock:
+            throttle = self._submit_throttles.setdefault(task["model"], Throttle(rps))
+        throttle.wait()         # DashScope counts submissions a second per model (§9.2(f))
         return self.client.submit(task)
 
     def query(self, task):
@@ -202,7 +336,7 @@ class WanClient:
     """
 
     def __init__(self, name, http, *, api_key, key_setting, input_path, data_dir, read_timeout,
-                 async_header=True, lists_tasks=True, prompt_extend=False, gateway=None):
+                 async_header=True, lists_tasks=True, prompt_extend=False, gateway=None, states=None):
         self.name = name
         self.http = http
         self.api_key = api_key
@@ -214,6 +348,7 @@ class WanClient:
         self.lists_tasks = lists_tasks
         self.prompt_extend = prompt_extend
         self.gateway = gateway
+        self.states = states or STATES
 
     def auth_headers(self):
         return {"Authorization": f"Bearer {self.api_key}"}
@@ -225,7 +360,8 @@ class WanClient:
     def submit(self, task):
         """Create the task at DashScope and return its task id."""
         if task["kind"] == "video":
-            path, body = VIDEO_PATH, self.video_body(task)
+            kf2v = VIDEO_MODELS.get(task["model"], {}).get("kind") == "kf2v"
+            path, body = (KF2V_PATH if kf2v else VIDEO_PATH), self.video_body(task)
         else:
             path, body = IMAGE_PATH, self.image_body(task)
         headers = {**self.auth_headers(), "Content-Type": "application/json", **self.async_headers()}
@@ -261,7 +397,7 @@ class WanClient:
             return ProviderStatus(State.FAILED, raw, error_code="task_unknown", message=(
                 f"{self.name} no longer knows this task: task ids expire after 24 h, or the key or "
                 "region changed since it was submitted."))
-        state = STATES.get(raw, State.RUNNING)        # a status we do not know yet: still running
+        state = self.states.get(raw, State.RUNNING)   # a status we do not know yet: still running
         if state == State.FAILED:
             return ProviderStatus(State.FAILED, raw, error_code=output.get("code") or "provider_failed",
                                   message=output.get("message") or f"{self.name} reported the task as failed.",
@@ -343,41 +479,68 @@ class WanClient:
     # ---- request bodies
 
     def video_body(self, task):
-        """The image-to-video create body (§3.3)."""
+        """The create body: image-to-video (§3.3), first-and-last-frame (§9.2(a)) or text-to-video (§9.2(c))."""
         params = task["params"]
-        _check_prompts(self.name, params)
-        body_input = {"img_url": self._data_uri(self.input_path(task, "first"))}
+        spec = VIDEO_MODELS.get(task["model"]) or _i2v(task["model"], [], [])
+        _check_prompts(self.name, params, spec["max_prompt"])
+        body_input = {}
+        parameters = {"duration": int(params["duration"])}
+        if spec["kind"] == "t2v":
+            parameters["size"] = T2V_SIZES[params["mode"]][params.get("aspect_ratio") or T2V_RATIOS[0]]
+        else:
+            parameters["resolution"] = params["mode"]
+            if spec["kind"] == "kf2v":
+                body_input["first_frame_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
+                body_input["last_frame_url"] = self._data_uri(self.input_path(task, "tail"), "last frame")
+            else:
+                body_input["img_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
         if params.get("prompt"):
             body_input["prompt"] = params["prompt"]
         if params.get("negative_prompt"):
             body_input["negative_prompt"] = params["negative_prompt"]
-        return {"model": task["model"], "input": body_input,
-                "parameters": {"resolution": params["mode"], "duration": int(params["duration"]),
-                               "prompt_extend": self.prompt_extend, "watermark": False}}
+        if spec["audio"] == "switch" and params.get("sound") is not None:
+            parameters["audio"] = bool(params["sound"])
+        return {"model": task["model"], "input": body_input, "parameters": {**parameters, **self._options(params)}}
 
     def image_body(self, task):
         """The text-to-image create body (§3.4); `n` always explicit (the default is 4, billed each)."""
         params = task["params"]
-        _check_prompts(self.name, params)
-        width, height = IMAGE_SIZES[params["aspect_ratio"]]
+        _check_prompts(self.name, params, MAX_PROMPT)
+        sizes = LARGE_IMAGE_SIZES if IMAGE_MODELS.get(task["model"], {}).get("sizes") == "large" else IMAGE_SIZES
+        width, height = sizes[params["aspect_ratio"]]
         body_input = {"prompt": params["prompt"]}
         if params.get("negative_prompt"):
             body_input["negative_prompt"] = params["negative_prompt"]
         return {"model": task["model"], "input": body_input,
-                "parameters": {"size": f"{width}*{height}", "n": int(params["n"]),
-                               "prompt_extend": self.prompt_extend, "watermark": False}}
+                "parameters": {"size": f"{width}*{height}", "n": int(params["n"]), **self._options(params)}}
 
-    def _data_uri(self, path):
-        """The first frame as a data: URI Wan accepts (see the module docstring for the rules)."""
+    def _options(self, params):
+        """`prompt_extend` (the user's choice, else the client's), `watermark` off, and the user's `seed`."""
+        prompt_extend = params.get("prompt_extend")
+        options = {"prompt_extend": self.prompt_extend if prompt_extend is None else bool(prompt_extend),
+                   "watermark": False}
+        if params.get("seed") is not None:
+            options["seed"] = int(params["seed"])
+        return options
+
+    def _data_uri(self, path, what):
+        """A frame as a data: URI Wan accepts (see the module docstring for the rules)."""
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if min(width, height) < MIN_SIDE:
                 raise ProviderRejected(
-                    f"Wan needs a first frame with both sides of at least {MIN_SIDE} px; this one is "
+                    f"Wan needs a {what} with both sides of at least {MIN_SIDE} px; this one is "
                     f"{width}×{height}. Use a larger picture.", provider=self.name, code="image_too_small")
+            short, long = sorted((width, height))
+            if short < SEND_MIN_SIDE and long * SEND_MIN_SIDE / short > MAX_SIDE:
+                raise ProviderRejected(
+                    f"The {what} ({width}×{height}) is too narrow for Wan: scaled to {SEND_MIN_SIDE} px on its "
+                    f"short side it would pass {MAX_SIDE} px on the long one.", provider=self.name,
+                    code="image_too_small")
             transparent = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-            if max(width, height) > MAX_SIDE or transparent:
+            if (max(width, height) > MAX_SIDE or min(width, height) < SEND_MIN_SIDE or transparent
+                    or len(data) > MAX_PICTURE_BYTES):
                 data = _fit_for_wan(img, transparent)
         mime = {"jpeg": "image/jpeg", "png": "image/png"}[media.sniff_format(data[:64])]
         return f"data:{mime};base64,{base64.b64encode(data).decode()}"
@@ -428,24 +591,35 @@ class WanClient:
                          facts=facts)
 
 
-def _check_prompts(provider, params):
+def _check_prompts(provider, params, max_prompt):
     # The table already refuses these; DashScope would cut the text silently, so never send it.
-    for field, limit in (("prompt", MAX_PROMPT), ("negative_prompt", MAX_NEGATIVE_PROMPT)):
+    for field, limit in (("prompt", max_prompt), ("negative_prompt", MAX_NEGATIVE_PROMPT)):
         if len(params.get(field) or "") > limit:
             raise ProviderRejected(f"{field} is longer than {limit} characters, which Wan would cut short.",
                                    provider=provider, code="prompt_too_long")
 
 
 def _fit_for_wan(img, transparent):
-    """Re-encode a picture: long side at most MAX_SIDE, transparency flattened onto white."""
+    """Re-encode a picture: sides within SEND_MIN_SIDE..MAX_SIDE (ratio kept), transparency flattened
+    onto white, and at most MAX_PICTURE_BYTES (JPEG quality steps, then smaller)."""
     was_jpeg = img.format == "JPEG"
     img = ImageOps.exif_transpose(img)      # the re-encoded file carries no EXIF orientation
-    scale = min(1.0, MAX_SIDE / max(img.size))
+    scale = min(MAX_SIDE / max(img.size), max(1.0, SEND_MIN_SIDE / min(img.size)))
     img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
     if transparent:
         img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    img = img.convert("RGB")
     out = io.BytesIO()
-    img.convert("RGB").save(out, "JPEG" if was_jpeg else "PNG", **({"quality": 95} if was_jpeg else {}))
+    img.save(out, "JPEG" if was_jpeg else "PNG", **({"quality": 95} if was_jpeg else {}))
+    for quality in (90, 80, 70, 60):
+        if out.tell() <= MAX_PICTURE_BYTES:
+            break
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=quality)
+    while out.tell() > MAX_PICTURE_BYTES and min(img.size) * 0.8 >= SEND_MIN_SIDE:
+        img = img.resize((round(img.width * 0.8), round(img.height * 0.8)), Image.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=60)
     return out.getvalue()
 
 

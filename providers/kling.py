@@ -62,6 +62,8 @@ SINGLE_QUALITY = {"kling-v2-master", "kling-v2-1-master"}
 _ALL = (("std", "5"), ("std", "10"), ("pro", "5"), ("pro", "10"))
 _PRO = (("pro", "5"), ("pro", "10"))
 _STD = (("std", "5"), ("std", "10"))
+V3_DURATIONS = tuple(str(seconds) for seconds in range(3, 16))     # "3" … "15" [K-v3]
+_V3 = tuple((mode, d) for mode in ("std", "pro") for d in V3_DURATIONS)
 
 LABEL = N_("Kling (official API)")
 DESCRIPTION = N_("Kuaishou's Kling models through api-*.klingai.com with your AccessKey/SecretKey. "
@@ -70,16 +72,19 @@ SINGLE_QUALITY_LABEL = N_("Quality (one level)")
 
 
 def _video(model_id, label, *, t2v, cells=_ALL, tail=(), cfg_scale=False, cameras=(), camera_cells=(),
-           camera_for=()):
+           camera_for=(), durations=("5", "10"), sound=(), note=None):
     single = model_id in SINGLE_QUALITY
     return VideoModel(
         id=model_id, label=label, image_to_video=True, text_to_video=t2v,
-        modes=["std"] if single else ["std", "pro"], durations=["5", "10"], combos=combos(cells),
+        modes=["std"] if single else sorted({mode for mode, _ in cells}, key=["std", "pro"].index),
+        durations=list(durations), combos=combos(cells),
         tail_combos=combos(tail), cfg_scale=cfg_scale, cameras=list(cameras),
         aspect_ratios=VIDEO_RATIOS if t2v else [], max_prompt=MAX_PROMPT,
         mode_label=SINGLE_QUALITY_LABEL if single else None,
         camera_combos=combos(camera_cells) if cameras else None, camera_for=list(camera_for) if cameras else None,
-        camera_with_tail=False if cameras else None)
+        camera_with_tail=False if cameras else None,
+        # Sound never goes with a tail frame: v2.6 renders a tail frame silent only [K-cap]; v3 does not say.
+        sound_combos=combos(sound) if sound else None, sound_with_tail=False if sound else None, note=note)
 
 
 def _image(model_id, label, *, t2i=True, i2i=False, ratios=IMAGE_RATIOS, fidelity=False, references=()):
@@ -89,7 +94,8 @@ def _image(model_id, label, *, t2i=True, i2i=False, ratios=IMAGE_RATIOS, fidelit
                       negative_prompt_with_image=False, prompt_required=True, max_prompt=MAX_PROMPT)
 
 
-# PROVIDERS.md §1.7 and §1.9, cell by cell.
+# PROVIDERS.md §1.7, §1.9 and §9.1, cell by cell ([K-cap], [K-i2v]; v3 from [K-v3], [K-arc]).
+# kling-video-o1 is not here: it runs on the Omni endpoint, not on image2video / text2video.
 MODEL_TABLE = [
     _video("kling-v1", "Kling v1 (720p)", t2v=True, tail=(("std", "5"), ("pro", "5")), cfg_scale=True,
            cameras=[*SIMPLE_MOVES, *PRESET_MOVES], camera_cells=(("std", "5"),), camera_for=["text_to_video"]),
@@ -99,8 +105,17 @@ MODEL_TABLE = [
     _video("kling-v2-master", "Kling v2 Master (720p)", t2v=True, cells=_STD),
     _video("kling-v2-1", "Kling v2.1 (std 720p / pro 1080p; from a picture only)", t2v=False, tail=_PRO),
     _video("kling-v2-1-master", "Kling v2.1 Master (1080p)", t2v=True, cells=_STD),
-    _video("kling-v2-5-turbo", "Kling v2.5 Turbo", t2v=True, tail=_PRO),
-    _video("kling-v2-6", "Kling v2.6 (silent)", t2v=True, tail=_PRO),
+    _video("kling-v2-5-turbo", "Kling v2.5 Turbo (pro 1080p)", t2v=True, cells=_PRO, tail=_PRO,
+           note="Sources disagree on std: the capability map's feature table ticks std 5/10 s, its mode table, "
+                "ComfyUI's node and Liblib's Kling relay say pro only; the studio offers pro only."),
+    _video("kling-v2-6", "Kling v2.6 (sound in pro)", t2v=True, tail=_PRO, sound=_PRO,
+           note="std renders silent video only; pro may have sound (sound on/off, off by default); a tail "
+                "frame is silent only."),
+    _video("kling-v3", "Kling v3 (std 720p / pro 1080p, 3-15 s)", t2v=True, cells=_V3, tail=_V3, sound=_V3,
+           durations=V3_DURATIONS,
+           note="From mirrors of the Series 3.0 specification: tail frame in std and pro comes from one client; "
+                "cfg_scale is listed on some pages only and is not offered; sound is not offered with a tail "
+                "frame (not stated either way)."),
     _image("kling-v1", "Kling v1 (text or whole-picture reference)", i2i=True, ratios=IMAGE_RATIOS[:-1],
            fidelity=True),
     _image("kling-v1-5", "Kling v1.5 (text, subject or face reference)", i2i=True, fidelity=True,
@@ -146,6 +161,11 @@ ERRORS = [
 def official_task_id(data):
     """The created task's id where Kling's own API puts it."""
     return data.get("task_id") if isinstance(data, dict) else None
+
+
+def official_accepted(response, envelope):
+    """Kling's own success: HTTP 2xx with `code == 0`."""
+    return response.ok and envelope.get("code") == 0
 
 
 def slots(task):
@@ -228,13 +248,16 @@ class KlingClient:
     """
 
     def __init__(self, name, http, authorization, input_path, *, created_task_id=official_task_id,
-                 gateway=None):
+                 gateway=None, accepted=None, not_found_is_proof=True):
         self.name = name
         self.http = http
         self.authorization = authorization
         self.input_path = input_path
         self.created_task_id = created_task_id
         self.gateway = gateway
+        self.accepted = accepted or official_accepted
+        # Kling's own 1203 to a lookup by our external id proves nothing was created; a proxy's may not.
+        self.not_found_is_proof = not_found_is_proof
 
     def submit(self, task):
         path, body = self.request_body(task)
@@ -271,8 +294,13 @@ class KlingClient:
         try:
             data = self._call("GET", f"{self._path(task)}/{task['id']}", task)
         except ProviderError as exc:
-            if exc.provider_code == NOT_FOUND:
+            if exc.provider_code == NOT_FOUND and self.not_found_is_proof:
                 return None          # Kling's "not found": certainly not created, safe to submit
+            if exc.provider_code == NOT_FOUND:
+                raise SubmitOutcomeUnknown(
+                    f"{self.name} answered 'not found' to the lookup by our task id, which does not prove that "
+                    "nothing was created (the lookup may not reach the model provider); outcome unknown, not "
+                    "re-sent to avoid a double charge.", provider=self.name) from None
             # Anything else, even a bare 404 (1202 "invalid method", a proxy's page), proves nothing.
             if isinstance(exc, ProviderRateLimited | ProviderUnavailable):
                 raise                # busy or down: the pipeline looks again later
@@ -298,7 +326,7 @@ class KlingClient:
             with response:
                 envelope = self._envelope(response, submitting)
             code = envelope.get("code")
-            if code == 0 and response.ok:
+            if self.accepted(response, envelope):
                 return envelope.get("data")
             if code == 1004 and attempt == 1:
                 # The server refused the expired token before doing anything: mint one and resend.
@@ -371,9 +399,11 @@ class KlingClient:
         if task["model"] not in SINGLE_QUALITY:
             fields["mode"] = params["mode"]
         fields["duration"] = str(params["duration"])
-        # The table gives cfg_scale only to v1.x; the guard keeps it off v2.x even for an old record.
-        if params.get("cfg_scale") is not None and not task["model"].startswith("kling-v2"):
+        # The table gives cfg_scale only to v1.x; the guard keeps it off v2.x and v3 even for an old record.
+        if params.get("cfg_scale") is not None and task["model"].startswith("kling-v1"):
             fields["cfg_scale"] = params["cfg_scale"]
+        if params.get("sound") is not None:
+            fields["sound"] = "on" if params["sound"] else "off"
         if params.get("camera"):
             fields["camera_control"] = camera_control(params["camera"])
         return fields

@@ -78,7 +78,7 @@ def test_kling_image_to_video_through_klingai(app, fake):
 
 
 def test_kling_image_task_id_read_from_data_task_id(app, fake):
-    fake.kling.nested_task_id = True
+    fake.kling.create_shape = "official_nested"
     task_id = create(app, "image", prompt="a lighthouse", model_name="kling-v1", n=2, aspect_ratio="1:1")
     task = verified(app, run_pipeline(app, task_id, skip_waits=True))
     assert len(task["outputs"]) == 2 and task["provider_task_id"].startswith("kt")
@@ -142,3 +142,53 @@ def test_wan_hang_after_create_fails_as_outcome_unknown(app, fake):
     task = run_pipeline(app, create(app, image=b64(picture()), model_name="wan2.2-i2v-flash"), skip_waits=True)
     assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
     assert sum(fake.wan.submissions.values()) == 1
+
+
+# ---- every reply shape of 302's Kling pass-through (PROVIDERS.md §9.3)
+
+@pytest.mark.parametrize("shape", ["official", "official_nested", "codeless_nested", "codeless_flat"])
+def test_kling_create_answer_shapes_are_all_created_tasks(app, fake, shape):
+    fake.kling.create_shape = shape
+    task_id = create(app, image=b64(picture()), prompt="a slow dolly", model_name="kling-v1-6")
+    task = verified(app, run_pipeline(app, task_id, skip_waits=True))
+    (remote,) = fake.kling.tasks.values()
+    assert task["provider_task_id"] == remote["task_id"] and task["attempts"] == 1
+    lookups = [path for method, path, _ in fake.kling.received if method == "GET" and path.endswith(task_id)]
+    assert lookups == [] and fake.kling.submissions == {task_id: 1}
+
+
+def test_codeless_answer_without_an_id_is_looked_up_not_failed(app, fake):
+    fake.kling.create_shape = "codeless_no_id"
+    task_id = create(app, "image", prompt="a lighthouse", model_name="kling-v1", n=1, aspect_ratio="1:1")
+    task = verified(app, run_pipeline(app, task_id, skip_waits=True))
+    (remote,) = fake.kling.tasks.values()
+    assert task["provider_task_id"] == remote["task_id"]        # found by our external id, through 302
+    assert fake.kling.submissions == {task_id: 1}
+
+
+@pytest.mark.parametrize("fault", [None, "hang"])
+def test_not_found_through_302_after_an_ambiguous_submit_is_outcome_unknown(app, fake, fault):
+    fake.kling.forwards_external_lookup = False     # 302 documents no lookup by our id
+    if fault:
+        fake.kling.inject("submit", fault)
+    else:
+        fake.kling.create_shape = "codeless_no_id"
+    task_id = create(app, image=b64(picture()), model_name="kling-v1-6")
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
+    assert "not found" in task["error"]["message"] and task["late_check_until"]
+    assert fake.kling.submissions == {task_id: 1}   # created once at 302, never sent again
+
+
+def test_wan_success_spelled_success_through_302(app, fake):
+    fake.wan.success_spelling = "SUCCESS"
+    task_id = create(app, "image", prompt="a red kite", model_name="wanx2.1-t2i-turbo", n=1)
+    task = verified(app, run_pipeline(app, task_id, skip_waits=True))
+    assert task["provider_status"] == "SUCCESS" and len(task["outputs"]) == 1
+
+
+def test_first_and_last_frame_models_are_not_offered_through_302(app):
+    body = app.test_client().get("/api/capabilities").get_json()
+    ids = {m["id"] for m in next(p for p in body["providers"] if p["name"] == "ai302")["models"]}
+    assert {"wan2.6-i2v-flash", "wan2.5-t2v-preview", "wan2.5-t2i-preview", "kling-v3"} <= ids
+    assert not any("kf2v" in i for i in ids)

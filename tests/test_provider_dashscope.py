@@ -112,20 +112,45 @@ def test_capability_table(app):
     (table,) = [p for p in caps["providers"] if p["name"] == "dashscope"]
     assert table["configured"] is True
     videos = {m["id"]: m for m in table["models"] if m["kind"] == "video"}
+    five_to_fifteen = [str(n) for n in range(2, 16)]
     assert {k: (m["modes"], m["durations"]) for k, m in videos.items()} == {
         "wan2.2-i2v-flash": (["480P", "720P", "1080P"], ["5"]),
         "wan2.2-i2v-plus": (["480P", "1080P"], ["5"]),
         "wanx2.1-i2v-turbo": (["480P", "720P"], ["3", "4", "5"]),
         "wanx2.1-i2v-plus": (["720P"], ["5"]),
+        "wan2.5-i2v-preview": (["480P", "720P", "1080P"], ["5", "10"]),
+        "wan2.6-i2v": (["720P", "1080P"], ["5", "10", "15"]),
+        "wan2.6-i2v-flash": (["720P", "1080P"], five_to_fifteen),
+        "wan2.2-kf2v-flash": (["480P", "720P", "1080P"], ["5"]),
+        "wanx2.1-kf2v-plus": (["720P"], ["5"]),
+        "wanx2.1-t2v-turbo": (["480P", "720P"], ["5"]),
+        "wanx2.1-t2v-plus": (["720P"], ["5"]),
+        "wan2.2-t2v-plus": (["480P", "1080P"], ["5"]),
+        "wan2.5-t2v-preview": (["480P", "720P", "1080P"], ["5", "10"]),
+        "wan2.6-t2v": (["720P", "1080P"], ["5", "10", "15"]),
     }
     for model in videos.values():
         assert model["combos"] == [{"mode": m, "duration": d} for m in model["modes"] for d in model["durations"]]
-        assert model["mode_label"] == "Resolution" and model["tail_combos"] == [] and model["cameras"] == []
-        assert model["image_to_video"] and not model["text_to_video"] and model["cfg_scale"] is False
-        assert (model["max_prompt"], model["max_negative_prompt"]) == (800, 500)
+        assert model["mode_label"] == "Resolution" and model["cameras"] == []
+        assert model["cfg_scale"] is False and model["seed"] is True and model["prompt_extend"] is True
+        assert model["max_negative_prompt"] == 500
+        assert model["max_prompt"] == (1500 if model["id"].startswith(("wan2.5", "wan2.6")) else 800)
+        kf2v, t2v = "kf2v" in model["id"], "t2v" in model["id"]
+        assert model["image_to_video"] is not t2v and model["text_to_video"] is t2v
+        assert model["aspect_ratios"] == (["16:9", "9:16", "1:1"] if t2v else [])
+        # A first-and-last-frame model takes (and needs) a tail frame in every cell; no other Wan model does.
+        assert model["tail_combos"] == (model["combos"] if kf2v else [])
+        assert model.get("tail_required", False) is kf2v
+    sounding = {k: (m.get("sound_default"), m.get("sound_switch", True)) for k, m in videos.items()
+                if m.get("sound_combos")}
+    assert sounding == {"wan2.5-i2v-preview": (True, False), "wan2.6-i2v": (True, False),
+                        "wan2.6-i2v-flash": (True, True), "wan2.5-t2v-preview": (True, False)}
+    assert "2-15 s" in videos["wan2.6-i2v"]["note"]
     images = {m["id"]: m for m in table["models"] if m["kind"] == "image"}
-    assert set(images) == {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo"}
+    assert set(images) == {"wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo", "wan2.2-t2i-flash",
+                           "wan2.2-t2i-plus", "wan2.5-t2i-preview"}
     for model in images.values():
+        assert model["seed"] is True and model["prompt_extend"] is True
         assert model["text_to_image"] and not model["image_to_image"] and model["image_reference"] == []
         assert (model["n_min"], model["n_max"], model["max_prompt"], model["max_negative_prompt"]) == (1, 4, 800, 500)
         assert model["aspect_ratios"][0] == "1:1"       # DashScope's own default, 1024*1024
@@ -217,16 +242,17 @@ def test_video_pipeline_without_prompt_and_the_other_models(app, client, fake):
     assert task["cost"] == {"video_duration": 3, "video_ratio": "standard", "video_count": 1}
 
 
-def test_large_picture_is_scaled_down_and_small_one_refused_before_sending(app, client, fake):
+def test_large_picture_is_scaled_down_and_small_one_scaled_up(app, client, fake):
     task = finish(app, post_video(client, image=b64(picture(2400, 1200, fmt="JPEG"))))
     assert task["status"] == "succeeded", task["error"]
     (remote,) = fake.tasks.values()
     assert (remote["img_format"], remote["img_size"], remote["img_mime"]) == ("JPEG", (2000, 1000), "image/jpeg")
 
+    # Under 360 px (every source's minimum) but over the newest page's 240: scaled up, ratio kept.
     small = finish(app, post_video(client, image=b64(picture(340, 500))))
-    assert small["status"] == "failed" and small["error"]["code"] == "image_too_small"
-    assert "360" in small["error"]["message"]
-    assert len(fake.requests_to(VIDEO_PATH)) == 1      # the small one never left the studio
+    assert small["status"] == "succeeded", small["error"]
+    remote = fake.tasks[small["provider_task_id"]]
+    assert remote["img_size"] == (360, 529)
 
 
 def test_transparent_png_is_flattened(app, client, fake):
@@ -254,7 +280,11 @@ def test_transparent_png_is_flattened(app, client, fake):
     ({"negative_prompt": "x" * 501}, "negative_prompt"),
     ({"camera": "zoom_in"}, "camera"),
     ({"image_tail": "TAIL"}, "image_tail"),
-    ({"model_name": "wan2.5-i2v-preview"}, "model_name"),
+    ({"model_name": "wan2.1-i2v-turbo"}, "model_name"),         # Singapore's name, not Beijing's
+    ({"model_name": "wanx2.1-t2v-plus"}, "image"),              # text only
+    ({"seed": 2147483648}, "seed"),
+    ({"model_name": "wan2.5-i2v-preview", "sound": False}, "sound"),   # adds audio itself, no switch
+    ({"sound": True}, "sound"),                                  # wan2.2 is silent
 ])
 def test_video_values_a_model_does_not_offer_are_refused(client, fake, body, field):
     if body.get("image_tail") == "TAIL":
@@ -366,12 +396,12 @@ def test_lost_submit_with_two_candidates_in_its_window_fails_with_the_hint(app, 
 
 
 def test_task_list_server_checks_auth_window_and_pages(fake):
+    fake.concurrency_limit = 3
     for _ in range(3):
         requests.post(fake.base_url + IMAGE_PATH, headers={"Authorization": f"Bearer {API_KEY}",
                                                            "X-DashScope-Async": "enable"},
                       json={"model": "wanx2.1-t2i-turbo", "input": {"prompt": PROMPT}, "parameters": {"n": 1}},
                       timeout=5).raise_for_status()
-        fake.concurrency_limit += 1
     auth = {"Authorization": f"Bearer {API_KEY}"}
     assert requests.get(fake.base_url + "/tasks/", timeout=5).status_code == 401
     bad = requests.get(fake.base_url + "/tasks/", params={"start_time": "2025-01-01"}, headers=auth, timeout=5)
@@ -446,14 +476,32 @@ def test_unknown_task_id_fails_the_task(app, client, fake):
     assert "24 h" in task["error"]["message"]
 
 
-def test_third_task_in_flight_is_throttled_then_sent(make_app, fake):
-    app = make_app(DASHSCOPE_MAX_CONCURRENCY=3)   # more than DashScope allows, to meet its limit
+def test_in_flight_tasks_are_capped_per_model_as_documented(make_app, fake):
+    app = make_app()
     client = app.test_client()
-    ids = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(3)]
+    store, registry = app.extensions["task_store"], app.extensions["providers"]
+    turbo = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(3)]           # cap 2
+    preview = [post_image(client, model_name="wan2.5-t2i-preview", prompt=f"{PROMPT} #{i}") for i in range(3)]
+    task_query.dispatch(store, registry)
+    statuses = [store.get(task_id)["status"] for task_id in turbo + preview]
+    # Two of wanx2.1-t2i-turbo (its cap) and all three of wan2.5-t2i-preview (cap 5): the third turbo
+    # waits in the studio instead of meeting DashScope's 429, and does not hold back the other model.
+    assert statuses == ["submitted", "submitted", "queued"] + ["submitted"] * 3
+    for task_id in turbo + preview:
+        assert finish(app, task_id)["status"] == "succeeded"
+    assert len(creates(fake)) == 6 and len(fake.tasks) == 6
+    assert_never_resubmitted(fake)
+
+
+def test_third_task_in_flight_is_throttled_then_sent(make_app, fake):
+    fake.concurrency_limit = 1      # an account below the documented cap meets DashScope's 429
+    app = make_app()
+    client = app.test_client()
+    ids = [post_image(client, prompt=f"{PROMPT} #{i}") for i in range(2)]
     for task_id in ids:
         assert finish(app, task_id)["status"] == "succeeded"
-    # The third create was refused (429 Throttling.RateQuota) until a slot freed up, creating nothing.
-    assert len(fake.requests_to(IMAGE_PATH)) > 3 and len(fake.tasks) == 3
+    # The second create was refused (429 Throttling.RateQuota) until a slot freed up, creating nothing.
+    assert len(fake.requests_to(IMAGE_PATH)) > 2 and len(fake.tasks) == 2
     assert_never_resubmitted(fake)
 
 
@@ -657,3 +705,173 @@ def test_a_restored_task_whose_submit_was_unanswered_is_reconciled_not_sent_agai
     assert task["status"] == "succeeded", task["error"]
     assert len(fake.requests_to(VIDEO_PATH)) == 1 and len(fake.tasks) == 1
     assert task["provider_task_id"] == next(iter(fake.tasks))
+
+
+# ---- newer models (PROVIDERS.md §9.2): kf2v, wan2.5/2.6, text-to-video, wan2.2/2.5 text-to-image
+
+def test_first_and_last_frame_video_goes_to_its_own_endpoint(app, client, fake):
+    first, last = picture(640, 400, fmt="JPEG"), picture(800, 500, seed=3, fmt="JPEG")
+    task_id = post_video(client, model_name="wan2.2-kf2v-flash", image=b64(first), image_tail=b64(last),
+                         mode="1080P", seed=77)
+    task = finish(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    assert fake.requests_to(VIDEO_PATH) == []
+    (body,) = fake.requests_to(ds.KF2V_PATH)
+    assert body["model"] == "wan2.2-kf2v-flash" and set(body["input"]) == {"first_frame_url", "last_frame_url",
+                                                                           "prompt"}
+    stored = {item["role"]: (Path(app.config["DATA_DIR"]) / item["path"]).read_bytes() for item in task["inputs"]}
+    assert data_uri_bytes(body["input"]["first_frame_url"]) == ("data:image/jpeg;base64", stored["first"])
+    assert data_uri_bytes(body["input"]["last_frame_url"]) == ("data:image/jpeg;base64", stored["tail"])
+    assert body["parameters"] == {"resolution": "1080P", "duration": 5, "prompt_extend": False,
+                                  "watermark": False, "seed": 77}
+    (remote,) = fake.tasks.values()
+    assert remote["endpoint"] == "kf2v" and remote["last_img_size"] == (800, 500) and remote["seed"] == 77
+    assert saved_file(app, task["outputs"][0]) == sample_mp4()
+    assert_never_resubmitted(fake)
+
+
+def test_first_and_last_frame_model_needs_both_frames(client, fake):
+    resp = client.post("/generate", json={"provider": "dashscope", "model_name": "wanx2.1-kf2v-plus",
+                                          "image": b64(picture(640, 400))})
+    assert resp.status_code == 400 and resp.get_json()["error"]["field"] == "image_tail"
+    assert fake.received == []
+
+
+def test_server_keeps_kf2v_and_image_to_video_apart(fake):
+    frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+    status, body = api(fake, "POST", ds.KF2V_PATH, json={"model": "wan2.2-kf2v-flash", "input": {"img_url": frame}})
+    assert status == 400 and "first_frame_url" in body["message"]
+    status, _ = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.2-kf2v-flash", "input": {
+        "first_frame_url": frame, "last_frame_url": frame}})
+    assert status == 400
+    status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.2-i2v-flash", "input": {"img_url": frame},
+                                                       "parameters": {"audio": True}})
+    assert status == 400 and "audio" in body["message"]
+    status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wan2.6-t2v", "input": {"prompt": PROMPT},
+                                                       "parameters": {"size": "832*480"}})
+    assert status == 400 and "size" in body["message"]          # 480P is not a wan2.6 tier
+    assert fake.tasks == {}
+
+
+def test_wan26_flash_audio_switch_and_seed(app, client, fake):
+    task = finish(app, post_video(client, model_name="wan2.6-i2v-flash", mode="720P", duration="12", sound=False,
+                                  prompt_extend=True, seed=0))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert body["parameters"] == {"resolution": "720P", "duration": 12, "audio": False, "prompt_extend": True,
+                                  "watermark": False, "seed": 0}
+    assert task["params"]["sound"] is False
+    (remote,) = fake.tasks.values()
+    assert remote["audio"] is False and task["outputs"][0]["meta"]["actual_prompt"].endswith("prompt_extend)")
+    # Left out, the documented default (audio on) is what the task records and sends.
+    again = finish(app, post_video(client, model_name="wan2.6-i2v-flash", mode="1080P", duration="5"))
+    assert again["params"]["sound"] is True and fake.requests_to(VIDEO_PATH)[1]["parameters"]["audio"] is True
+
+
+def test_wan25_image_to_video_with_its_own_audio_for_ten_seconds(app, client, fake):
+    long_prompt = "a slow pan over the harbour " * 50      # 1400 characters: over 800, within 2.5's 1500
+    task = finish(app, post_video(client, model_name="wan2.5-i2v-preview", mode="480P", duration="10",
+                                  prompt=long_prompt.strip()))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert "audio" not in body["parameters"] and body["parameters"]["duration"] == 10
+    (remote,) = fake.tasks.values()
+    assert remote["audio"] is True and remote["prompt_truncated"] is False
+    assert task["params"]["sound"] is True
+
+
+def test_text_to_video_sends_an_exact_size(app, client, fake):
+    resp = client.post("/generate", json={"provider": "dashscope", "model_name": "wan2.5-t2v-preview",
+                                          "prompt": PROMPT, "mode": "720P", "duration": "10", "aspect_ratio": "9:16"})
+    assert resp.status_code == 202, resp.get_json()
+    task = finish(app, resp.get_json()["task_id"])
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(VIDEO_PATH)
+    assert body["input"] == {"prompt": PROMPT}
+    assert body["parameters"] == {"size": "720*1280", "duration": 10, "prompt_extend": False, "watermark": False}
+    (remote,) = fake.tasks.values()
+    assert (remote["resolution"], remote["size"]) == ("720P", "720*1280")
+    assert task["outputs"][0]["meta"]["resolution"] == "720P"
+
+
+@pytest.mark.parametrize("model, size", [("wan2.5-t2i-preview", "1728*960"), ("wan2.2-t2i-flash", "1280*720")])
+def test_newer_text_to_image_models(app, client, fake, model, size):
+    task = finish(app, post_image(client, model_name=model, aspect_ratio="16:9", seed=5, prompt_extend=True))
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(IMAGE_PATH)
+    assert body["parameters"] == {"size": size, "n": 1, "prompt_extend": True, "watermark": False, "seed": 5}
+    assert task["params"]["seed"] == 5 and task["params"]["prompt_extend"] is True
+    assert task["outputs"][0]["meta"]["actual_prompt"]
+
+
+@pytest.mark.parametrize("ratio", list(ds.LARGE_IMAGE_SIZES))
+def test_wan25_image_sizes_satisfy_both_readings(ratio):
+    width, height = ds.LARGE_IMAGE_SIZES[ratio]
+    across, down = map(int, ratio.split(":"))
+    assert 1280 * 1280 <= width * height <= 1440 * 1440 and 1 / 4 <= width / height <= 4
+    assert width / height == pytest.approx(across / down, rel=0.03)
+
+
+# ---- regions (§9.2(e))
+
+def test_singapore_region_offers_its_models_at_its_url(make_app, tmp_path):
+    app = make_app(DASHSCOPE_REGION="singapore", DASHSCOPE_API_BASE="")
+    provider = app.extensions["providers"]["dashscope"]
+    assert provider.api_base() == "https://dashscope-intl.aliyuncs.com/api/v1"
+    ids = [m["id"] for m in provider.capabilities()["models"]]
+    assert ids == ds.REGIONS["singapore"]["models"]
+    assert "wan2.1-i2v-turbo" in ids and not any(i.startswith("wanx") for i in ids)
+    assert "wan2.2-i2v-flash" not in ids and "wanx2.0-t2i-turbo" not in ids
+
+
+def test_singapore_task_end_to_end(make_app):
+    fake = Server(polls_to_finish=2, region="singapore")
+    fake.start()
+    try:
+        app = make_app(DASHSCOPE_REGION="singapore", DASHSCOPE_API_BASE=fake.base_url)
+        client = app.test_client()
+        refused = client.post("/generate", json={"provider": "dashscope", "model_name": "wanx2.1-i2v-turbo",
+                                                 "image": b64(picture(640, 400))})
+        assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "unknown_model"
+        task_id = post_video(client, model_name="wan2.1-kf2v-plus", image_tail=b64(picture(640, 400, seed=2)),
+                             mode="720P")
+        task = finish(app, task_id)
+        assert task["status"] == "succeeded", task["error"]
+        assert [body["model"] for body in fake.requests_to(ds.KF2V_PATH)] == ["wan2.1-kf2v-plus"]
+        # The local server holds the region's model list like a Singapore key: a Beijing name is not found.
+        frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+        status, body = api(fake, "POST", VIDEO_PATH, json={"model": "wanx2.1-i2v-turbo", "input": {"img_url": frame}})
+        assert status == 404 and body["code"] == "ModelNotFound" and body["message"] == "Model can not be found."
+    finally:
+        fake.stop()
+
+
+def test_virginia_offers_only_wan26_and_no_pictures(make_app):
+    app = make_app(DASHSCOPE_REGION="virginia", DASHSCOPE_API_BASE="")
+    table = app.extensions["providers"]["dashscope"].capabilities()
+    assert app.extensions["providers"]["dashscope"].api_base() == "https://dashscope-us.aliyuncs.com/api/v1"
+    assert [m["id"] for m in table["models"]] == ["wan2.6-i2v", "wan2.6-i2v-us", "wan2.6-t2v", "wan2.6-t2v-us"]
+    resp = app.test_client().post("/generate_image", json={"provider": "dashscope", "prompt": PROMPT})
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "unknown_model"
+
+
+def test_region_setting_is_checked_at_start():
+    import config
+
+    assert config.load_settings({"DASHSCOPE_REGION": "Singapore"})[0].DASHSCOPE_REGION == "singapore"
+    with pytest.raises(config.SettingsError, match="DASHSCOPE_REGION"):
+        config.load_settings({"DASHSCOPE_REGION": "mars"})
+    with pytest.raises(config.SettingsError, match="workspace"):
+        config.load_settings({"DASHSCOPE_REGION": "frankfurt"})
+    assert config.load_settings({"DASHSCOPE_REGION": "frankfurt", "DASHSCOPE_API_BASE": "https://w.example/api/v1"})
+
+
+def test_official_sdk_kf2v_is_accepted_like_our_client(app, client, fake, sdk):
+    frame = "data:image/png;base64," + base64.b64encode(picture(640, 400)).decode()
+    created = sdk.VideoSynthesis.async_call(model="wan2.2-kf2v-flash", prompt=PROMPT, first_frame_url=frame,
+                                            last_frame_url=frame, resolution="720P", prompt_extend=False)
+    assert created.status_code == 200, created.message
+    done = sdk_wait(sdk.VideoSynthesis.fetch, created.output.task_id)
+    assert done.output.task_status == "SUCCEEDED"
+    (theirs,) = fake.requests_to(ds.KF2V_PATH)
+    assert {"first_frame_url", "last_frame_url"} <= set(theirs["input"])

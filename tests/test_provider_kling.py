@@ -14,6 +14,7 @@ import providers.http
 import task_query
 from app import create_app
 from errors import ProviderUnavailable, SubmitOutcomeUnknown
+from providers.capabilities import model_from_dict
 from providers.kling import MODELS, camera_control
 from tasks import parse_iso, utcnow
 from tests.conftest import b64, picture, run_pipeline
@@ -156,6 +157,63 @@ def test_text_to_video_on_v2_master_sends_no_mode_and_no_cfg_scale(app, client, 
     saved_files_ok(app, task, "video")
 
 
+def test_v2_6_pro_with_sound(app, client, fake):
+    task_id = create(client, model_name="kling-v2-6", mode="pro", duration="10", sound=True,
+                     image=b64(picture()), prompt="a drummer on a rooftop")
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    body = only_submit(fake, "/v1/videos/image2video")
+    assert body == {"model_name": "kling-v2-6", "mode": "pro", "duration": "10", "sound": "on",
+                    "prompt": "a drummer on a rooftop", "external_task_id": task_id,
+                    "image": input_b64(app, task, "first")}
+    saved_files_ok(app, task, "video")
+
+
+def test_v2_6_tail_frame_is_sent_silent(app, client, fake):
+    task_id = create(client, model_name="kling-v2-6", mode="pro", duration="5", image=b64(picture(seed=1)),
+                     image_tail=b64(picture(seed=2)), prompt="a door opens")
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    body = only_submit(fake, "/v1/videos/image2video")
+    assert body["sound"] == "off" and "image_tail" in body and task["params"]["sound"] is False
+
+
+def test_v3_text_to_video_for_seven_seconds(app, client, fake):
+    task_id = create(client, model_name="kling-v3", mode="std", duration="7", prompt="rain on a tin roof",
+                     sound=True, aspect_ratio="1:1")
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    body = only_submit(fake, "/v1/videos/text2video")
+    assert body == {"model_name": "kling-v3", "mode": "std", "duration": "7", "sound": "on",
+                    "prompt": "rain on a tin roof", "aspect_ratio": "1:1", "external_task_id": task_id}
+
+
+def test_v2_5_turbo_is_pro_only_and_says_why():
+    (turbo,) = [m for m in MODELS if m["id"] == "kling-v2-5-turbo"]
+    assert turbo["modes"] == ["pro"] and {c["mode"] for c in turbo["combos"]} == {"pro"}
+    assert "pro only" in turbo["note"]
+    # Left out, the new options read as their documented defaults.
+    silent = model_from_dict(next(m for m in MODELS if m["id"] == "kling-v1-6"))
+    assert silent.option("sound_combos") == [] and silent.option("seed") is False and silent.option("note") is None
+
+
+def test_server_refuses_what_the_map_does_not_offer(fake):
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+    refusals = [({"model_name": "kling-v2-5-turbo", "mode": "std"}, "std"),
+                ({"model_name": "kling-v1-6", "sound": "off"}, "sound"),
+                ({"model_name": "kling-v2-6", "mode": "std", "sound": "on"}, "sound"),
+                ({"model_name": "kling-v2-6", "mode": "pro", "sound": "on", "image_tail": good_i2v()["image"]},
+                 "image_tail"),
+                ({"model_name": "kling-v3", "duration": "16"}, "duration"),
+                ({"model_name": "kling-v3", "cfg_scale": 0.5}, "cfg_scale")]
+    for changes, word in refusals:
+        resp = requests.post(fake.base_url + "/v1/videos/image2video", headers=headers,
+                             json=good_i2v(**changes), timeout=5)
+        assert (resp.status_code, resp.json()["code"]) == (400, 1201), changes
+        assert word in resp.json()["message"], (changes, resp.json()["message"])
+    assert fake.tasks == {}
+
+
 def test_cfg_scale_never_reaches_a_v2_model(app):
     """Even a task recorded with a cfg_scale (an old record, a retry) does not send it to v2.x."""
     provider = app.extensions["providers"]["kling"]
@@ -248,6 +306,17 @@ VIDEO_REFUSALS = [
     ({"model_name": "kling-v1-5", "mode": "pro", "duration": "5", "camera": "zoom_in", "tail": True}, 422,
      "unsupported_value"),
     ({"model_name": "kling-v1-6", "aspect_ratio": "4:3", "text": True}, 422, "unsupported_value"),
+    # §9.1: v2.5 Turbo pro only (the cautious reading); v2.6 sound only in pro, never with a tail frame.
+    ({"model_name": "kling-v2-5-turbo", "mode": "std"}, 422, "unsupported_value"),
+    ({"model_name": "kling-v2-6", "mode": "std", "duration": "5", "sound": True}, 422, "unsupported_value"),
+    ({"model_name": "kling-v2-6", "mode": "pro", "duration": "5", "sound": True, "tail": True}, 422,
+     "unsupported_value"),
+    ({"model_name": "kling-v1-6", "sound": True}, 422, "unsupported_value"),
+    ({"model_name": "kling-v2-6", "duration": "7"}, 422, "unsupported_value"),
+    ({"model_name": "kling-v3", "duration": "2"}, 422, "unsupported_value"),
+    # Kling takes neither a seed nor prompt_extend: refused, not dropped.
+    ({"model_name": "kling-v1-6", "seed": 7}, 422, "unsupported_value"),
+    ({"model_name": "kling-v1-6", "prompt_extend": True}, 422, "unsupported_value"),
 ]
 
 
@@ -296,6 +365,8 @@ def test_capability_table_matches_the_servers_matrix():
         assert model["text_to_video"] == bool(spec["text2video"])
         assert as_set(model["tail_combos"]) == spec["tail"]
         assert model["cfg_scale"] == spec["cfg"]
+        assert as_set(model.get("sound_combos", [])) == spec.get("sound", set())
+        assert model.get("sound_with_tail", True) is ("sound" not in spec)
         cameras = spec.get("camera", {})
         assert bool(model["cameras"]) == bool(cameras)
         if cameras:

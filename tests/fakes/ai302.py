@@ -7,11 +7,16 @@ the local Kling and DashScope servers there. Upstream auth is 302's business (th
 checked behind the gateway), and the gateway adds `X-DashScope-Async` itself, as 302 does.
 
 Faults (`inject("gateway", name)`): "rate_limit" (429), "balance" (402), "error_502" (502).
-`nested_task_id = True` answers Kling creates with `data.task.id` instead of `data.task_id`, the
-other shape 302's Kling passthrough is reported to use.
+Options (PROVIDERS.md §9.3): `kling.create_shape` answers Kling creates in one of CREATE_SHAPES —
+the official envelope with `data.task_id` (default) or `data.task.id`, 302's code-less envelope
+(`{"status": 200, "result": 1, ...}`) with `data.task.id` or `data.task_id`, or code-less with no
+id at all; `kling.forwards_external_lookup = False` answers a lookup by our external id "not
+found" (302 documents no such lookup); `wan.success_spelling = "SUCCESS"` finishes Wan tasks with
+that spelling instead of `SUCCEEDED`.
 """
 
 import json
+import secrets
 
 from flask import request
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -25,16 +30,49 @@ GATEWAY_FAULTS = {"rate_limit": (429, 4290, "rate limit exceeded"),
                   "error_502": (502, 5020, "upstream gateway error")}
 
 
+# Every create-answer shape 302's Kling pass-through is reported to use (PROVIDERS.md §9.3).
+CREATE_SHAPES = ("official", "official_nested", "codeless_nested", "codeless_flat", "codeless_no_id")
+
+
 class _KlingBehind302(kling.Server):
-    nested_task_id = False
+    create_shape = "official"
+    forwards_external_lookup = True     # False: a lookup by our external id answers "not found" (1203)
 
     def _check_auth(self):
         pass        # the gateway checked the 302 key; 302 signs upstream with its own Kling keys
 
+    def _get_checked(self, kind, ident):
+        if not self.forwards_external_lookup and ident not in self.tasks:
+            raise kling.KlingError(404, 1203, "task not found")
+        return super()._get_checked(kind, ident)
+
     def _answer(self, data, http_status=200, code=0, message="SUCCEED"):
-        if self.nested_task_id and request.method == "POST" and isinstance(data, dict) and "task_id" in data:
-            data = {"task": {"id": data["task_id"]}, **{k: v for k, v in data.items() if k != "task_id"}}
-        return super()._answer(data, http_status, code, message)
+        shape = self.create_shape
+        created = request.method == "POST" and code == 0 and isinstance(data, dict) and "task_id" in data
+        if not created or shape == "official":
+            return super()._answer(data, http_status, code, message)
+        with self.lock:
+            self.answered[code] += 1
+        nested = {"task": {"id": data["task_id"], "status": data["task_status"]}}
+        if shape == "official_nested":
+            body = {"code": 0, "message": "SUCCEED", "request_id": secrets.token_hex(8), "data": nested}
+        elif shape == "codeless_nested":
+            body = {"status": 200, "result": 1, "message": "成功", "data": nested}
+        elif shape == "codeless_flat":
+            body = {"status": 200, "result": 1, "data": {"task_id": data["task_id"],
+                                                          "task_status": data["task_status"]}}
+        else:       # created and billed, but no id anywhere in the answer
+            body = {"status": 200, "result": 1, "message": "成功", "data": {}}
+        return Response(json.dumps(body, ensure_ascii=False), http_status, mimetype="application/json")
+
+
+class _WanBehind302(dashscope.Server):
+    success_spelling = "SUCCEEDED"      # "SUCCESS": the spelling one guide shows for 302 (§9.3)
+
+    def _finish(self, task):
+        super()._finish(task)
+        if task["status"] == "SUCCEEDED":
+            task["status"] = self.success_spelling
 
 
 class Server(FakeServer):
@@ -44,7 +82,7 @@ class Server(FakeServer):
         self.api_key = api_key
         self.client_async_headers = []      # what the client itself sent on Wan creates
         self.kling = _KlingBehind302(polls_to_finish=polls_to_finish, **kwargs)
-        self.wan = dashscope.Server(polls_to_finish=polls_to_finish, api_key=api_key)
+        self.wan = _WanBehind302(polls_to_finish=polls_to_finish, api_key=api_key)
         super().__init__(polls_to_finish=polls_to_finish)
         self.app.wsgi_app = DispatcherMiddleware(self.app.wsgi_app, {
             "/klingai": self._gateway(self.kling.app, "kling"),

@@ -1,17 +1,24 @@
-"""A local DashScope (Model Studio) server for the Wan models, speaking PROVIDERS.md §3.
+"""A local DashScope (Model Studio) server for the Wan models, speaking PROVIDERS.md §3 and §9.2.
 
 Routes, under `prefix` ("" here; 302.ai mounts the same protocol under "/aliyun/api/v1"):
-`POST /services/aigc/video-generation/video-synthesis`, `POST /services/aigc/text2image/image-synthesis`,
-`GET /tasks/<id>`, `POST /tasks/<id>/cancel`, and the batch task query `GET /tasks/`. Like the real
-service it wants `Authorization: Bearer <key>` everywhere and `X-DashScope-Async: enable` on creates,
-answers errors as `{code, message, request_id}`, checks each model's resolutions and durations,
-`img_url` formats (http(s), `oss://`, or a `data:image/...;base64,` URI; raw Base64 is refused) and
-picture sides (360-2000 px, no transparency), `size` as "W*H" with sides 512-1440, `n` 1-4 (4 when
-left out), silently cuts prompts to 800 and negative prompts to 500 characters (keeping what it used
-in the task), moves tasks PENDING -> RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks,
-answers UNKNOWN for unknown or day-old ids, and refuses a third task in flight with 429
-Throttling.RateQuota. The task list checks its window (Beijing-time `YYYYMMDDhhmmss`, at most 24 h),
-`status`, `page_no` and `page_size` (1-100), and pages newest first.
+`POST /services/aigc/video-generation/video-synthesis` (image-to-video, text-to-video),
+`POST /services/aigc/image2video/video-synthesis` (first-and-last-frame, `*kf2v*` models only),
+`POST /services/aigc/text2image/image-synthesis`, `GET /tasks/<id>`, `POST /tasks/<id>/cancel`, and the
+batch task query `GET /tasks/`. Like the real service it wants `Authorization: Bearer <key>` everywhere
+and `X-DashScope-Async: enable` on creates, answers errors as `{code, message, request_id}`, knows
+only its `region`'s model list (another region's model is `404 ModelNotFound`, "Model can not be
+found."), checks each model's resolutions and durations, text-to-video `size` against the model's
+tiers, `parameters.audio` only where documented, `img_url` / `first_frame_url` / `last_frame_url`
+formats (http(s), `oss://`, or a `data:image/...;base64,` URI; raw Base64 is refused) and picture
+sides (360-2000 px, no transparency), text-to-image `size` as "W*H" with sides 512-1440 (wan2.5:
+total pixels 768²-1440², ratio 1:4-4:1), `n` 1-4 (4 when left out), `seed` 0-2147483647, silently
+cuts prompts to 800 (1500 for 2.5/2.6 video) and negative prompts to 500 characters (keeping what
+it used in the task), tolerates the SDK's deprecated `input.extend_prompt`, moves tasks PENDING ->
+RUNNING -> SUCCEEDED over polls, cancels only PENDING tasks, answers UNKNOWN for unknown or day-old
+ids, and refuses a task beyond the model's documented in-flight cap (2 or 5; `concurrency_limit`
+sets one cap for every model) with 429 Throttling.RateQuota. The task list checks its window
+(Beijing-time `YYYYMMDDhhmmss`, at most 24 h), `status`, `page_no` and `page_size` (1-100), and
+pages newest first.
 
 Faults, queued with `inject(where, *names)`:
   "submit":   "rate_limit" (429 Throttling.RateQuota), "rate_limit_retry_after" (the same 429 with
@@ -46,14 +53,60 @@ API_KEY = "fake-dashscope-key"
 TASK_TTL = 24 * 3600
 BEIJING = timezone(timedelta(hours=8))
 
-# The models this server knows, written from the documentation, not from the client's tables.
+# The models this server knows, written from the documentation (§3.3, §9.2), not from the client's tables.
+# kind: i2v (video-generation, img_url), kf2v (image2video, first/last frame), t2v (video-generation,
+# size). audio: "switch" takes parameters.audio (bool); "auto" adds audio itself (no switch); None silent.
+# cap: tasks in flight per model (§9.2(f)); long: 1500-character prompts (2.5/2.6).
+def _m(kind, resolutions, default, durations, cap=2, audio=None, long=False):
+    return {"kind": kind, "resolutions": resolutions, "default": default, "durations": durations, "cap": cap,
+            "audio": audio, "long": long}
+
+
+_W26_I2V = _m("i2v", ("720P", "1080P"), "1080P", tuple(range(2, 16)), cap=5, audio="auto", long=True)
+_W26_T2V = _m("t2v", ("720P", "1080P"), "1080P", tuple(range(2, 16)), cap=5, long=True)
 VIDEO_MODELS = {
-    "wan2.2-i2v-flash": {"resolutions": ("480P", "720P", "1080P"), "default": "720P", "durations": (5,)},
-    "wan2.2-i2v-plus": {"resolutions": ("480P", "1080P"), "default": "1080P", "durations": (5,)},
-    "wanx2.1-i2v-turbo": {"resolutions": ("480P", "720P"), "default": "720P", "durations": (3, 4, 5)},
-    "wanx2.1-i2v-plus": {"resolutions": ("720P",), "default": "720P", "durations": (5,)},
+    "wan2.2-i2v-flash": _m("i2v", ("480P", "720P", "1080P"), "720P", (5,)),
+    "wan2.2-i2v-plus": _m("i2v", ("480P", "1080P"), "1080P", (5,)),
+    "wanx2.1-i2v-turbo": _m("i2v", ("480P", "720P"), "720P", (3, 4, 5)),
+    "wanx2.1-i2v-plus": _m("i2v", ("720P",), "720P", (5,)),
+    "wan2.1-i2v-turbo": _m("i2v", ("480P", "720P"), "720P", (3, 4, 5)),
+    "wan2.1-i2v-plus": _m("i2v", ("720P",), "720P", (5,)),
+    "wan2.5-i2v-preview": _m("i2v", ("480P", "720P", "1080P"), "1080P", (5, 10), cap=5, audio="auto", long=True),
+    "wan2.6-i2v": _W26_I2V, "wan2.6-i2v-us": _W26_I2V,
+    "wan2.6-i2v-flash": _m("i2v", ("720P", "1080P"), "1080P", tuple(range(2, 16)), cap=5, audio="switch",
+                           long=True),
+    "wan2.2-kf2v-flash": _m("kf2v", ("480P", "720P", "1080P"), "720P", (5,)),
+    "wanx2.1-kf2v-plus": _m("kf2v", ("720P",), "720P", (5,)),
+    "wan2.1-kf2v-plus": _m("kf2v", ("720P",), "720P", (5,)),
+    "wanx2.1-t2v-turbo": _m("t2v", ("480P", "720P"), "720P", (5,)),
+    "wanx2.1-t2v-plus": _m("t2v", ("720P",), "720P", (5,)),
+    "wan2.1-t2v-turbo": _m("t2v", ("480P", "720P"), "720P", (5,)),
+    "wan2.1-t2v-plus": _m("t2v", ("720P",), "720P", (5,)),
+    "wan2.2-t2v-plus": _m("t2v", ("480P", "1080P"), "1080P", (5,)),
+    "wan2.5-t2v-preview": _m("t2v", ("480P", "720P", "1080P"), "1080P", (5, 10), cap=5, audio="auto", long=True),
+    "wan2.6-t2v": _W26_T2V, "wan2.6-t2v-us": _W26_T2V,
 }
-IMAGE_MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.0-t2i-turbo")
+T2V_SIZES = {"480P": {"832*480", "480*832", "624*624"},
+             "720P": {"1280*720", "720*1280", "960*960", "1088*832", "832*1088"},
+             "1080P": {"1920*1080", "1080*1920", "1440*1440", "1632*1248", "1248*1632"}}
+# Text-to-image: "sides" = each side in [512, 1440]; "pixels" = total pixels in [768², 1440²], ratio 1:4..4:1.
+IMAGE_MODELS = {"wanx2.1-t2i-turbo": "sides", "wanx2.1-t2i-plus": "sides", "wanx2.0-t2i-turbo": "sides",
+                "wan2.1-t2i-turbo": "sides", "wan2.1-t2i-plus": "sides", "wan2.2-t2i-flash": "sides",
+                "wan2.2-t2i-plus": "sides", "wan2.5-t2i-preview": "pixels"}
+IMAGE_CAPS = {"wan2.5-t2i-preview": 5}
+# Each region's model list (§9.2(e)); a model of another region is "not found", as with a real key.
+REGION_MODELS = {
+    "beijing": {"wan2.6-i2v-flash", "wan2.6-i2v", "wan2.5-i2v-preview", "wan2.2-i2v-flash", "wan2.2-i2v-plus",
+                "wanx2.1-i2v-turbo", "wanx2.1-i2v-plus", "wan2.2-kf2v-flash", "wanx2.1-kf2v-plus", "wan2.6-t2v",
+                "wan2.5-t2v-preview", "wan2.2-t2v-plus", "wanx2.1-t2v-turbo", "wanx2.1-t2v-plus",
+                "wan2.5-t2i-preview", "wan2.2-t2i-plus", "wan2.2-t2i-flash", "wanx2.1-t2i-plus", "wanx2.1-t2i-turbo",
+                "wanx2.0-t2i-turbo"},
+    "singapore": {"wan2.6-i2v-flash", "wan2.6-i2v", "wan2.5-i2v-preview", "wan2.2-i2v-plus", "wan2.1-i2v-turbo",
+                  "wan2.1-i2v-plus", "wan2.1-kf2v-plus", "wan2.6-t2v", "wan2.5-t2v-preview", "wan2.2-t2v-plus",
+                  "wan2.1-t2v-turbo", "wan2.1-t2v-plus", "wan2.5-t2i-preview", "wan2.2-t2i-flash",
+                  "wan2.2-t2i-plus", "wan2.1-t2i-turbo", "wan2.1-t2i-plus"},
+    "virginia": {"wan2.6-i2v", "wan2.6-t2v", "wan2.6-i2v-us", "wan2.6-t2v-us"},
+}
 
 SUBMIT_FAULTS = {
     "rate_limit": (429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
@@ -83,11 +136,12 @@ class Server(FakeServer):
     name = "dashscope"
 
     def __init__(self, *, polls_to_finish=3, url_ttl=3600, api_key=API_KEY, prefix="", hang_seconds=2.0,
-                 concurrency_limit=2):
+                 concurrency_limit=None, region="beijing"):
         self.api_key = api_key
         self.prefix = prefix
         self.hang_seconds = hang_seconds
-        self.concurrency_limit = concurrency_limit
+        self.concurrency_limit = concurrency_limit  # None: each model's documented cap; a number: for every model
+        self.region = region
         self.calls = []     # (method, path, X-DashScope-Async header or None) of every protocol request
         self.list_queries = []  # query parameters of every task-list request
         super().__init__(polls_to_finish=polls_to_finish, url_ttl=url_ttl)
@@ -96,6 +150,8 @@ class Server(FakeServer):
         p = self.prefix
         app.add_url_rule(f"{p}/services/aigc/video-generation/video-synthesis", "video",
                          lambda: self._create("video"), methods=["POST"])
+        app.add_url_rule(f"{p}/services/aigc/image2video/video-synthesis", "kf2v",
+                         lambda: self._create("kf2v"), methods=["POST"])
         app.add_url_rule(f"{p}/services/aigc/text2image/image-synthesis", "image",
                          lambda: self._create("image"), methods=["POST"])
         app.add_url_rule(f"{p}/tasks/", "list", self._list, methods=["GET"], strict_slashes=False)
@@ -148,19 +204,27 @@ class Server(FakeServer):
             parameters = body.get("parameters", {})
             if not isinstance(parameters, dict):
                 raise Invalid("parameters must be an object.")
-            models = VIDEO_MODELS if kind == "video" else IMAGE_MODELS
-            if body["model"] not in models:
-                return self.error(404, "ModelNotFound", f"Model not found ({body['model']})!")
-            check = self._video_task if kind == "video" else self._image_task
-            fields = check(body["model"], body["input"], parameters)
+            model = body["model"]
+            models = IMAGE_MODELS if kind == "image" else VIDEO_MODELS
+            if model not in models or model not in REGION_MODELS.get(self.region, set()):
+                return self.error(404, "ModelNotFound", "Model can not be found.")
+            if kind != "image" and (VIDEO_MODELS[model]["kind"] == "kf2v") != (kind == "kf2v"):
+                # The SDK sends every *kf2v* model to image2video and nothing else (§9.2(a)).
+                raise Invalid(f"Model {model} is not supported on this endpoint.")
+            check = self._image_task if kind == "image" else self._video_task
+            fields = check(model, body["input"], parameters)
         except Invalid as exc:
             return self.error(400, exc.code, str(exc))
+        cap = self.concurrency_limit or (
+            IMAGE_CAPS.get(model, 2) if kind == "image" else VIDEO_MODELS[model]["cap"])
         with self.lock:
-            in_flight = sum(1 for t in self.tasks.values() if t["status"] in ("PENDING", "RUNNING"))
-            if in_flight >= self.concurrency_limit:
+            in_flight = sum(1 for t in self.tasks.values()
+                            if t["status"] in ("PENDING", "RUNNING") and t["model"] == model)
+            if in_flight >= cap:
                 return self.error(429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.")
             task_id = str(uuid.uuid4())
-            self.tasks[task_id] = {"id": task_id, "kind": kind, "model": body["model"], "status": "PENDING",
+            self.tasks[task_id] = {"id": task_id, "kind": "image" if kind == "image" else "video", "model": model,
+                                   "endpoint": kind, "status": "PENDING",
                                    "polls": 0, "created": time.time(), "submit_time": _now_text(),
                                    "output": {}, "usage": None, **fields}
             self.submissions[hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]] += 1
@@ -170,7 +234,7 @@ class Server(FakeServer):
             return self.error(500, "InternalError", "An internal error has occured, please try again later.")
         return {"output": {"task_status": "PENDING", "task_id": task_id}, "request_id": str(uuid.uuid4())}
 
-    def _prompts(self, body_input, required):
+    def _prompts(self, body_input, required, limit=800):
         prompt, negative = body_input.get("prompt"), body_input.get("negative_prompt")
         for field, value in (("prompt", prompt), ("negative_prompt", negative)):
             if value is not None and not isinstance(value, str):
@@ -178,7 +242,7 @@ class Server(FakeServer):
         if required and not prompt:
             raise Invalid("Required parameter(s) missing or invalid: input.prompt.")
         # The real service cuts longer text without a word; keep what it would use.
-        return {"prompt": (prompt or "")[:800], "prompt_truncated": len(prompt or "") > 800,
+        return {"prompt": (prompt or "")[:limit], "prompt_truncated": len(prompt or "") > limit,
                 "negative_prompt": (negative or "")[:500], "negative_truncated": len(negative or "") > 500}
 
     @staticmethod
@@ -190,25 +254,48 @@ class Server(FakeServer):
         if seed is not None and (type(seed) is not int or not 0 <= seed <= 2147483647):
             raise Invalid("parameters.seed must be an integer in [0, 2147483647].")
         return {"prompt_extend": parameters.get("prompt_extend", True),
-                "watermark": parameters.get("watermark", False)}
+                "watermark": parameters.get("watermark", False), "seed": seed}
 
     def _video_task(self, model, body_input, parameters):
         spec = VIDEO_MODELS[model]
-        resolution = parameters.get("resolution", spec["default"])
-        if resolution not in spec["resolutions"]:
-            raise Invalid(f"The resolution {resolution!r} is not supported by {model}; "
-                          f"choose one of {', '.join(spec['resolutions'])}.")
         duration = parameters.get("duration", 5)
         if type(duration) is not int or duration not in spec["durations"]:
             raise Invalid(f"The duration {duration!r} is not supported by {model}.")
-        image = self._picture(body_input.get("img_url"), request.headers.get("X-DashScope-OssResourceResolve"))
-        return {**self._prompts(body_input, required=False), **self._flags(parameters), **image,
-                "resolution": resolution, "duration": duration}
+        if "audio" in parameters and (spec["audio"] != "switch" or not isinstance(parameters["audio"], bool)):
+            raise Invalid(f"parameters.audio is not supported by {model}." if spec["audio"] != "switch"
+                          else "parameters.audio must be a boolean.")
+        oss = request.headers.get("X-DashScope-OssResourceResolve")
+        if spec["kind"] == "t2v":
+            size = parameters.get("size", "1920*1080" if "1080P" in spec["resolutions"] else "1280*720")
+            resolution = next((tier for tier in spec["resolutions"] if size in T2V_SIZES[tier]), None)
+            if resolution is None:
+                raise Invalid(f"The size {size!r} is not supported by {model}.")
+            for field in ("img_url", "first_frame_url", "last_frame_url"):
+                if field in body_input:
+                    raise Invalid(f"input.{field} is not a parameter of {model}.")
+            image = {"size": size}
+        else:
+            resolution = parameters.get("resolution", spec["default"])
+            if resolution not in spec["resolutions"]:
+                raise Invalid(f"The resolution {resolution!r} is not supported by {model}; "
+                              f"choose one of {', '.join(spec['resolutions'])}.")
+            if spec["kind"] == "kf2v":
+                if "img_url" in body_input:
+                    raise Invalid("input.img_url is not a parameter here: use first_frame_url and last_frame_url.")
+                image = self._picture(body_input.get("first_frame_url"), oss, "first_frame_url")
+                if not body_input.get("template") or body_input.get("last_frame_url") is not None:
+                    last = self._picture(body_input.get("last_frame_url"), oss, "last_frame_url")
+                    image.update({f"last_{key}": value for key, value in last.items()})
+            else:
+                image = self._picture(body_input.get("img_url"), oss, "img_url")
+        return {**self._prompts(body_input, required=spec["kind"] == "t2v", limit=1500 if spec["long"] else 800),
+                **self._flags(parameters), **image, "resolution": resolution, "duration": duration,
+                "audio": parameters.get("audio", True) if spec["audio"] else False}
 
     @staticmethod
-    def _picture(img_url, oss_resolve):
+    def _picture(img_url, oss_resolve, field="img_url"):
         if not isinstance(img_url, str) or not img_url:
-            raise Invalid("Required parameter(s) missing or invalid: input.img_url.")
+            raise Invalid(f"Required parameter(s) missing or invalid: input.{field}.")
         if img_url.startswith(("http://", "https://")):
             return {"img_source": "url"}            # the real service fetches it; nothing to fetch here
         if img_url.startswith("oss://"):
@@ -223,7 +310,7 @@ class Server(FakeServer):
             with Image.open(io.BytesIO(data)) as img:
                 fmt, (width, height), mode, info = img.format, img.size, img.mode, img.info
         except (binascii.Error, ValueError, OSError):
-            raise Invalid("The image in img_url cannot be decoded.") from None
+            raise Invalid(f"The image in {field} cannot be decoded.") from None
         if fmt not in ("JPEG", "PNG", "BMP", "WEBP"):
             raise Invalid(f"The image format {fmt} is not supported.")
         if len(data) > 10 * 1024 * 1024:
@@ -240,7 +327,11 @@ class Server(FakeServer):
         if not match:
             raise Invalid(f"The size {size!r} is not valid: use width*height, e.g. 1024*1024.")
         width, height = int(match.group(1)), int(match.group(2))
-        if not (512 <= width <= 1440 and 512 <= height <= 1440):
+        if IMAGE_MODELS[model] == "pixels":
+            if not (768 * 768 <= width * height <= 1440 * 1440 and 1 / 4 <= width / height <= 4):
+                raise Invalid(f"The size {size} is out of range: total pixels within [768*768, 1440*1440], "
+                              "aspect ratio within 1:4 and 4:1.")
+        elif not (512 <= width <= 1440 and 512 <= height <= 1440):
             raise Invalid(f"The size {size} is out of range: each side must be within [512, 1440].")
         n = parameters.get("n", 4)                  # the documented (and billed) default
         if type(n) is not int or not 1 <= n <= 4:

@@ -2,8 +2,8 @@
 
 It checks the JWT exactly (HS256 signature with the secret key, `iss` = access key, `nbf`, `exp`),
 insists on `Content-Type: application/json`, and refuses what Kling refuses with Kling's envelope and
-codes: `data:` URIs instead of raw Base64, a non-string `duration`, `cfg_scale` on v2.x models,
-mode/duration/tail/camera combinations the §1.9 matrix does not list, a reused `external_task_id`,
+codes: `data:` URIs instead of raw Base64, a non-string `duration`, `cfg_scale` on v2.x/v3 models,
+mode/duration/tail/camera/sound combinations the §1.9 / §9.1 matrix does not list, a reused `external_task_id`,
 and more tasks in flight than the account's pack allows (429 1303; an image task holds n slots).
 Its model matrix is written from PROVIDERS.md independently of the client's table, so a drift between
 them shows up as a refused request. Tasks go submitted → processing → succeed over status queries;
@@ -36,7 +36,10 @@ ENDPOINTS = {"image2video": "/v1/videos/image2video", "text2video": "/v1/videos/
 ALL = {("std", "5"), ("std", "10"), ("pro", "5"), ("pro", "10")}
 PRO = {("pro", "5"), ("pro", "10")}
 STD = {("std", "5"), ("std", "10")}
-# §1.9: combos per endpoint, tail combos, cfg_scale, camera_control (endpoint -> combos, simple only?).
+V3 = {(mode, str(seconds)) for mode in ("std", "pro") for seconds in range(3, 16)}
+# §1.9 / §9.1: combos per endpoint, tail combos, cfg_scale, camera_control (endpoint -> combos, simple
+# only?), and where `sound: "on"` is taken (never with image_tail). kling-v2-5-turbo: pro only, the
+# cautious reading of §9.1 (the relays that require pro refuse std).
 VIDEO_MODELS = {
     "kling-v1": {"text2video": ALL, "image2video": ALL, "tail": {("std", "5"), ("pro", "5")}, "cfg": True,
                  "camera": {"text2video": {("std", "5")}}, "simple_only": False},
@@ -46,8 +49,9 @@ VIDEO_MODELS = {
     "kling-v2-master": {"text2video": STD, "image2video": STD, "tail": set(), "cfg": False},
     "kling-v2-1": {"text2video": set(), "image2video": ALL, "tail": PRO, "cfg": False},
     "kling-v2-1-master": {"text2video": STD, "image2video": STD, "tail": set(), "cfg": False},
-    "kling-v2-5-turbo": {"text2video": ALL, "image2video": ALL, "tail": PRO, "cfg": False},
-    "kling-v2-6": {"text2video": ALL, "image2video": ALL, "tail": PRO, "cfg": False},
+    "kling-v2-5-turbo": {"text2video": PRO, "image2video": PRO, "tail": PRO, "cfg": False},
+    "kling-v2-6": {"text2video": ALL, "image2video": ALL, "tail": PRO, "cfg": False, "sound": PRO},
+    "kling-v3": {"text2video": V3, "image2video": V3, "tail": V3, "cfg": False, "sound": V3},
 }
 NO_MODE_CHOICE = {"kling-v2-master", "kling-v2-1-master"}
 CAMERA_TYPES = {"simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward"}
@@ -200,8 +204,9 @@ class Server(FakeServer):
         if mode not in ("std", "pro") or (model in NO_MODE_CHOICE and mode != "std"):
             raise invalid(f"mode {mode!r} is invalid for {model}")
         duration = body.get("duration", "5")
-        if not isinstance(duration, str) or duration not in ("5", "10"):
-            raise invalid("duration must be the string \"5\" or \"10\"")
+        durations = {d for _, d in spec["image2video"] | spec["text2video"]}
+        if not isinstance(duration, str) or duration not in durations:
+            raise invalid(f"duration must be one of the strings {sorted(durations, key=int)} for {model}")
         combo = (mode, duration)
         if combo not in spec[kind]:
             raise invalid(f"{model} does not support {kind} in {mode} mode for {duration}s")
@@ -225,7 +230,22 @@ class Server(FakeServer):
             raise invalid("aspect_ratio is invalid")
         if body.get("camera_control") is not None:
             self._check_camera(kind, model, spec, combo, body)
+        self._check_sound(model, spec, combo, body)
         return 1, {"model": model, "duration": duration}
+
+    @staticmethod
+    def _check_sound(model, spec, combo, body):
+        """`sound` "on"|"off" on v2.6 and later only; "on" only where rendered, never with a tail (§9.1)."""
+        if "sound" not in body:
+            return
+        sound = body["sound"]
+        if "sound" not in spec:
+            raise invalid(f"sound is not supported by {model}")
+        if sound not in ("on", "off"):
+            raise invalid("sound must be \"on\" or \"off\"")
+        if sound == "on" and (combo not in spec["sound"] or body.get("image_tail") is not None):
+            raise invalid(f"{model} does not support sound in {combo[0]} mode for {combo[1]}s"
+                          + (" with image_tail" if body.get("image_tail") is not None else ""))
 
     def _check_camera(self, kind, model, spec, combo, body):
         camera = body["camera_control"]
