@@ -38,13 +38,12 @@ CallbackUrl = Annotated[Text, Field(max_length=2000), AfterValidator(_http_url)]
 
 
 class V1Extras(BaseModel):
-    """What v1 adds to the fields of /generate and /generate_image."""
+    """What v1 adds to the fields of /generate and /generate_image (which carry `seed` themselves)."""
 
     model_config = STRICT
 
     width: int | None = Field(None, ge=1, le=16384, description="With height: the nearest aspect ratio offered.")
     height: int | None = Field(None, ge=1, le=16384)
-    seed: int | None = Field(None, ge=0, le=4294967295, description="Only for models whose table takes a seed.")
     callback_url: CallbackUrl | None = Field(None, description="POSTed the v1 task body when the task ends.")
 
 
