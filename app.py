@@ -52,6 +52,7 @@ def create_app(config=None):
     import task_query
     import tasks
     import video_extend
+    import webhooks
     from providers import build_providers
 
     app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
@@ -68,6 +69,7 @@ def create_app(config=None):
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
     app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
     auth.init_app(app)
+    webhooks.init_app(app)
     _register_error_handlers(app)
 
     @app.get("/api/capabilities")
