@@ -52,6 +52,7 @@ def create_app(config=None):
     import task_query
     import tasks
     import video_extend
+    import wan_protocol
     import webhooks
     from providers import build_providers
 
@@ -63,6 +64,7 @@ def create_app(config=None):
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
+    app.register_blueprint(wan_protocol.bp)
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)
     task_backup.init_app(app)
