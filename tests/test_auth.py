@@ -14,7 +14,8 @@ from app import create_app
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture, run_pipeline
 from tests.signin import browser_client, csrf_of, login, make_user
 
-PUBLIC = {"static", "auth.login", "auth.login_link", "health.healthz", "health.readyz"}
+PUBLIC = {"static", "auth.login", "auth.login_link", "health.healthz", "health.readyz",
+          "metrics.scrape"}         # its own rule: METRICS_TOKEN, or loopback only (tests/test_metrics.py)
 SAMPLE_ARGS = {"task_id": "20261122T000000000Z-abcdef", "subpath": "outputs/x/video.mp4", "key_id": "k1",
                "user_id": "someone", "token": "t" * 20, "filename": "x.css"}
 
