@@ -1,10 +1,13 @@
 """/metrics: who may scrape it, that it parses, and that its counters move, also under gunicorn."""
 
+import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -133,3 +136,17 @@ def test_two_gunicorn_workers_answer_the_same_sums(tmp_path):
             assert value(parsed, "studio_http_request_seconds_count", endpoint="health.readyz") == 30
             assert value(parsed, "studio_tasks", status="succeeded") == 1
             assert 0 <= value(parsed, "studio_pipeline_heartbeat_age_seconds") < 30
+
+
+def test_the_shipped_dashboard_and_alerts_name_only_metrics_the_studio_exports(app, client):
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    answer = client.post("/generate", json={"image": b64(picture()), "prompt": "zoom"})
+    run_pipeline(app, answer.get_json()["task_id"])
+    exported = {family.name for family in text_string_to_metric_families(
+        anonymous(app).get("/metrics").get_data(as_text=True))}
+    dashboard = json.loads((root / "grafana" / "studio-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((root / "prometheus" / "alerts.yml").read_text())
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    named = {re.sub(r"_(bucket|count|sum|total)$", "", name) for e in exprs for name in re.findall(r"studio_\w+", e)}
+    assert named and named <= exported, named - exported
