@@ -60,6 +60,7 @@ V1_STATUS = {"queued": "queued", "submitted": "processing", "running": "processi
              "succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _private_allowed = {}       # DATA_DIR -> ALLOW_PRIVATE_URLS of the app there (the pipeline has no app context)
+_accounts = {}              # DATA_DIR -> Accounts (each re-reads accounts.json only when it changed)
 
 
 def init_app(app):
@@ -126,7 +127,9 @@ class _Refused(Exception):
 def deliver_due(store, clock=utcnow):
     """Send every webhook that is due: new final states, and retries whose time has come."""
     now = clock()
-    accounts = Accounts(store.dir)
+    if str(store.dir) not in _accounts:
+        _accounts[str(store.dir)] = Accounts(store.dir)
+    accounts = _accounts[str(store.dir)]
     allow_private = _private_allowed.get(str(store.dir), False)
     since = tasks.new_task_id(now - LOOK_BACK)[:18]
     due = []

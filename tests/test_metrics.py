@@ -9,6 +9,7 @@ import pytest
 import requests
 import yaml
 from flask.testing import FlaskClient
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_KEY, b64, picture, run_pipeline
@@ -123,9 +124,14 @@ def test_two_gunicorn_workers_answer_the_same_sums(tmp_path):
         # Each request on its own connection: the two workers take turns accepting them.
         for _ in range(30):
             assert requests.get(studio.url("/readyz"), timeout=10).status_code in (200, 503)
-        pids = {m.group(1) for f in (studio.data_dir / "metrics").iterdir()
-                if (m := re.fullmatch(r"histogram_(\d+)\.db", f.name))}
-        assert len(pids) == 2, f"the requests did not reach both workers: {pids}"
+        served = {}         # pid -> /readyz requests it timed, from each worker's own file
+        for path in (studio.data_dir / "metrics").glob("histogram_*.db"):
+            pid = re.fullmatch(r"histogram_(\d+)\.db", path.name).group(1)
+            entries = (json.loads(key) + [v] for key, v, _, _ in MmapedDict.read_all_values_from_file(str(path)))
+            # Multiprocess histograms keep one value per bucket, not cumulative: their sum is the count.
+            served[pid] = sum(v for _, name, labels, _, v in entries
+                              if name == "studio_http_request_seconds_bucket" and labels["endpoint"] == "health.readyz")
+        assert sorted(served.values())[0] > 0 and len(served) == 2, f"one worker served every request: {served}"
         key = {"kind": "video", "provider": "local", "model": "local-motion"}
         for _ in range(10):         # whichever worker answers, the sums are the same
             scrape = requests.get(studio.url("/metrics"), timeout=10)
