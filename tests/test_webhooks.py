@@ -7,12 +7,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 import webhooks
+from accounts import Accounts
 from tasks import Task, parse_iso, utcnow
-from tests.conftest import b64, picture, run_pipeline
+from tests.conftest import ADMIN_KEY, b64, picture, run_pipeline
+from tests.live import LiveStudio
 from tests.signin import csrf_of, login, make_user
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -34,11 +37,13 @@ class Receiver:
     def __init__(self, statuses):
         self.statuses = list(statuses)
         self.got = []
+        self.arrived = threading.Event()
 
         @Request.application
         def receive(request):
             self.got.append({"headers": dict(request.headers), "body": request.get_data(), "path": request.path})
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+            self.arrived.set()
             return Response("x" * 1000 if status >= 500 else "thanks", status=status)
 
         self.server = make_server("127.0.0.1", 0, receive)
@@ -188,3 +193,19 @@ def test_the_default_url_is_set_on_the_account_page_and_used_for_tasks_ending_af
     assert private_app.test_client().put("/api/account/webhook", json={"url": None}).status_code == 403
     users = private_app.test_client().get("/api/users").get_json()["users"]
     assert all("webhook_secret" not in u for u in users)
+
+
+def test_the_running_pipeline_delivers_under_gunicorn(tmp_path):
+    """The scheduler's webhook job, in a real studio: a task ends and the receiver hears of it, signed."""
+    with Receiver([200]) as receiver, LiveStudio(tmp_path, gunicorn=True, env={"ALLOW_PRIVATE_URLS": "1"}) as studio:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        secret = requests.post(studio.url("/api/v1/webhooks/secret"), headers=headers, timeout=10).json()["secret"]
+        Accounts(studio.data_dir).set_webhook("admin", receiver.url)     # what the account page's form does
+        answer = requests.post(studio.url("/generate"), json={"image": b64(picture()), "prompt": "pan left"},
+                               headers=headers, timeout=30)
+        assert answer.status_code == 202, answer.text
+        assert receiver.arrived.wait(90), "no webhook arrived"
+        got = receiver.got[0]
+        assert readme_verify()(secret, got["headers"]["X-Studio-Signature"], got["body"])
+        assert json.loads(got["body"])["task_id"] == answer.json()["task_id"]
+        assert json.loads(got["body"])["status"] == "completed"
