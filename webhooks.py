@@ -71,15 +71,19 @@ def init_app(app):
 # ---- the body and its signature ------------------------------------------------------------------
 
 def v1_task_body(record):
-    """The task as `GET /api/v1/tasks/<id>` shows it (status in the v1 words)."""
-    outputs = [{k: o.get(k) for k in ("kind", "url", "thumbnail_url", "width", "height", "duration", "bytes")}
+    """The task as `GET /api/v1/tasks/<id>` shows it (status in the v1 words; `result` once completed).
+
+    A stand-in written before api/v1.py landed: on merging, `api.v1.v1_task` replaces it.
+    """
+    outputs = [{"kind": o.get("kind"), "url": o.get("url"), "thumbnail": o.get("thumbnail_url"),
+                **{k: o.get(k) for k in ("width", "height", "duration", "bytes")}}
                for o in record.get("outputs") or [] if o.get("url")]
-    first = outputs[0] if outputs else {}
-    error = record.get("error")
-    return {"task_id": record["id"], "status": V1_STATUS[record["status"]], "progress": record.get("progress") or 0,
-            "result": {"output_path": first.get("url"), "thumbnail": first.get("thumbnail_url"), "outputs": outputs},
-            "error": {"code": error["code"], "message": error["message"]} if error else None,
-            "created_at": record["created_at"], "updated_at": record["updated_at"]}
+    completed = record["status"] == tasks.SUCCEEDED
+    result = ({"output_path": outputs[0]["url"] if outputs else None,
+               "thumbnail": outputs[0]["thumbnail"] if outputs else None, "outputs": outputs} if completed else None)
+    return {"task_id": record["id"], "status": V1_STATUS[record["status"]], "progress": record.get("progress"),
+            "result": result, "error": record.get("error"), "created_at": record["created_at"],
+            "updated_at": record["updated_at"]}
 
 
 def sign(secret, timestamp, body):
