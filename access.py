@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import current_app, g
 
+import metrics
 import tasks
 from errors import NotFound, QuotaExceeded, ValidationError
 
@@ -156,7 +157,7 @@ def create_within_limits(store, kind, params, create, now=None):
         task_id = tasks.new_task_id()
         ledger.record(user["id"], kind, count, task_id, now)
         try:
-            return create(task_id)
+            return metrics.task_created(create(task_id))
         except BaseException:
             ledger.record(user["id"], kind, -count, task_id, now)
             raise

@@ -188,6 +188,27 @@ class Accounts:
         ok = check_password_hash(user["password_hash"] if user else _DUMMY_HASH, password)
         return user if user and ok else None
 
+    # ---- webhooks (webhooks.py signs and sends; the secret must be kept readable to sign with)
+
+    def set_webhook(self, user_id, url):
+        """Set (or, with None, remove) the user's default webhook URL; tasks finished from now on use it."""
+        with self._edit() as data:
+            user = data["users"].get(user_id)
+            if user is None:
+                raise NotFound(f"No user '{user_id}'.")
+            user.update(webhook_url=url or None, webhook_url_set_at=time.time() if url else None)
+            return public(user)
+
+    def rotate_webhook_secret(self, user_id):
+        """A new signing secret for the user's webhooks, replacing the old one; returned once."""
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        with self._edit() as data:
+            user = data["users"].get(user_id)
+            if user is None:
+                raise NotFound(f"No user '{user_id}'.")
+            user["webhook_secret"] = secret
+        return secret
+
     # ---- sessions
 
     def create_session(self, user_id):
@@ -302,5 +323,5 @@ def _end_sessions(data, user_id, keep=None):
 
 
 def public(record):
-    """A record without its secrets (hashes)."""
-    return {k: v for k, v in record.items() if k not in ("password_hash", "hash")}
+    """A record without its secrets (hashes, the webhook signing secret)."""
+    return {k: v for k, v in record.items() if k not in ("password_hash", "hash", "webhook_secret")}

@@ -44,10 +44,13 @@ def create_app(config=None):
     import health
     import i18n
     import image_generate
+    import metrics
     import task_backup
     import task_query
     import tasks
     import video_extend
+    import wan_protocol
+    import webhooks
     from api import image_service, openapi, v1
     from providers import build_providers
 
@@ -62,11 +65,14 @@ def create_app(config=None):
     app.register_blueprint(v1.bp)
     app.register_blueprint(image_service.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(wan_protocol.bp)
+    metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)
     task_backup.init_app(app)
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
     app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
     auth.init_app(app)
+    webhooks.init_app(app)
     error_pages.init_app(app)      # JSON for API clients, pages for browsers
 
     @app.get("/api/capabilities")

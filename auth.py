@@ -369,7 +369,8 @@ def change_password():
 @admin_only
 def list_users():
     accounts = current_app.extensions["accounts"]
-    return {"users": [{**{k: v for k, v in u.items() if k != "password_hash"}, "usage": access.usage(u)}
+    secret = ("password_hash", "webhook_secret")
+    return {"users": [{**{k: v for k, v in u.items() if k not in secret}, "usage": access.usage(u)}
                       for u in accounts.users()]}
 
 

@@ -42,7 +42,10 @@ class Settings(BaseModel):
     API_KEYS: str = ""
     SESSION_COOKIE_SECURE: bool = False             # set behind HTTPS
     TRUSTED_PROXIES: int = Field(0, ge=0, le=5)     # reverse proxies in front (X-Forwarded-For)
-    ALLOW_PRIVATE_URLS: bool = False                # development and tests only
+    ALLOW_PRIVATE_URLS: bool = False                # development and tests only (picture URLs, webhooks)
+    METRICS_TOKEN: str | None = None                # /metrics wants `Bearer <this>`; unset: loopback only
+    WAN_PROTOCOL_PROVIDER: str = "local"            # where /video/submit (the Wan I2V protocol) sends tasks
+    WAN_PROTOCOL_MODEL: str = "local-motion"
     TESTING: bool = False
 
     KLING_ACCESS_KEY: str | None = None

@@ -35,6 +35,7 @@ import health
 import janitor
 import task_backup
 import task_query
+import webhooks
 from tasks import utcnow
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class Pipeline:
         # Dispatch and download are cheap when idle, so they run often to keep the studio responsive;
         # per-task poll intervals and backoff live in the task records.
         self.intervals = {"dispatch": {"seconds": 1}, "poll": {"seconds": 1}, "download": {"seconds": 1},
-                          "compact": {"minutes": 10}, "janitor": {"minutes": 30}, "backup": {"minutes": backup_minutes}}
+                          "compact": {"minutes": 10}, "janitor": {"minutes": 30}, "backup": {"minutes": backup_minutes},
+                          "webhooks": {"seconds": 2}}
         for job_id, interval in self.intervals.items():
             self.scheduler.add_job(self._as_leader(getattr(self, f"_{job_id}")), "interval", id=job_id, **interval)
         self._last_tick = None          # (wall, monotonic) at the previous heartbeat
@@ -208,6 +210,9 @@ class Pipeline:
 
     def _janitor(self):
         janitor.sweep(self.store.dir, self.store, self.clock())
+
+    def _webhooks(self):
+        webhooks.deliver_due(self.store, self.clock)
 
     def _backup(self):
         task_backup.take_backup(self.store, self.backup_dir)

@@ -24,6 +24,7 @@ from flask import Blueprint, current_app, render_template, request, send_file
 
 import access
 import downloads
+import metrics
 import submit_journal
 import tasks
 from errors import (
@@ -85,7 +86,7 @@ def _fail(store, task_id, code, message, now, late_check=False):
     def change(record):
         if record["status"] not in TERMINAL:
             tasks.fail(record, code, message, now, late_check=late_check)
-    store.update(task_id, change)
+    store.update(task_id, metrics.counting_finish(change))
     log.info("task %s failed: %s", task_id, code)
 
 
@@ -213,7 +214,7 @@ def _submit(store, provider, task, now):
             return False
         journal.sent(task_id, provider.name, iso(now))
         try:
-            provider_task_id = provider.submit(task)
+            provider_task_id = metrics.call("submit", provider.name, provider.submit, task)
         except SubmitOutcomeUnknown as exc:
             log.warning("task %s: submit outcome unknown; will reconcile", task_id)
             _submit_problem(store, provider, task, exc, now, ambiguous=True)
@@ -267,7 +268,7 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
                             "result if it turns up.")
             tasks.fail(record, "provider_unreachable" if code == "provider_unreachable" else "submit_gave_up",
                        message, now, late_check=ambiguous)
-    store.update(task["id"], change)
+    store.update(task["id"], metrics.counting_finish(change))
 
 
 def _missing_inputs(data_dir, task):
@@ -318,15 +319,15 @@ def _poll_one(store, providers, task, now):
     if provider.query_throttle:
         provider.query_throttle.wait()
     try:
-        status = provider.query(task)
+        status = metrics.call("poll", provider.name, provider.query, task)
     except Exception as exc:
         if isinstance(exc, ProviderError):
             log.warning("task %s: %s query failed (%s)", task_id, provider.name, exc.code)
         else:
             log.exception("task %s: %s query crashed", task_id, provider.name)
-        store.update(task_id, lambda record, exc=exc: _query_problem(record, provider, exc, now))
+        store.update(task_id, metrics.counting_finish(lambda record, e=exc: _query_problem(record, provider, e, now)))
         return
-    store.update(task_id, lambda record: _apply_status(record, status, provider, now))
+    store.update(task_id, metrics.counting_finish(lambda record: _apply_status(record, status, provider, now)))
 
 
 def _query_problem(record, provider, exc, now):
@@ -464,7 +465,8 @@ def download(store, providers, clock=utcnow, stopping=None):
         outputs = list(task["outputs"])
         try:
             for i, out in enumerate(outputs):
-                outputs[i] = downloads.save_output(store.dir, task_id, i, out, utcnow())
+                outputs[i] = metrics.call("download", task["provider"], downloads.save_output,
+                                          store.dir, task_id, i, out, utcnow())
         except downloads.ResultExpired as exc:
             _fail(store, task_id, "result_expired", str(exc), now)
             continue
@@ -475,7 +477,7 @@ def download(store, providers, clock=utcnow, stopping=None):
         def finished(record, outputs=outputs, now=now):
             if record["status"] == DOWNLOADING:
                 tasks.succeeded(record, outputs, now)
-        store.update(task_id, finished)
+        store.update(task_id, metrics.counting_finish(finished))
         log.info("task %s succeeded with %d output(s)", task_id, len(outputs))
 
 
@@ -598,7 +600,7 @@ def cancel_task(task_id):
     _task_or_404(task_id)
     now = utcnow()
     change = functools.partial(tasks.cancel, now=now)     # the poller stops it at the provider
-    record = _store().update(task_id, change)
+    record = _store().update(task_id, metrics.counting_finish(change))
     if not record.get("submit_started_at") and record.get("owner"):
         # No provider ever saw it, so it cost nothing: its quota comes back.
         current_app.extensions["ledger"].refund(record["owner"], record["kind"], task_id)

@@ -72,6 +72,28 @@ class TaskProblem(BaseModel):
     since: str
 
 
+class WebhookAttempt(BaseModel):
+    """One POST of a task's webhook and what the receiver answered (never more than 200 characters)."""
+
+    attempt: int
+    at: str
+    status: int | None = None           # the receiver's HTTP status; None when no answer came
+    ms: int | None = None               # how long the answer took
+    error: str | None = None            # why there was no usable answer (refused, unreachable, ...)
+    answer: str | None = None           # the start of the receiver's body, redacted
+
+
+class TaskWebhook(BaseModel):
+    """The delivery of a task's end to its webhook (webhooks.py): one event per final state reached."""
+
+    url: str                            # where it goes, without its query string
+    event: str                          # "<status>@<finished_at>": a late success is a new event
+    state: Literal["pending", "delivered", "failed", "refused"]
+    first_at: str
+    next_at: str | None = None          # the next try, while pending
+    attempts: list[WebhookAttempt] = []     # the latest few, across events
+
+
 class Task(BaseModel):
     """Every field a task record may carry. The first group is DESIGN.md's; the rest is the
     pipeline's bookkeeping, which clients may read but should not rely on."""
@@ -110,6 +132,7 @@ class Task(BaseModel):
     cancel_requested: bool | None = None    # cancelled here; the provider still to be told
     cancel_note: str | None = None      # why stopping it at the provider did not work
     download_error: str | None = None   # the latest problem saving the results
+    webhook: TaskWebhook | None = None  # the delivery of its end to callback_url or the owner's webhook
 
 
 class IllegalMove(Conflict):

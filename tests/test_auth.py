@@ -14,7 +14,28 @@ from app import create_app
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture, run_pipeline
 from tests.signin import browser_client, csrf_of, login, make_user
 
-PUBLIC = {"static", "auth.login", "auth.login_link", "health.healthz", "health.readyz"}
+# Every route and what it needs: its access rule (access.py's decorators; "user" = a session or an
+# API key) and its rate limit. A new route, or a renamed one that lost its decorator, shows here.
+ROUTE_RULES = {
+    "video_extend.page": "user", "video_extend.page_index": "user", "image_generate.page": "user",
+    "task_query.page": "user", "auth.account_page": "user", "capabilities": "user", "auth.me": "user",
+    "video_extend.generate": "user/generate", "image_generate.generate_image": "user/generate",
+    "task_query.list_tasks": "user", "task_query.get_task": "user", "task_query.delete_task": "user",
+    "task_query.cancel_task": "user", "task_query.retry_task": "user/generate", "task_query.media_file": "user",
+    "auth.change_password": "session", "auth.list_keys": "session", "auth.create_key": "session",
+    "auth.delete_key": "session", "auth.logout": "session", "webhooks.set_default_url": "session",
+    "auth.list_users": "admin", "auth.create_user": "admin", "auth.update_user": "admin", "auth.delete_user": "admin",
+    "api_v1.generate_image": "user/generate", "api_v1.generate_video": "user/generate",
+    "api_v1.list_tasks": "user", "api_v1.get_task": "user", "api_v1.delete_task": "user",
+    "api_v1.cancel_task": "user", "api_v1.retry_task": "user/generate", "image_service.service_create": "user/generate",
+    "image_service.service_result": "user", "image_service.service_status": "user",
+    "webhooks.make_secret": "user", "wan_protocol.submit": "user/generate", "wan_protocol.status": "user",
+    "wan_protocol.cancel": "user",
+    "api_v1.health_check": "public", "openapi.docs": "public", "openapi.openapi_json": "public",
+    "health.healthz": "public", "health.readyz": "public", "auth.login": "public", "auth.login_link": "public",
+    "metrics.scrape": "public",     # its own rule: METRICS_TOKEN, or loopback only (tests/test_metrics.py)
+    "static": "public",
+}
 SAMPLE_ARGS = {"task_id": "20261122T000000000Z-abcdef", "subpath": "outputs/x/video.mp4", "key_id": "k1",
                "user_id": "someone", "token": "t" * 20, "filename": "x.css"}
 
@@ -27,10 +48,20 @@ def anon(app):
 
 # ---- every route needs a login
 
+def rule_of(app, endpoint):
+    view = app.view_functions[endpoint]
+    access = "public" if endpoint == "static" else getattr(view, "access", "user")
+    return access + (f"/{view.rate_limit}" if getattr(view, "rate_limit", None) else "")
+
+
+def test_every_route_says_what_it_needs(app):
+    assert {rule.endpoint: rule_of(app, rule.endpoint) for rule in app.url_map.iter_rules()} == ROUTE_RULES
+
+
 def test_every_route_refuses_anonymous_requests(app, anon):
     checked = 0
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC:
+        if rule_of(app, rule.endpoint) == "public":
             continue
         url = rule.build({arg: SAMPLE_ARGS[arg] for arg in rule.arguments}, append_unknown=False)[1]
         for method in rule.methods - {"HEAD", "OPTIONS"}:
@@ -41,7 +72,7 @@ def test_every_route_refuses_anonymous_requests(app, anon):
             else:
                 assert resp.get_json()["error"]["code"] == "login_required"
             checked += 1
-    assert checked >= 20
+    assert checked >= 35
 
 
 def test_public_routes_answer_without_login(anon):

@@ -1,5 +1,6 @@
 /*
- * The account page: API keys (made, shown once, deleted), the admin's users, and the password.
+ * The account page: API keys (made, shown once, deleted), the admin's users, the password, and
+ * the default webhook URL with its signing secret (shown once).
  * Deleting asks for a second click on the same button instead of a dialog.
  */
 $(function () {
@@ -148,6 +149,25 @@ $(function () {
       form.reset();
       S.toast(S.t("password_changed"), "success");
       loadKeys();
+    });
+  });
+
+  // ---- webhook
+
+  $("#webhook-form").on("submit", function (event) {
+    event.preventDefault();
+    $("#webhook-saved").addClass("d-none");
+    S.api({ url: urls.webhook, method: "PUT", scope: this, data: { url: $("#webhook-url").val().trim() || null } })
+      .then(function (answer) {
+        $("#webhook-url").val(answer.url || "");
+        $("#webhook-saved").removeClass("d-none");
+      });
+  });
+
+  $("#webhook-secret").on("click", function () {
+    S.api({ url: urls.webhook_secret, method: "POST", scope: $("#webhook-form")[0] }).then(function (answer) {
+      $("#new-secret-value").text(answer.secret);
+      $("#new-secret").removeClass("d-none");
     });
   });
 

@@ -361,6 +361,20 @@ $(function () {
       $retryOf.append($("<a>", { href: "#", "data-open-task": task.retry_of }).text(task.retry_of));
     }
 
+    // Its webhook (webhooks.py): where it went, and each try with the receiver's answer.
+    $modal.find(".d-webhook").remove();
+    if (task.webhook) {
+      const hook = task.webhook;
+      const $hook = $("<dd>", { class: "d-webhook small" }).append($("<div>").text(S.t("webhook." + hook.state) + " · " + hook.url));
+      (hook.attempts || []).forEach((a) => {
+        $hook.append($("<div>", { class: "font-monospace text-secondary" }).text(S.fmt(S.t("webhook_try"), {
+          n: a.attempt, time: S.formatTime(a.at), result: a.status ? "HTTP " + a.status : a.error || "—",
+          ms: a.ms === null || a.ms === undefined ? "—" : a.ms,
+        }) + (a.answer ? " · " + a.answer : "")));
+      });
+      $modal.find(".detail-about").append($("<dt>", { class: "d-webhook" }).text(S.t("webhook")), $hook);
+    }
+
     const $params = $modal.find(".detail-params").empty();
     Object.keys(p).forEach((key) => {
       if (key === "prompt" || key === "negative_prompt") {
