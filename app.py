@@ -31,13 +31,38 @@ def create_app(config=None):
     app.config.update(settings.model_dump(), **flask_extra)
     app.extensions["settings"] = settings
 
+    data_dir = _prepare_data_dir(app)
+    _configure_logging(app)
+
+    from providers import build_providers
+
+    app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
+    app.extensions["providers"] = build_providers(app.config)
+    _register_features(app)
+
+    # A `flask ...` command (backup, ...) is a tool, not a studio: it never runs the pipeline.
+    import click
+
+    if not app.config["TESTING"] and click.get_current_context(silent=True) is None:
+        import scheduler
+
+        scheduler.start(app)      # also stops it at exit
+    return app
+
+
+def _prepare_data_dir(app):
+    """DATA_DIR (made, private to the studio's user) and BACKUP_DIR as absolute paths; the secret key."""
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)           # keys, accounts and people's pictures: for the studio's user only
     app.config["DATA_DIR"] = str(data_dir)
+    app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
     app.config["SECRET_KEY"] = app.config.get("SECRET_KEY") or _kept_secret_key(data_dir)
-    _configure_logging(app)
+    return data_dir
 
+
+def _register_features(app):
+    """Every feature module's blueprint and hooks, in the order they must see requests."""
     import auth
     import downloads
     import error_pages
@@ -52,20 +77,10 @@ def create_app(config=None):
     import wan_protocol
     import webhooks
     from api import image_service, openapi, v1
-    from providers import build_providers
 
-    app.config["BACKUP_DIR"] = str(Path(app.config["BACKUP_DIR"]).resolve())
-    app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
-    app.extensions["providers"] = build_providers(app.config)
     downloads.configure(app.config)     # where result links may point: public, or a configured provider
-    app.register_blueprint(health.bp)
-    app.register_blueprint(video_extend.bp)
-    app.register_blueprint(image_generate.bp)
-    app.register_blueprint(task_query.bp)
-    app.register_blueprint(v1.bp)
-    app.register_blueprint(image_service.bp)
-    app.register_blueprint(openapi.bp)
-    app.register_blueprint(wan_protocol.bp)
+    for module in (health, video_extend, image_generate, task_query, v1, image_service, openapi, wan_protocol):
+        app.register_blueprint(module.bp)
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)
     task_backup.init_app(app)
@@ -80,15 +95,6 @@ def create_app(config=None):
         """Every provider with `configured` and its models' allowed values (drives the pages)."""
         providers = app.extensions["providers"]
         return {"providers": [{**p.capabilities(), "configured": p.configured()} for p in providers.values()]}
-
-    # A `flask ...` command (backup, ...) is a tool, not a studio: it never runs the pipeline.
-    import click
-
-    if not app.config["TESTING"] and click.get_current_context(silent=True) is None:
-        import scheduler
-
-        scheduler.start(app)      # also stops it at exit
-    return app
 
 
 class StartupRefused(RuntimeError):

@@ -167,6 +167,10 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
                 in_flight[(provider.name, cap[0])] = in_flight.get((provider.name, cap[0]), 0) + slots
 
 
+class _NotNow(Exception):
+    """The task was dealt with (failed, or backed off for a later try): nothing is in flight."""
+
+
 def _submit(store, provider, task, now):
     """Submit one task; True if it is now in flight at the provider.
 
@@ -174,75 +178,91 @@ def _submit(store, provider, task, now):
     (id known) or reconciled (outcome unknown), never sent again, even when the task record came
     back from a backup as if it had never left.
     """
-    task_id = task["id"]
-    journal = submit_journal.for_dir(store.dir)
     missing = _missing_inputs(store.dir, task)
     if missing:
-        _fail(store, task_id, "input_missing", _input_missing_message(missing), now)
+        _fail(store, task["id"], "input_missing", _input_missing_message(missing), now)
         return False
-    provider_task_id = None
+    journal = submit_journal.for_dir(store.dir)
+    try:
+        provider_task_id = _earlier_submit(store, provider, task, journal, now)
+        if provider_task_id is None:
+            provider_task_id = _send(store, provider, task, journal, now)
+    except _NotNow:
+        return False
+    store.update(task["id"], lambda record: tasks.submitted(record, provider_task_id, now))
+    log.info("task %s submitted to %s as %s", task["id"], provider.name, provider_task_id)
+    return True
+
+
+def _earlier_submit(store, provider, task, journal, now):
+    """The provider's id for a submit sent before (from the journal, or reconciled), or None when
+    none reached it; _NotNow when that cannot be told yet."""
+    task_id = task["id"]
     sent = journal.lookup(task_id)
     if sent and sent.provider_task_id:
-        provider_task_id = sent.provider_task_id
-        log.info("task %s: the submit journal has %s task %s; adopting it", task_id, provider.name, provider_task_id)
-    elif task.get("submit_started_at") or (sent and sent.open):
-        if not task.get("submit_started_at"):
-            task = store.update(task_id, {"submit_started_at": sent.last_at})   # the window to reconcile in
-        # An earlier submit may have reached the provider before we lost track of it.
-        try:
-            provider_task_id = provider.reconcile(task)
-        except SubmitOutcomeUnknown as exc:
-            _fail(store, task_id, exc.code, exc.message, now, late_check=True)
-            return False
-        except ProviderError as exc:
-            _submit_problem(store, provider, task, exc, now, ambiguous=True)
-            return False
-        if provider_task_id:
-            journal.created(task_id, provider.name, iso(now), provider_task_id)
-            log.info("task %s reconciled with %s task %s", task_id, provider.name, provider_task_id)
-        else:
-            journal.not_created(task_id, provider.name, iso(now))
-    if provider_task_id is None:
-        # Record the attempt before sending, so a crash mid-submit is reconciled, not re-sent.
-        def mark(record):
-            if record["status"] != QUEUED:
-                raise Conflict("no longer queued")
-            record.update(submit_started_at=iso(now), attempts=record.get("attempts", 0) + 1)
-        try:
-            task = store.update(task_id, mark)
-        except Conflict:
-            return False
-        journal.sent(task_id, provider.name, iso(now))
-        try:
-            provider_task_id = metrics.call("submit", provider.name, provider.submit, task)
-        except SubmitOutcomeUnknown as exc:
-            log.warning("task %s: submit outcome unknown; will reconcile", task_id)
-            _submit_problem(store, provider, task, exc, now, ambiguous=True)
-            return False
-        except ProviderError as exc:
-            # Any other submit error guarantees nothing was created (providers/base.py), so a
-            # retryable one (rate limit, provider down) keeps the task queued for a while.
-            journal.not_created(task_id, provider.name, iso(now))
-            if exc.retryable:
-                _submit_problem(store, provider, task, exc, now, ambiguous=False)
-                log.info("task %s: %s refused for now (%s); retrying later", task_id, provider.name, exc.code)
-            else:
-                _fail(store, task_id, exc.code, exc.message, now)
-            return False
-        except FileNotFoundError:
-            # The picture vanished between the check above and the read: nothing was sent.
-            journal.not_created(task_id, provider.name, iso(now))
-            _fail(store, task_id, "input_missing", _input_missing_message(_missing_inputs(store.dir, task)), now)
-            return False
-        except Exception:
-            log.exception("task %s: submit crashed", task_id)
-            _fail(store, task_id, "submit_failed", "The submit failed unexpectedly; see the server log.", now)
-            return False
-        journal.created(task_id, provider.name, iso(now), provider_task_id)
+        log.info("task %s: the submit journal has %s task %s; adopting it", task_id, provider.name,
+                 sent.provider_task_id)
+        return sent.provider_task_id
+    if not (task.get("submit_started_at") or (sent and sent.open)):
+        return None
+    if not task.get("submit_started_at"):
+        task = store.update(task_id, {"submit_started_at": sent.last_at})   # the window to reconcile in
+    try:
+        found = provider.reconcile(task)
+    except SubmitOutcomeUnknown as exc:
+        _fail(store, task_id, exc.code, exc.message, now, late_check=True)
+        raise _NotNow from None
+    except ProviderError as exc:
+        _submit_problem(store, provider, task, exc, now, ambiguous=True)
+        raise _NotNow from None
+    if found:
+        journal.created(task_id, provider.name, iso(now), found)
+        log.info("task %s reconciled with %s task %s", task_id, provider.name, found)
+    else:
+        journal.not_created(task_id, provider.name, iso(now))
+    return found
 
-    store.update(task_id, lambda record: tasks.submitted(record, provider_task_id, now))
-    log.info("task %s submitted to %s as %s", task_id, provider.name, provider_task_id)
-    return True
+
+def _send(store, provider, task, journal, now):
+    """Record the attempt (task and journal) before sending, so a crash mid-submit is reconciled,
+    not re-sent; then send it. The provider's task id, or _NotNow."""
+    task_id = task["id"]
+
+    def mark(record):
+        if record["status"] != QUEUED:
+            raise Conflict("no longer queued")
+        record.update(submit_started_at=iso(now), attempts=record.get("attempts", 0) + 1)
+    try:
+        task = store.update(task_id, mark)
+    except Conflict:
+        raise _NotNow from None
+    journal.sent(task_id, provider.name, iso(now))
+    try:
+        provider_task_id = metrics.call("submit", provider.name, provider.submit, task)
+    except SubmitOutcomeUnknown as exc:
+        log.warning("task %s: submit outcome unknown; will reconcile", task_id)
+        _submit_problem(store, provider, task, exc, now, ambiguous=True)
+        raise _NotNow from None
+    except ProviderError as exc:
+        # Any other submit error guarantees nothing was created (providers/base.py), so a
+        # retryable one (rate limit, provider down) keeps the task queued for a while.
+        journal.not_created(task_id, provider.name, iso(now))
+        if exc.retryable:
+            _submit_problem(store, provider, task, exc, now, ambiguous=False)
+        else:
+            _fail(store, task_id, exc.code, exc.message, now)
+        raise _NotNow from None
+    except FileNotFoundError:
+        # The picture vanished between the check and the read: nothing was sent.
+        journal.not_created(task_id, provider.name, iso(now))
+        _fail(store, task_id, "input_missing", _input_missing_message(_missing_inputs(store.dir, task)), now)
+        raise _NotNow from None
+    except Exception:
+        log.exception("task %s: submit crashed", task_id)
+        _fail(store, task_id, "submit_failed", "The submit failed unexpectedly; see the server log.", now)
+        raise _NotNow from None
+    journal.created(task_id, provider.name, iso(now), provider_task_id)
+    return provider_task_id
 
 
 def _submit_problem(store, provider, task, exc, now, *, ambiguous):
