@@ -76,10 +76,11 @@ class VideoModel(_Table):
     camera_combos: list | None = None       # [Combo] where a camera move is allowed [any combo]
     camera_for: list | None = None          # "text_to_video"/"image_to_video" with a camera move [both]
     camera_with_tail: bool | None = None    # whether a camera move may go with a tail frame [True]
+    advanced: dict | None = None            # the model's own settings and their ranges (wan_server) [none]
 
     DEFAULTS = {"mode_label": "Mode", "max_negative_prompt": "max_prompt", "negative_prompt": True,
                 "camera_combos": "combos", "camera_for": ["text_to_video", "image_to_video"],
-                "camera_with_tail": True}
+                "camera_with_tail": True, "advanced": None}
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ class ImageModel(_Table):
     max_negative_prompt: int | None = None  # [max_prompt]
     negative_prompt: bool | None = None     # whether a negative prompt is accepted at all [True]
     prompt_required: bool | None = None     # a prompt is needed even with a reference picture [False]
+    advanced: dict | None = None            # the model's own settings and their ranges (liblib-custom) [none]
 
-    DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False}
+    DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False,
+                "advanced": None}
 
 
 def model_from_dict(table):
