@@ -7,8 +7,9 @@ decoded. Providers take JPEG or PNG, so WebP, BMP and HEIC are converted (to PNG
 has transparency, else JPEG), and `fit_image` re-encodes a picture over a provider's byte limit
 (JPEG quality steps, then smaller scales) rather than refusing it; both are recorded on the
 picture (`converted`, `reencoded`) and so on the task's input entry. Videos are written as
-browser-playable MP4 (H.264, yuv420p, moov atom first) through PyAV's bundled libx264. Every file this module writes appears under its final name only once it is
-complete (`.part` + fsync + rename), so a crash never leaves a half-written picture or clip behind.
+browser-playable MP4 (H.264, yuv420p, moov atom first) through PyAV's bundled libx264. Every file
+this module writes appears under its final name only once it is complete (`.part` + fsync +
+rename), so a crash never leaves a half-written picture or clip behind.
 `probe_media` is how the pipeline verifies that a downloaded result really is a readable picture
 or video before calling a task succeeded.
 """
