@@ -130,10 +130,11 @@ ERRORS = [
          "tried again later.", codes=(100054,), retry_after=True, retry_default=30),
     rule(ProviderRateLimited, "Liblib is rate-limiting the {what} (1 submit a second{said}); it is tried again.",
          codes=(429,), statuses=(429,), retry_after=True, retry_default=SUBMIT_INTERVAL),
-    rule(ProviderUnavailable, "Liblib failed the {what} on its side (code {code}{said}); it is tried again later.",
-         codes=(200000, 210000)),
+    # Before the retryable codes: a 5xx to a submit may have created the task, whatever its code.
     rule(SubmitOutcomeUnknown, "Liblib failed the submit (HTTP {status}); the task may have been created, so it "
          "is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderUnavailable, "Liblib failed the {what} on its side (code {code}{said}); it is tried again later.",
+         codes=(200000, 210000)),
     rule(ProviderUnavailable, "Liblib is unavailable for the {what} (HTTP {status}).", statuses=SERVER_ERRORS),
     rule(ProviderRejected, "Liblib could not use the reference picture (code {code}: unreachable, over 10 MB, "
          "refused by its policy or not downloadable{said}).", codes=(100030, 100031, 100032),
