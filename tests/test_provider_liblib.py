@@ -595,3 +595,150 @@ def test_no_cancel_at_liblib(studio):
     task = store.get(task_id)
     assert task["status"] == "cancelled" and "could not stop" in task["cancel_note"]
     assert fake.requests_to(STATUS) == []
+
+
+# ---- the brief's ids, the old ones, and liblib-custom ----
+
+def test_old_model_ids_still_read_and_poll(studio):
+    app, fake = studio()
+    store = app.extensions["task_store"]
+    task_id = create(app, "an old task", model_name="star-3-alpha")      # old scripts: the alias is accepted
+    assert store.get(task_id)["model"] == "star-3-alpha-t2i"
+    # A task stored before the rename keeps its old id and still runs and shows.
+    store.update(task_id, {"model": "star-3-alpha"})
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    assert task_json(app, task_id)["model"] == "star-3-alpha"
+    old_i2i = create(app, "an old i2i task", model_name="star-3-alpha-i2i", image=b64(picture()))
+    store.update(old_i2i, {"model": "star-3-alpha-img2img"})
+    assert run_pipeline(app, old_i2i, skip_waits=True)["status"] == "succeeded"
+    assert len(fake.requests_to(I2I)) == 1
+
+
+def test_a_reference_picture_with_no_model_picks_image_to_image(studio):
+    app, fake = studio()
+    resp = app.test_client().post("/generate_image", json={"provider": "liblib", "prompt": "winter",
+                                                           "image": b64(picture())})
+    assert resp.status_code == 202, resp.get_json()
+    assert app.extensions["task_store"].get(resp.get_json()["task_id"])["model"] == "star-3-alpha-i2i"
+    resp = app.test_client().post("/generate_image", json={"provider": "liblib", "prompt": "summer"})
+    assert app.extensions["task_store"].get(resp.get_json()["task_id"])["model"] == "star-3-alpha-t2i"
+
+
+CHECKPOINT_XL, LORA_A, LORA_B = "0ea388c7eb854be3ba3c6f65aac6bfd3", "a" * 32, "b" * 32
+CUSTOM_T2I, CUSTOM_I2I = "/api/generate/webui/text2img", "/api/generate/webui/img2img"
+
+
+def custom(app, prompt, status=202, **body):
+    return create(app, prompt, status=status, model_name="liblib-custom", **body)
+
+
+def test_liblib_custom_with_two_loras_end_to_end(studio):
+    app, fake = studio()
+    fake.add_model(CHECKPOINT_XL, "xl")
+    fake.add_model(LORA_A, "xl", "lora")
+    fake.add_model(LORA_B, "xl", "lora")
+    task_id = custom(app, "a red fox in snow", negative_prompt="blurry", checkpoint_id=CHECKPOINT_XL, base_model="xl",
+                     loras=[{"id": LORA_A, "weight": 0.6}, {"id": LORA_B}], sampler=15, steps=28, cfg_scale=6.5,
+                     seed=1234, width=832, height=1216, n=2, hires_fix={"steps": 12, "denoising_strength": 0.4})
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(saved_pictures(app, task)) == 2
+    assert fake.requests_to(CUSTOM_T2I) == [{"templateUuid": "e10adc3949ba59abbe56e057f20f883e", "generateParams": {
+        "prompt": "a red fox in snow", "negativePrompt": "blurry", "sampler": 15, "steps": 28, "cfgScale": 6.5,
+        "imgCount": 2, "randnSource": 0, "seed": 1234, "restoreFaces": 0, "checkPointId": CHECKPOINT_XL,
+        "clipSkip": 2, "additionalNetwork": [{"modelId": LORA_A, "weight": 0.6}, {"modelId": LORA_B, "weight": 0.8}],
+        "hiResFixInfo": {"hiresSteps": 12, "hiresDenoisingStrength": 0.4, "upscaler": 10, "resizedWidth": 1664,
+                         "resizedHeight": 2048}, "width": 832, "height": 1216}}]
+    assert task["params"]["loras"] == [{"id": LORA_A, "weight": 0.6}, {"id": LORA_B, "weight": 0.8}]
+    assert_every_call_signed(fake)
+
+
+def test_liblib_custom_image_to_image_uses_the_f1_template_and_the_reference_size(studio):
+    app, fake = studio()
+    fake.add_model(LORA_A, "f.1", "lora")
+    task_id = custom(app, "the same street in autumn", base_model="f.1", loras=[{"id": LORA_A, "weight": 1.0}],
+                     image=b64(picture(640, 400)))
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(CUSTOM_I2I)
+    assert body["templateUuid"] == "63b72710c9574457ba303d9d9b8df8bd"
+    generate = body["generateParams"]
+    assert "checkPointId" not in generate and "clipSkip" not in generate and "width" not in generate
+    assert (generate["resizedWidth"], generate["resizedHeight"], generate["denoisingStrength"]) == (640, 400, 0.75)
+    assert generate["sourceImage"].startswith(fake.base_url + "/oss/") and generate["seed"] == -1
+
+
+def test_liblib_custom_lora_of_another_family_is_refused_by_liblib_and_named(studio):
+    app, fake = studio()
+    fake.add_model(CHECKPOINT_XL, "xl")
+    fake.add_model(LORA_A, "1.5", "lora")
+    task = run_pipeline(app, custom(app, "mismatch", checkpoint_id=CHECKPOINT_XL, base_model="xl",
+                                    loras=[{"id": LORA_A}]), skip_waits=True)
+    assert task["status"] == "failed" and task["error"]["code"] == "model_refused"
+    assert "one family" in task["error"]["message"] and "100050" in task["error"]["message"]
+
+
+@pytest.mark.parametrize("fault,status,code", [("credits", "failed", "provider_quota"), ("busy", "queued", None)])
+def test_code_not_zero_in_an_http_200_is_mapped_by_its_meaning(studio, fault, status, code):
+    app, fake = studio()
+    fake.inject("submit", fault)
+    task_id = create(app, f"refused {fault}")
+    task_query.dispatch(app.extensions["task_store"], app.extensions["providers"])
+    task = app.extensions["task_store"].get(task_id)
+    assert task["status"] == status and (task["error"] or {}).get("code") == code
+    if status == "queued":
+        assert "tried again later" in task["last_error"]
+        assert run_pipeline(app, task_id, skip_waits=True)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"base_model": "xl"}, "checkpoint_id"),
+    ({"base_model": "v3", "checkpoint_id": CHECKPOINT_XL}, "base_model"),
+    ({"base_model": "xl", "checkpoint_id": "not-a-uuid"}, "checkpoint_id"),
+    ({"base_model": "f.1", "loras": [{"id": LORA_A}] * 6}, "loras"),
+    ({"base_model": "f.1", "loras": [{"id": LORA_A, "weight": 4.5}]}, "loras.0.weight"),
+    ({"base_model": "f.1", "steps": 61}, "steps"),
+    ({"base_model": "f.1", "cfg_scale": 0.5}, "cfg_scale"),
+    ({"base_model": "f.1", "width": 2000}, "width"),
+    ({"base_model": "f.1", "sampler": 20}, "sampler"),
+    ({"base_model": "f.1", "seed": -1}, "seed"),
+    ({"base_model": "f.1", "seed": 2 ** 31}, "seed"),
+    ({"base_model": "f.1", "seed": "5"}, "seed"),
+    ({"base_model": "f.1", "hires_fix": {"steps": 31}}, "hires_fix.steps"),
+    ({"base_model": "f.1", "n": 5}, "n"),
+])
+def test_liblib_custom_settings_are_checked_against_its_table(studio, body, field):
+    app, fake = studio()
+    error = custom(app, "a cat", status=400 if field == "seed" and isinstance(body["seed"], str) else
+                   (400 if field == "checkpoint_id" and "checkpoint_id" not in body else 422), **body)
+    assert error["field"] == field, error
+    assert fake.received == [] and len(app.extensions["task_store"]) == 0
+
+
+@pytest.mark.parametrize("name,value", [("checkpoint_id", CHECKPOINT_XL), ("loras", []), ("steps", 20),
+                                        ("seed", 5), ("hires_fix", {})])
+def test_custom_settings_are_refused_for_the_star_models(studio, name, value):
+    app, _ = studio()
+    error = create(app, "a cat", status=422, **{name: value})
+    assert error["field"] == name and error["code"] == "unsupported_value"
+
+
+def test_the_server_checks_the_custom_template_fields(studio):
+    _, fake = studio(submit_qps=None)
+    fake.add_model(CHECKPOINT_XL, "xl")
+    good = {"checkPointId": CHECKPOINT_XL, "prompt": "a boat", "sampler": 15, "steps": 20, "cfgScale": 7,
+            "width": 768, "height": 1024, "imgCount": 1, "randnSource": 0, "seed": -1, "restoreFaces": 0,
+            "clipSkip": 2}
+    sd = "e10adc3949ba59abbe56e057f20f883e"
+    cases = [({"templateUuid": "0" * 32, "generateParams": good}, 100120),
+             ({"templateUuid": sd, "generateParams": {k: v for k, v in good.items() if k != "cfgScale"}}, 100050),
+             ({"templateUuid": sd, "generateParams": {**good, "checkPointId": "c" * 32}}, 100053),
+             ({"templateUuid": "6f7c4652458d4802969f8d089cf5b91f", "generateParams": good}, 100050),
+             ({"templateUuid": sd, "generateParams": {**good, "steps": 61}}, 100000),
+             ({"templateUuid": sd, "generateParams": {**good, "additionalNetwork": [
+                 {"modelId": "d" * 32, "weight": 0.8}]}}, 100053)]
+    for body, code in cases:
+        status, answer = signed_post(fake, CUSTOM_T2I, body)
+        assert status == 200 and answer["code"] == code, (body, answer)
+    assert signed_post(fake, CUSTOM_T2I, {"templateUuid": sd, "generateParams": good})[1]["code"] == 0
