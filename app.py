@@ -47,6 +47,7 @@ def create_app(config=None):
     import health
     import i18n
     import image_generate
+    import signed_inputs
     import task_backup
     import task_query
     import tasks
@@ -61,6 +62,7 @@ def create_app(config=None):
     app.register_blueprint(video_extend.bp)
     app.register_blueprint(image_generate.bp)
     app.register_blueprint(task_query.bp)
+    app.register_blueprint(signed_inputs.bp)    # task inputs for providers that fetch them (wan_server)
     i18n.init_app(app)
     task_backup.init_app(app)
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
