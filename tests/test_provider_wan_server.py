@@ -175,17 +175,20 @@ def test_the_signed_url_opens_that_input_and_nothing_else(studio, monkeypatch):
     other_secret = signed_inputs.signed_url({**app.config, "SECRET_KEY": "someone else"}, task_id, "first")
     refused = [f"{app.config['PUBLIC_BASE_URL']}/signed-input/{forged}", other_secret,
                signed_inputs.signed_url(app.config, task_id, "tail"),             # no such input
-               signed_inputs.signed_url(app.config, "20261201T000000000Z-abcdef", "first"),
-               f"{url}/first.png", f"{app.config['PUBLIC_BASE_URL']}/signed-input/{token}%2F..%2Foutputs"]
+               signed_inputs.signed_url(app.config, "20261201T000000000Z-abcdef", "first")]
     for bad in refused:
         with anonymous.get(bad, timeout=5) as resp:
             assert resp.status_code == 404, bad
+    # Any other path is not this view's: the studio's usual answer to a caller without a login.
+    base = app.config["PUBLIC_BASE_URL"]
+    for elsewhere in (f"{url}/first.png", f"{base}/signed-input/{token}%2F..%2Foutputs",
+                      f"{base}/media/inputs/{task_id}/first.png"):
+        with anonymous.get(elsewhere, timeout=5, allow_redirects=False) as resp:
+            assert resp.status_code in (302, 401, 404) and resp.content != stored_input(app, task_id), elsewhere
     later = signed_inputs.now() + signed_inputs.LIFETIME_SECONDS + 1
     monkeypatch.setattr(signed_inputs, "now", lambda: later)
     with anonymous.get(url, timeout=5) as resp:
         assert resp.status_code == 404                                          # expired
-    with anonymous.get(f"{app.config['PUBLIC_BASE_URL']}/media/inputs/{task_id}/first.png", timeout=5) as resp:
-        assert resp.status_code in (401, 404)                                   # the ordinary path needs a login
 
 
 # ---- what the table refuses before anything is sent ----
