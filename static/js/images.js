@@ -246,15 +246,8 @@ $(function () {
     if (!Number.isInteger(n) || n < m.n_min || n > m.n_max) {
       return { field: "n", message: t("n_range", { min: m.n_min, max: m.n_max }) };
     }
-    if (m.advanced) {
-      for (const [field, selector, limits] of [["steps", "#steps", m.advanced.steps],
-        ["cfg_scale", "#cfg-scale", m.advanced.cfg_scale]]) {
-        const value = optionalNumber($(selector));
-        if (value !== undefined && (value < limits.min || value > limits.max)) {
-          return { field: field, message: t("n_range", { min: limits.min, max: limits.max }) };
-        }
-      }
-    }
+    // The advanced settings' ranges are on their inputs (min/max); the server's message names any
+    // value out of range next to its field.
     return null;
   }
 
