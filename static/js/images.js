@@ -112,6 +112,9 @@ $(function () {
     if (!a) {
       return;
     }
+    if (preferred.advanced) {
+      prefillAdvanced(a, preferred.advanced);
+    }
     const base = $baseModel.val();
     $baseModel.empty();
     a.base_models.forEach((b) => $baseModel.append($("<option>", { value: b }).text(BASE_MODEL_NAMES[b] || b)));
@@ -131,6 +134,28 @@ $(function () {
     numberField($("#hires-steps"), a.hires_fix.steps);
     numberField($("#hires-denoising"), a.hires_fix.denoising_strength);
     $("#add-lora").prop("disabled", $loraRows.children().length >= a.loras.max);
+  }
+
+  /** An earlier task's advanced settings, put back into the inputs (prefill from a task). */
+  function prefillAdvanced(a, p) {
+    $baseModel.empty().append($("<option>", { value: p.base_model }).text(p.base_model)).val(p.base_model);
+    $sampler.empty().append($("<option>", { value: String(p.sampler) })).val(String(p.sampler));
+    $("#checkpoint-id").val(p.checkpoint_id || "");
+    [["#steps", p.steps], ["#cfg-scale", p.cfg_scale], ["#width", p.width], ["#height", p.height],
+      ["#seed", p.seed]].forEach(([selector, value]) => {
+      $(selector).val(value === null || value === undefined ? "" : value).data("was-default", false);
+    });
+    $loraRows.empty();
+    (p.loras || []).slice(0, a.loras.max).forEach((lora) => {
+      const $row = loraRow(a);
+      $row.find(".lora-id").val(lora.id);
+      $row.find(".lora-weight").val(lora.weight);
+    });
+    $("#hires-fix").prop("checked", Boolean(p.hires_fix)).trigger("change");
+    if (p.hires_fix) {
+      $("#hires-steps").val(p.hires_fix.steps);
+      $("#hires-denoising").val(p.hires_fix.denoising_strength);
+    }
   }
 
   function numberField($input, limits, withDefault) {
@@ -153,6 +178,11 @@ $(function () {
     if (!a || $loraRows.children().length >= a.loras.max) {
       return;
     }
+    loraRow(a);
+    refresh();
+  }
+
+  function loraRow(a) {
     const $row = S.fromTemplate("lora-row-template");
     $row.find(".lora-weight").attr({ min: a.loras.weight_min, max: a.loras.weight_max }).val(a.loras.weight_default);
     $row.find(".remove-lora").on("click", () => {
@@ -160,7 +190,7 @@ $(function () {
       refresh();
     });
     $loraRows.append($row);
-    refresh();
+    return $row;
   }
 
   $("#add-lora").on("click", addLora);
@@ -361,7 +391,8 @@ $(function () {
       preferred = settings;
     },
     preferredFrom: (p) => ({ aspect_ratio: p.aspect_ratio, n: p.n, image_fidelity: p.image_fidelity,
-      human_fidelity: p.human_fidelity, image_reference: p.image_reference }),
+      human_fidelity: p.human_fidelity, image_reference: p.image_reference,
+      advanced: p.base_model !== undefined ? p : undefined }),
     zones: { reference: picture },
     recent: { $container: $grid, $empty: $empty, limit: 8, create: newGroup, render: render,
       focus: ($group) => $group.children().first()[0] },
