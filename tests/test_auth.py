@@ -14,7 +14,8 @@ from app import create_app
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture, run_pipeline
 from tests.signin import browser_client, csrf_of, login, make_user
 
-PUBLIC = {"static", "auth.login", "auth.login_link", "health.healthz", "health.readyz"}
+# signed_inputs: one task input at a signed, expiring URL (tests/test_provider_wan_server.py checks it).
+PUBLIC = {"static", "auth.login", "auth.login_link", "health.healthz", "health.readyz", "signed_inputs.signed_input"}
 SAMPLE_ARGS = {"task_id": "20261122T000000000Z-abcdef", "subpath": "outputs/x/video.mp4", "key_id": "k1",
                "user_id": "someone", "token": "t" * 20, "filename": "x.css"}
 
