@@ -174,7 +174,7 @@ def check_image_bytes(raw, field, *, label=None):
     fmt = sniff_format(raw[:64])
     if fmt not in _UPLOAD_PLUGINS:
         found = f" (this looks like {_FORMAT_NAMES[fmt]})" if fmt in _FORMAT_NAMES else ""
-        raise invalid(f"{label} must be a JPG or PNG picture (WebP, BMP and HEIC are converted){found}",
+        raise invalid(f"{label} must be a JPG, PNG, WebP, BMP or HEIC picture{found}",
                       code="unsupported_image_format")
     name = _FORMAT_NAMES.get(fmt, fmt.upper())
     try:

@@ -154,7 +154,7 @@ def test_decode_exactly_10_mib_is_not_too_large():
 def test_decode_refuses_formats_it_cannot_convert(data, named):
     error = decode_error("data:image/png;base64," + b64(data))
     assert (error.status, error.code) == (400, "unsupported_image_format")
-    assert "JPG or PNG" in error.message
+    assert "JPG, PNG, WebP, BMP or HEIC" in error.message
     if named:
         assert named in error.message
 
