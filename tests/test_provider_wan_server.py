@@ -217,3 +217,19 @@ def test_the_settings_are_refused_for_other_models(studio, name, value):
     resp = app.test_client().post("/generate", json={"provider": "local", "prompt": "a wave", "image": b64(picture()),
                                                      name: value})
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == name
+
+
+def test_a_500_to_the_submit_is_never_sent_again(studio):
+    app, fake = studio()
+    fake.inject("submit", "500")
+    task = run_pipeline(app, create(app), skip_waits=True)
+    assert task["status"] == "failed" and task["error"]["code"] == "submit_outcome_unknown"
+    assert task["late_check_until"] and fake.submissions == {PROMPT: 1}
+
+
+def test_a_failed_status_query_is_asked_again(studio):
+    app, fake = studio()
+    fake.inject("status", "500", "500", "500", "500")     # every try of one query (the helper retries 3 times)
+    task = run_pipeline(app, create(app), skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    assert fake.submissions == {PROMPT: 1}
