@@ -70,6 +70,7 @@ def _register_features(app):
     import i18n
     import image_generate
     import metrics
+    import signed_inputs
     import task_backup
     import task_query
     import tasks
@@ -79,7 +80,9 @@ def _register_features(app):
     from api import image_service, openapi, v1
 
     downloads.configure(app.config)     # where result links may point: public, or a configured provider
-    for module in (health, video_extend, image_generate, task_query, v1, image_service, openapi, wan_protocol):
+    # signed_inputs: task inputs at signed, expiring URLs, for providers that fetch them (wan_server).
+    for module in (health, video_extend, image_generate, task_query, signed_inputs, v1, image_service, openapi,
+                   wan_protocol):
         app.register_blueprint(module.bp)
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)

@@ -60,6 +60,10 @@ class Settings(BaseModel):
     LIBLIB_ACCESS_KEY: str | None = None
     LIBLIB_SECRET_KEY: str | None = None
     LIBLIB_API_BASE: str | None = None
+    WAN_SERVER_BASE: str | None = None              # a self-hosted Wan I2V server (PROVIDERS.md §9.5)
+    WAN_SERVER_API_KEY: str | None = None
+    # The studio's address as providers on the network reach it (wan_server fetches first frames from it).
+    PUBLIC_BASE_URL: str | None = None
 
     # Per-provider tuning; unset means the provider's own default.
     LOCAL_MAX_CONCURRENCY: int | None = Field(None, ge=1)

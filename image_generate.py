@@ -1,9 +1,16 @@
 """Image generation: the request schema, its checks against the model's table, `POST /generate_image`.
 
 Field names are the seed's (`image`, `model_name` with `model` accepted as an alias,
-`aspect_ratio`, `n`, `image_fidelity`, `human_fidelity`, `image_reference`). A good request stores
-its reference picture and a queued task and answers 202 at once.
+`aspect_ratio`, `n`, `image_fidelity`, `human_fidelity`, `image_reference`). A model whose table
+has an `advanced` entry (liblib-custom) also takes `checkpoint_id`, `base_model`, `loras`,
+`sampler`, `steps`, `cfg_scale`, `seed`, `width`, `height` and `hires_fix`, checked against that
+entry; other models refuse them. A provider's `model_aliases` keep old model ids working, and a
+request with a reference picture and no model picks the provider's first image-to-image model when
+its first model draws from text only. A good request stores its reference picture (fitted to the
+provider's byte limit) and a queued task and answers 202 at once.
 """
+
+import re
 
 from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
@@ -27,6 +34,30 @@ from validation import (
 bp = Blueprint("image_generate", __name__)
 
 
+class Lora(BaseModel):
+    model_config = STRICT
+
+    id: Text
+    weight: float | None = None
+
+
+class HiresFix(BaseModel):
+    model_config = STRICT
+
+    steps: int | None = None
+    denoising_strength: float | None = None
+    upscaler: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+# The settings only a model with an `advanced` table entry takes.
+# liblib-custom's own settings (its seed is checked with them; other models' seed by their table).
+ADVANCED_FIELDS = ("checkpoint_id", "base_model", "loras", "sampler", "steps", "cfg_scale", "width", "height",
+                   "hires_fix")
+_VERSION_UUID = re.compile(r"[0-9a-f]{32}")     # Liblib model version ids (the `versionUuid` of a model page)
+
+
 class ImageRequest(BaseModel):
     model_config = STRICT
 
@@ -41,8 +72,17 @@ class ImageRequest(BaseModel):
     image_fidelity: float | None = Field(None, ge=0, le=1)
     human_fidelity: float | None = Field(None, ge=0, le=1)
     image_reference: Text | None = None
+    checkpoint_id: Text | None = None
+    base_model: Text | None = None
+    loras: list[Lora] | None = Field(None, max_length=10)
+    sampler: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
     seed: StrictInt | None = Field(None, ge=0, le=2147483647)
     prompt_extend: bool | None = None
+    width: int | None = None
+    height: int | None = None
+    hires_fix: HiresFix | None = None
 
     @field_validator("image", mode="before")
     @classmethod
@@ -58,7 +98,7 @@ class ImageRequest(BaseModel):
 
 def check_image_request(req):
     """Validate an ImageRequest against its model's table; returns (provider, model, params)."""
-    provider, model = provider_and_model(req.provider, req.model_name, "image")
+    provider, model = provider_and_model(req.provider, _model_id(req), "image")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)
     if req.image is None:
@@ -98,8 +138,112 @@ def check_image_request(req):
         else None,
         "image_reference": image_reference,
     }
-    params.update(check_seed_and_prompt_extend(model, req))
+    advanced = model.get("advanced")
+    if advanced is None:
+        for name in ADVANCED_FIELDS:
+            if getattr(req, name) is not None:
+                raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
+                                      field=name, status=422)
+        params.update(check_seed_and_prompt_extend(model, req))
+    else:
+        params.update(check_advanced(req, model, advanced))
     return provider, model, params
+
+
+def _model_id(req):
+    """The model the request means: an old id by its new name; with a reference picture and no model,
+    the provider's first image-to-image model if its first model draws from text only."""
+    provider = current_app.extensions["providers"].get(req.provider)
+    if provider is None:
+        return req.model_name
+    if req.model_name is not None:
+        return getattr(provider, "model_aliases", {}).get(req.model_name, req.model_name)
+    models = [m for m in provider.capabilities()["models"] if m["kind"] == "image"]
+    if req.image is not None and models and not models[0]["image_to_image"]:
+        return next((m["id"] for m in models if m["image_to_image"]), None)
+    return None
+
+
+def _in_range(value, limits, field, what, model_id):
+    if value is None:
+        return limits.get("default")
+    if not limits["min"] <= value <= limits["max"]:
+        raise ValidationError(f"{what} for {model_id} must be {limits['min']}–{limits['max']}.",
+                              code="unsupported_value", field=field, status=422)
+    return value
+
+
+def check_advanced(req, model, advanced):
+    """The advanced settings (liblib-custom's) checked against the model's `advanced` table entry."""
+    model_id = model["id"]
+    base_model = choose(req.base_model, advanced["base_models"], "base_model", "Base model")
+    if req.checkpoint_id is not None and not _VERSION_UUID.fullmatch(req.checkpoint_id):
+        raise ValidationError("checkpoint_id is a Liblib model version id: 32 hex digits (versionUuid=… in the "
+                              "model page's address).", code="invalid_field", field="checkpoint_id", status=422)
+    if req.checkpoint_id is None and base_model in advanced["checkpoint_required"]:
+        raise ValidationError(f"A {base_model} checkpoint is needed: give its checkpoint_id.",
+                              code="checkpoint_required", field="checkpoint_id")
+    lora_limits = advanced["loras"]
+    loras = []
+    if len(req.loras or []) > lora_limits["max"]:
+        raise ValidationError(f"{model_id} takes at most {lora_limits['max']} LoRAs.", code="unsupported_value",
+                              field="loras", status=422)
+    for i, lora in enumerate(req.loras or []):
+        if not _VERSION_UUID.fullmatch(lora.id):
+            raise ValidationError("A LoRA id is a Liblib model version id: 32 hex digits.", code="invalid_field",
+                                  field=f"loras.{i}.id", status=422)
+        weight = lora_limits["weight_default"] if lora.weight is None else lora.weight
+        if not lora_limits["weight_min"] <= weight <= lora_limits["weight_max"]:
+            raise ValidationError(f"A LoRA weight must be {lora_limits['weight_min']}–{lora_limits['weight_max']}.",
+                                  code="unsupported_value", field=f"loras.{i}.weight", status=422)
+        loras.append({"id": lora.id, "weight": weight})
+    sampler = advanced["sampler_default"] if req.sampler is None else req.sampler
+    if not 0 <= sampler < len(advanced["samplers"]):
+        raise ValidationError(f"sampler is one of Liblib's {len(advanced['samplers'])} samplers, "
+                              f"0–{len(advanced['samplers']) - 1}.", code="unsupported_value", field="sampler",
+                              status=422)
+    # With a reference picture the sides are the result's (img2img's resized sides, up to 2048).
+    sides = advanced["resized_side"] if req.image is not None else None
+    width = _in_range(req.width, sides or advanced["width"], "width", "Width", model_id)
+    height = _in_range(req.height, sides or advanced["height"], "height", "Height", model_id)
+    if sides and width is not None and (req.width is None) != (req.height is None):
+        raise ValidationError("Give both width and height, or neither to keep the reference picture's size.",
+                              code="invalid_field", field="width" if req.width is None else "height", status=422)
+    if sides and req.width is None:
+        width = height = None       # the reference picture's size, filled in once it is decoded
+    hires = None
+    if req.hires_fix is not None:
+        limits = advanced["hires_fix"]
+        fix = req.hires_fix
+        hires = {"steps": _in_range(fix.steps, limits["steps"], "hires_fix.steps", "Hi-res steps", model_id),
+                 "denoising_strength": _in_range(fix.denoising_strength, limits["denoising_strength"],
+                                                 "hires_fix.denoising_strength", "Hi-res denoising", model_id),
+                 "upscaler": limits["upscaler_default"] if fix.upscaler is None else fix.upscaler,
+                 "width": _in_range(fix.width, limits["width"], "hires_fix.width", "Hi-res width", model_id),
+                 "height": _in_range(fix.height, limits["height"], "hires_fix.height", "Hi-res height", model_id)}
+        if not 0 <= hires["upscaler"] <= 100:
+            raise ValidationError("hires_fix.upscaler is one of Liblib's upscaler numbers (0–100).",
+                                  code="unsupported_value", field="hires_fix.upscaler", status=422)
+    return {"checkpoint_id": req.checkpoint_id, "base_model": base_model, "loras": loras, "sampler": sampler,
+            "steps": _in_range(req.steps, advanced["steps"], "steps", "Steps", model_id),
+            "cfg_scale": _in_range(req.cfg_scale, advanced["cfg_scale"], "cfg_scale", "CFG scale", model_id),
+            "seed": _in_range(req.seed, advanced["seed"], "seed", "Seed", model_id),
+            "width": width, "height": height, "hires_fix": hires}
+
+
+def _fill_sizes(params, images, limits):
+    """Sizes that follow the reference picture (img2img) or the base size (hi-res fix: twice it)."""
+    reference = images.get("reference")
+    if "width" in params and params["width"] is None and reference is not None:
+        side = limits["resized_side"]
+        scale = min(1.0, side["max"] / max(reference.width, reference.height))
+        params["width"], params["height"] = (max(side["min"], round(reference.width * scale)),
+                                             max(side["min"], round(reference.height * scale)))
+    hires = params.get("hires_fix")
+    if hires:
+        top = limits["hires_fix"]["width"]["max"]
+        hires["width"] = hires["width"] or min(top, params["width"] * 2)
+        hires["height"] = hires["height"] or min(top, params["height"] * 2)
 
 
 def _default(value, default):
@@ -115,7 +259,11 @@ def generate_image():
     provider, model, params = check_image_request(req)
     store = current_app.extensions["task_store"]
     access.check_request_limits("image", model, params)
-    images = decode_images({"reference": ("image", req.image)})
+    limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
+    images = {role: media.fit_image(image, limit)
+              for role, image in decode_images({"reference": ("image", req.image)}).items()}
+    if model.get("advanced"):
+        _fill_sizes(params, images, model["advanced"])
     record = access.create_within_limits(store, "image", params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="image", provider=provider.name, model=model["id"],
         params=params, images=images, owner=access.owner_id(), task_id=task_id))

@@ -1,10 +1,15 @@
 """Media files: checking uploaded pictures, writing files atomically, H.264 MP4 output, thumbnails.
 
 Uploads arrive as Base64 (raw or `data:` URI) and are refused here, with the field named, unless
-they are a JPEG or PNG of sane size and shape; the format is decided by the bytes, never by the
-declared type. Videos are written as browser-playable MP4 (H.264, yuv420p, moov atom first) through
-PyAV's bundled libx264. Every file this module writes appears under its final name only once it is
-complete (`.part` + fsync + rename), so a crash never leaves a half-written picture or clip behind.
+they are a JPEG, PNG, WebP, BMP or HEIC picture of sane size and shape; the format is decided by
+the bytes, never by the declared type, and size and shape by the header before any pixel is
+decoded. Providers take JPEG or PNG, so WebP, BMP and HEIC are converted (to PNG when the picture
+has transparency, else JPEG), and `fit_image` re-encodes a picture over a provider's byte limit
+(JPEG quality steps, then smaller scales) rather than refusing it; both are recorded on the
+picture (`converted`, `reencoded`) and so on the task's input entry. Videos are written as
+browser-playable MP4 (H.264, yuv420p, moov atom first) through PyAV's bundled libx264. Every file
+this module writes appears under its final name only once it is complete (`.part` + fsync +
+rename), so a crash never leaves a half-written picture or clip behind.
 `probe_media` is how the pipeline verifies that a downloaded result really is a readable picture
 or video before calling a task succeeded.
 """
@@ -22,7 +27,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from PIL import GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+import pillow_heif
+from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from errors import PayloadTooLarge, ValidationError
 
@@ -42,10 +48,10 @@ _MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4 * 11 // 10 + 1024
 _FIELD_LABELS = {"image": "image", "image_tail": "tail frame", "first": "first frame",
                  "tail": "tail frame", "reference": "reference picture"}
 
-_MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+_MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp",
          "mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
          "mkv": "video/x-matroska"}
-_FORMAT_NAMES = {"gif": "GIF", "webp": "WebP", "bmp": "BMP", "tiff": "TIFF", "heic": "HEIC",
+_FORMAT_NAMES = {"gif": "GIF", "webp": "WebP", "bmp": "BMP", "tiff": "TIFF", "heic": "HEIC", "avif": "AVIF",
                  "mp4": "MP4 video", "mov": "QuickTime video", "webm": "WebM video",
                  "mkv": "Matroska video"}
 VIDEO_FORMATS = {"mp4", "mov", "webm", "mkv"}
@@ -58,6 +64,17 @@ _PIL_PLUGINS = {"jpeg": JpegImagePlugin.JpegImageFile, "png": PngImagePlugin.Png
 # What PIL raises on corrupt or truncated data, whichever decoder meets it.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
                Image.DecompressionBombError)
+# Uploads people have: phones save HEIC, browsers WebP, Windows tools BMP. The HEIC reader is
+# pillow-heif's Pillow plugin (libheif in a maintained wheel); it reads the container's header on
+# open and decodes pixels only on load(), like the others.
+_UPLOAD_PLUGINS = {**{fmt: _PIL_PLUGINS[fmt] for fmt in ("jpeg", "png", "webp")},
+                   "bmp": BmpImagePlugin.BmpImageFile, "heic": pillow_heif.HeifImageFile}
+PROVIDER_FORMATS = ("jpeg", "png")      # what every provider takes
+# The byte limit every provider documents for an input picture (Kling, DashScope, LiblibAI: 10 MB);
+# a provider with another limit says so in `max_image_bytes`.
+PROVIDER_MAX_BYTES = 10_000_000
+_QUALITY_STEPS = (85, 75, 65)           # JPEG qualities tried, in order, before scaling down
+_SCALE_STEPS = (0.8, 0.64, 0.5, 0.4, 0.32, 0.25)
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,17 @@ class DecodedImage:
     width: int    # stored pixels (EXIF orientation not applied)
     height: int
     sha256: str
+    converted: str | None = None    # e.g. "webp->jpeg" when the upload was in another format
+    reencoded: dict | None = None   # {"quality", "scale", "bytes_before"} when fitted to a byte limit
+
+    def record(self):
+        """What the task's input entry keeps about this picture (tasks.py documents the fields)."""
+        entry = {"width": self.width, "height": self.height, "sha256": self.sha256}
+        if self.converted:
+            entry["converted"] = self.converted
+        if self.reencoded:
+            entry["reencoded"] = self.reencoded
+        return entry
 
 
 def sniff_format(head):
@@ -89,8 +117,10 @@ def sniff_format(head):
         return "tiff"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"avif"):
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
             return "heic"
+        if brand in (b"avif", b"avis"):
+            return "avif"
         return "mov" if brand == b"qt  " else "mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "webm" if b"webm" in head[:64] else "mkv"
@@ -110,7 +140,7 @@ def decode_image(data, field, *, label=None):
         return ValidationError(message, code=code, field=field, status=status)
 
     if not isinstance(data, str) or not data.strip():
-        raise invalid(f"{label} must be a Base64 string or a data: URI holding a JPG or PNG picture")
+        raise invalid(f"{label} must be a Base64 string or a data: URI holding a picture (JPG, PNG, WebP, BMP, HEIC)")
     payload = data.strip()
     if payload.startswith("data:"):
         header, comma, payload = payload.partition(",")
@@ -142,15 +172,15 @@ def check_image_bytes(raw, field, *, label=None):
         raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
 
     fmt = sniff_format(raw[:64])
-    if fmt not in ("jpeg", "png"):
+    if fmt not in _UPLOAD_PLUGINS:
         found = f" (this looks like {_FORMAT_NAMES[fmt]})" if fmt in _FORMAT_NAMES else ""
-        raise invalid(f"{label} must be a JPG or PNG picture{found}",
+        raise invalid(f"{label} must be a JPG, PNG, WebP, BMP or HEIC picture{found}",
                       code="unsupported_image_format")
-
+    name = _FORMAT_NAMES.get(fmt, fmt.upper())
     try:
-        img = _PIL_PLUGINS[fmt](io.BytesIO(raw))
+        img = _UPLOAD_PLUGINS[fmt](io.BytesIO(raw))
     except _PIL_ERRORS:
-        raise invalid(f"{label} is a damaged {fmt.upper()} file (its header cannot be read)") from None
+        raise invalid(f"{label} is a damaged {name} file (its header cannot be read)") from None
     with img:
         # Size and shape come from the header: a picture refused for them is never decoded (a
         # 1 × 50,000,000 px PNG is 95 KB of file and seconds of decoding). EXIF rotation only
@@ -165,12 +195,55 @@ def check_image_bytes(raw, field, *, label=None):
         try:
             img.load()
         except _PIL_ERRORS:
-            raise invalid(f"{label} is a truncated or damaged {fmt.upper()} file") from None
-        raw = _reencode(img, fmt)
+            raise invalid(f"{label} is a truncated or damaged {name} file") from None
+        target = fmt if fmt in PROVIDER_FORMATS else ("png" if _has_alpha(img) else "jpeg")
+        raw = _reencode(img, target)
         width, height = Image.open(io.BytesIO(raw)).size
     _check_shape(width, height, label, invalid)
+    return _decoded(raw, target, width, height, converted=None if target == fmt else f"{fmt}->{target}")
+
+
+def _decoded(raw, fmt, width, height, **notes):
     return DecodedImage(data=raw, format=fmt, mime=_MIME[fmt], ext=".jpg" if fmt == "jpeg" else ".png",
-                        width=width, height=height, sha256=hashlib.sha256(raw).hexdigest())
+                        width=width, height=height, sha256=hashlib.sha256(raw).hexdigest(), **notes)
+
+
+def _has_alpha(img):
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def fit_image(image, max_bytes=PROVIDER_MAX_BYTES):
+    """`image` (a DecodedImage) within `max_bytes`: as it is when it fits, else re-encoded as JPEG at
+    falling qualities, then at smaller scales (never below MIN_SIDE), with what was done recorded in
+    `reencoded`. A picture that cannot be made to fit is refused (413, naming the limit)."""
+    if len(image.data) <= max_bytes:
+        return image
+    with Image.open(io.BytesIO(image.data)) as img:
+        img.load()
+        # JPEG has no transparency: put it on white, as the pictures the pipeline draws do.
+        rgb = _on_white(img) if _has_alpha(img) else img.convert("RGB")
+    scales = [1.0] + [s for s in _SCALE_STEPS if min(rgb.size) * s >= MIN_SIDE]
+    for scale in scales:
+        sized = rgb if scale == 1.0 else rgb.resize((round(rgb.width * scale), round(rgb.height * scale)),
+                                                    Image.Resampling.LANCZOS)
+        for quality in _QUALITY_STEPS:
+            out = io.BytesIO()
+            sized.save(out, "JPEG", quality=quality)
+            if out.tell() <= max_bytes:
+                converted = image.converted
+                if image.format != "jpeg":
+                    converted = f"{converted.split('->')[0] if converted else image.format}->jpeg"
+                log.info("picture re-encoded to fit %d bytes: quality %d, scale %.2f", max_bytes, quality, scale)
+                return _decoded(out.getvalue(), "jpeg", sized.width, sized.height, converted=converted,
+                                reencoded={"quality": quality, "scale": scale, "bytes_before": len(image.data)})
+    raise PayloadTooLarge(f"The picture cannot be made smaller than {max_bytes} bytes", code="image_too_large")
+
+
+def _on_white(img):
+    rgba = img.convert("RGBA")
+    canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+    canvas.paste(rgba, mask=rgba.getchannel("A"))
+    return canvas
 
 
 def _check_shape(width, height, label, invalid):
@@ -196,6 +269,9 @@ def _reencode(img, fmt):
         upright = upright.convert("RGB") if upright.mode not in ("RGB", "L") else upright
         options = {"quality": 95, "subsampling": 0}
     else:
+        # A BMP or HEIC may be in a mode PNG cannot hold (CMYK, 16-bit variants): RGB(A) then.
+        if upright.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+            upright = upright.convert("RGBA" if _has_alpha(upright) else "RGB")
         options = {"compress_level": 6}
     out = io.BytesIO()
     upright.save(out, "JPEG" if fmt == "jpeg" else "PNG", **options)

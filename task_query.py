@@ -698,6 +698,21 @@ def _open_listed(data_dir, folder, task_id, rel):
     return os.fdopen(fd, "rb"), info
 
 
+def download_name(task, subpath, name):
+    """The name a saved file gets: `{provider}_{YYYYmmdd_HHMMSS}_{index}_{short id}.{ext}` (the brief's
+    scheme), from the task's creation time (UTC), the result's number (1-based; an input's role, a
+    thumbnail's number with `-thumb`) and the end of the task id. Stored paths are unchanged."""
+    ext = name.rsplit(".", 1)[-1]
+    index = next((entry["role"] for entry in task.get("inputs") or [] if entry.get("path") == subpath), None)
+    for number, out in enumerate(task.get("outputs") or [], 1):
+        if out.get("path") == subpath or out.get("url") == "/media/" + subpath:
+            index = str(number)
+        elif out.get("thumbnail_url") == "/media/" + subpath:
+            index = f"{number}-thumb"
+    created = tasks.parse_iso(task["created_at"])
+    return f"{task['provider']}_{created:%Y%m%d_%H%M%S}_{index or 1}_{task['id'].rsplit('-', 1)[-1]}.{ext}"
+
+
 # No slash merging: werkzeug would answer `/media//etc/passwd` with a redirect to a tidied path.
 @bp.get("/media/<path:subpath>", merge_slashes=False)
 def media_file(subpath):
@@ -716,7 +731,8 @@ def media_file(subpath):
     fh, info = _open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
     try:
         mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        response = send_file(fh, mimetype=mimetype, download_name=name, conditional=False, etag=False,
+        response = send_file(fh, mimetype=mimetype, download_name=download_name(task, subpath, name),
+                             conditional=False, etag=False,
                              as_attachment=request.args.get("download") == "1",
                              last_modified=info.st_mtime)
         response.content_length = info.st_size

@@ -105,7 +105,10 @@ class Task(BaseModel):
     provider: str
     model: str
     params: dict
-    inputs: list[dict]                  # [{role, path, width, height, sha256, ...}]
+    # [{role, path, width, height, sha256, converted?, reencoded?}]: `converted` says an upload was
+    # turned into what providers take ("webp->jpeg", "bmp->png", "heic->jpeg"); `reencoded` says it
+    # was made smaller to fit the provider's byte limit: {"quality", "scale", "bytes_before"}.
+    inputs: list[dict]
     status: TaskStatus
     provider_task_id: str | None = None
     provider_status: str | None = None  # the provider's own word for it
@@ -285,7 +288,7 @@ def _store_input(data_dir, input_dir, role, image):
     else:
         dest = input_dir / (role + image.ext)
         media.save_bytes_atomic(image.data, dest)
-        entry = {"width": image.width, "height": image.height, "sha256": image.sha256}
+        entry = image.record()
     entry.update(role=role, path=dest.relative_to(data_dir).as_posix())
     return entry
 

@@ -1,7 +1,9 @@
 """Video generation: the request schema, its checks against the model's table, `POST /generate`.
 
 Field names are the seed's (`image`, `image_tail`, `model_name`, `duration` "5"/"10" …) so
-existing scripts keep working. A good request stores its pictures and a queued task and answers
+existing scripts keep working. A model whose table has an `advanced` entry (the self-hosted Wan
+server's) also takes `image_size`, `num_frames`, `guidance_scale`, `infer_steps` and `seed`,
+checked against it; other models refuse them. A good request stores its pictures and a queued task and answers
 202 at once; the pipeline in task_query does the rest.
 """
 
@@ -44,6 +46,10 @@ class VideoRequest(BaseModel):
     seed: StrictInt | None = Field(None, ge=0, le=2147483647)
     prompt_extend: bool | None = None
     sound: bool | None = None
+    image_size: Text | None = None
+    num_frames: int | None = None
+    guidance_scale: float | None = None
+    infer_steps: int | None = None
 
     @field_validator("image", "image_tail", mode="before")
     @classmethod
@@ -114,7 +120,15 @@ def check_video_request(req):
         "duration": duration, "cfg_scale": (req.cfg_scale if req.cfg_scale is not None else 0.5)
         if model["cfg_scale"] else None, "camera": camera, "aspect_ratio": aspect_ratio,
     }
-    params.update(check_seed_and_prompt_extend(model, req))
+    advanced = model.get("advanced")
+    if advanced is None:
+        for name in ADVANCED_FIELDS:
+            if getattr(req, name) is not None:
+                raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
+                                      field=name, status=422)
+        params.update(check_seed_and_prompt_extend(model, req))
+    else:
+        params.update(check_advanced(req, model, advanced, prompt))     # the seed is one of its settings
     sound = _check_sound(model, req, combo)
     if sound is not None:
         params["sound"] = sound
@@ -148,6 +162,36 @@ def _check_sound(model, req, combo):
     return sound
 
 
+ADVANCED_FIELDS = ("image_size", "num_frames", "guidance_scale", "infer_steps")   # the Wan server's
+
+
+def _in_range(value, limits, field, what, model_id):
+    if value is None:
+        return limits.get("default")
+    if not limits["min"] <= value <= limits["max"]:
+        raise ValidationError(f"{what} for {model_id} must be {limits['min']}–{limits['max']}.",
+                              code="unsupported_value", field=field, status=422)
+    return value
+
+
+def check_advanced(req, model, advanced, prompt):
+    """The Wan server's settings checked against the model's `advanced` table entry."""
+    model_id = model["id"]
+    if len(prompt) < advanced.get("prompt_min", 0):
+        raise ValidationError(f"{model_id} needs a prompt of at least {advanced['prompt_min']} characters.",
+                              code="prompt_too_short", field="prompt", status=422)
+    num_frames = _in_range(req.num_frames, advanced["num_frames"], "num_frames", "num_frames", model_id)
+    return {"image_size": choose(req.image_size, advanced["image_size"], "image_size", "Video size"),
+            "num_frames": num_frames,
+            "guidance_scale": _in_range(req.guidance_scale, advanced["guidance_scale"], "guidance_scale",
+                                        "guidance_scale", model_id),
+            "infer_steps": _in_range(req.infer_steps, advanced["infer_steps"], "infer_steps", "infer_steps",
+                                     model_id),
+            "seed": _in_range(req.seed, advanced["seed"], "seed", "seed", model_id),
+            # The length the frames make (81 at 16 fps: 5 s), for the account's duration limit.
+            "duration": str(max(1, round(num_frames / advanced["fps"])))}
+
+
 @bp.post("/generate")
 @idempotency.idempotent      # the same Idempotency-Key: the same task (idempotency.py)
 @access.limited("generate")
@@ -157,7 +201,9 @@ def generate():
     provider, model, params = check_video_request(req)
     store = current_app.extensions["task_store"]
     access.check_request_limits("video", model, params)
-    images = decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
+    limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
+    images = {role: media.fit_image(image, limit) for role, image in
+              decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)}).items()}
     record = access.create_within_limits(store, "video", params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
         params=params, images=images, owner=access.owner_id(), task_id=task_id))

@@ -13,6 +13,7 @@ from providers.dashscope import DashScopeProvider
 from providers.kling import KlingProvider
 from providers.liblib import LiblibProvider
 from providers.local import LocalProvider
+from providers.wan_server import WanServerProvider
 
 PROVIDERS = {
     "local": LocalProvider,
@@ -20,6 +21,7 @@ PROVIDERS = {
     "ai302": Ai302Provider,
     "dashscope": DashScopeProvider,
     "liblib": LiblibProvider,
+    "wan_server": WanServerProvider,
 }
 
 

@@ -86,11 +86,13 @@ class VideoModel(_Table):
     seed: bool | None = None                # takes a user's `seed` (0..2147483647) [False]
     prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
     note: str | None = None                 # where sources disagree: the reading the table takes [None]
+    advanced: dict | None = None            # the model's own settings and their ranges (wan_server) [none]
 
     DEFAULTS = {"mode_label": "Mode", "max_negative_prompt": "max_prompt", "negative_prompt": True,
                 "camera_combos": "combos", "camera_for": ["text_to_video", "image_to_video"],
                 "camera_with_tail": True, "tail_required": False, "sound_combos": [], "sound_default": False,
-                "sound_with_tail": True, "sound_switch": True, "seed": False, "prompt_extend": False, "note": None}
+                "sound_with_tail": True, "sound_switch": True, "seed": False, "prompt_extend": False, "note": None,
+                "advanced": None}
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,10 @@ class ImageModel(_Table):
     seed: bool | None = None                # takes a user's `seed` (0..2147483647) [False]
     prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
     note: str | None = None                 # where sources disagree: the reading the table takes [None]
+    advanced: dict | None = None            # the model's own settings and their ranges (liblib-custom) [none]
 
     DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False,
-                "seed": False, "prompt_extend": False, "note": None}
+                "seed": False, "prompt_extend": False, "note": None, "advanced": None}
 
 
 def model_from_dict(table):

@@ -1,4 +1,4 @@
-"""LiblibAI's open API (星流 Star-3 Alpha): text-to-image and image-to-image (PROVIDERS.md §4).
+"""LiblibAI's open API: Star-3 Alpha and custom checkpoints ("liblib-custom") (PROVIDERS.md §4, §9.4).
 
 Every call is a JSON POST signed in the query string: `AccessKey`, `Timestamp` (ms),
 `SignatureNonce` (uuid4) and `Signature` = unpadded URL-safe Base64 of
@@ -6,15 +6,21 @@ HMAC-SHA1(SecretKey, "<path>&<Timestamp>&<SignatureNonce>"). The signature is a 
 hook, so each attempt the shared HTTP helper makes (query retries included) is signed afresh:
 Liblib refuses a reused nonce.
 
-Two models, because the two templates differ in what they honour: `star-3-alpha` draws from text
-in one of eight aspect ratios (three of Liblib's presets, five explicit sizes), while
-`star-3-alpha-img2img` has no size field at all, so its result keeps the reference picture's
-shape ("source"). The reference picture is uploaded first (signature call, then an OSS PostObject
-with `file` last and no Liblib credentials) and sent as a URL: Liblib takes no Base64.
+Three models. `star-3-alpha-t2i` draws from text in one of eight aspect ratios (three of Liblib's
+presets, five explicit sizes); `star-3-alpha-i2i` has no size field at all, so its result keeps
+the reference picture's shape ("source"). The ids before the brief's (`star-3-alpha`,
+`star-3-alpha-img2img`) stay aliases, so stored tasks and old scripts still work. `liblib-custom`
+runs any Liblib checkpoint through the WebUI templates of its family (1.5 / XL share one, F.1 has
+its own), with up to 5 LoRAs, sampler, steps, CFG, size, seed, negative prompt and hi-res fix; its
+settings and their ranges are the table's `advanced` entry. A reference picture is uploaded first
+(signature call, then an OSS PostObject with `file` last and no Liblib credentials) and sent as a
+URL: Liblib takes no Base64.
 
-Liblib's numeric error codes are not published, so errors are decided from the HTTP status; an
-HTTP 200 with `code != 0` on a submit is a refusal whose `msg` is shown as is. Liblib keeps no
-client id, so a submit whose outcome is unknown cannot be reconciled; there is no cancel API.
+Liblib allows one submit a second per key, counted over every process using it, so submits pass
+through `submit_slot`, a file lock and a timestamp in DATA_DIR. Errors are decided from the
+published codes of §9.4 (in an HTTP 200 as often as in an error status); a rate or concurrency
+refusal keeps the task queued for another try. Liblib keeps no client id, so a submit whose
+outcome is unknown cannot be reconciled; there is no cancel API.
 """
 
 import base64
@@ -23,14 +29,17 @@ import hmac
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import requests
 
+import fileio
 from errors import (
     ProviderAuthError,
     ProviderBadResponse,
+    ProviderQuotaError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -51,7 +60,43 @@ STATUS_PATH = "/api/generate/webui/status"
 UPLOAD_SIGNATURE_PATH = "/api/generate/upload/signature"
 TEXT2IMG_TEMPLATE = "5d7e67009b344550bc1aa6ccbfa1d7f4"
 IMG2IMG_TEMPLATE = "07e00af4fc464c7ab55ff906f8acf1b7"
-TEXT2IMG_MODEL, IMG2IMG_MODEL = "star-3-alpha", "star-3-alpha-img2img"
+TEXT2IMG_MODEL, IMG2IMG_MODEL, CUSTOM_MODEL = "star-3-alpha-t2i", "star-3-alpha-i2i", "liblib-custom"
+# The ids the studio used before the brief's: stored tasks carry them, scripts may still send them.
+MODEL_ALIASES = {"star-3-alpha": TEXT2IMG_MODEL, "star-3-alpha-img2img": IMG2IMG_MODEL}
+
+# liblib-custom: the WebUI endpoints and the template of each base family [LB-doc2 4.4.1, LB-cli].
+# 1.5 and XL share a template; "v3" has none named in the sources, so it is not offered.
+WEBUI_TEXT2IMG_PATH, WEBUI_IMG2IMG_PATH = "/api/generate/webui/text2img", "/api/generate/webui/img2img"
+CUSTOM_TEMPLATES = {("1.5", "text2img"): "e10adc3949ba59abbe56e057f20f883e",
+                    ("xl", "text2img"): "e10adc3949ba59abbe56e057f20f883e",
+                    ("f.1", "text2img"): "6f7c4652458d4802969f8d089cf5b91f",
+                    ("1.5", "img2img"): "9c7d531dc75f476aa833b3d452b8f7ad",
+                    ("xl", "img2img"): "9c7d531dc75f476aa833b3d452b8f7ad",
+                    ("f.1", "img2img"): "63b72710c9574457ba303d9d9b8df8bd"}
+# Liblib's sampler enum follows the WebUI's sampler order; the examples send 15 (DPM++ 2M Karras) [LB-doc].
+# The list itself is not in the sources read [?]: these are the WebUI's first 20, in its order.
+SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
+            "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras",
+            "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"]
+# Ranges of the official parameter tables [LB-doc2 4.2]; the defaults are the examples' [LB-doc].
+CUSTOM = {
+    "base_models": ["xl", "1.5", "f.1"],
+    "checkpoint_required": ["xl", "1.5"],      # the F.1 template has a default checkpoint
+    "samplers": SAMPLERS, "sampler_default": 15,
+    "steps": {"min": 1, "max": 60, "default": 30},
+    "cfg_scale": {"min": 1.0, "max": 15.0, "default": 7.0},
+    "width": {"min": 128, "max": 1536, "default": 1024},
+    "height": {"min": 128, "max": 1536, "default": 1024},
+    "seed": {"min": 0, "max": 2147483647},     # none = random (Liblib's -1)
+    "loras": {"max": 5, "weight_min": -4.0, "weight_max": 4.0, "weight_default": 0.8},
+    "hires_fix": {"steps": {"min": 1, "max": 30, "default": 20},
+                  "denoising_strength": {"min": 0.0, "max": 1.0, "default": 0.5},
+                  "width": {"min": 128, "max": 2048}, "height": {"min": 128, "max": 2048},
+                  "upscaler_default": 10},
+    "resized_side": {"min": 128, "max": 2048},  # img2img: the result's sides
+}
+DENOISING_STRENGTH = 0.75       # img2img's documented default
+CLIP_SKIP = 2                   # the tables' default; sent to the 1.5/XL template, which requires it
 
 # Liblib's presets for three of our ratios; explicit sizes (each side 512-2048, about one
 # megapixel like the presets, exact ratios) for the others.
@@ -62,28 +107,75 @@ ASPECT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9"]
 MAX_PROMPT = 2000
 MAX_IMAGES = 4
 URL_LIFETIME = timedelta(days=7)     # Liblib's result links work for 7 days
-SUBMIT_INTERVAL = 1.0                # the submit endpoints allow 1 request a second
+SUBMIT_INTERVAL = 1.0                # the submit endpoints allow 1 request a second per key, all processes
 QUEUED_STATUSES, RUNNING_STATUSES = {1}, {2, 3, 4}   # 3 = drawn, not yet audited; 4 = under audit
 DONE, FAILED_STATUSES = 5, {6: "failed", 7: "timed out"}
 BLOCKED_AUDIT = {4, 5}               # auditStatus: blocked, audit failed
 
 LABEL = "LiblibAI 星流 Star-3 Alpha"   # a name, the same in every language
-DESCRIPTION = N_("Liblib's own Star-3 Alpha image model, billed in Liblib points. Prompts should be in "
-                 "English; there is no negative prompt. Results pass Liblib's content audit, which may hold "
+DESCRIPTION = N_("Liblib's own Star-3 Alpha image model and any Liblib checkpoint with LoRAs, billed in Liblib "
+                 "points. Prompts should be in English. Results pass Liblib's content audit, which may hold "
                  "back some of the pictures.")
 
-# Liblib publishes no code list, so only the HTTP status decides; a 2xx with `code != 0` is a
-# refusal whose `msg` is shown as is (`{said}`), never interpreted.
+# Liblib's published codes (§9.4), which come in an HTTP 200 as often as with an error status: a
+# rule matches the code or the status. Only 429, 100054, 200000 and 210000 (and 5xx) are worth
+# another try; the message is Liblib's meaning of the code, with its own `msg` shown as is (`{said}`).
 ERRORS = [
-    rule(ProviderAuthError, "Liblib refused the signed request (HTTP {status}{said}). Check LIBLIB_ACCESS_KEY/"
-         "LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 minutes).", statuses=(401, 403)),
-    rule(ProviderRateLimited, "Liblib is rate-limiting the {what} (1 submit a second, 5 tasks at once{said}).",
-         statuses=(429,), retry_after=True, retry_default=SUBMIT_INTERVAL),
+    rule(ProviderAuthError, "Liblib refused the signed request (HTTP {status}, code {code}{said}). Check "
+         "LIBLIB_ACCESS_KEY/LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 minutes).",
+         codes=(401, 403, 100010, 100020), statuses=(401, 403)),
+    rule(ProviderQuotaError, "Liblib: not enough points on the account for this task{said}. Top up, then retry.",
+         codes=(100021,)),
+    rule(ProviderRateLimited, "Liblib runs 5 tasks at once per account and all are busy{said}; the {what} is "
+         "tried again later.", codes=(100054,), retry_after=True, retry_default=30),
+    rule(ProviderRateLimited, "Liblib is rate-limiting the {what} (1 submit a second{said}); it is tried again.",
+         codes=(429,), statuses=(429,), retry_after=True, retry_default=SUBMIT_INTERVAL),
+    # Before the retryable codes: a 5xx to a submit may have created the task, whatever its code.
     rule(SubmitOutcomeUnknown, "Liblib failed the submit (HTTP {status}); the task may have been created, so it "
          "is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderUnavailable, "Liblib failed the {what} on its side (code {code}{said}); it is tried again later.",
+         codes=(200000, 210000)),
     rule(ProviderUnavailable, "Liblib is unavailable for the {what} (HTTP {status}).", statuses=SERVER_ERRORS),
+    rule(ProviderRejected, "Liblib could not use the reference picture (code {code}: unreachable, over 10 MB, "
+         "refused by its policy or not downloadable{said}).", codes=(100030, 100031, 100032),
+         extra={"code": "image_refused"}),
+    rule(ProviderRejected, "Liblib's content check refused the prompt or the result (code {code}{said}).",
+         codes=(100052, 100055), extra={"code": "moderated"}),
+    rule(ProviderRejected, "Liblib refused the model settings (code {code}{said}): the checkpoint, every LoRA and "
+         "the base model must be of one family, and each must be a commercially usable or your own model.",
+         codes=(100050, 100053, 100120, 200001), extra={"code": "model_refused"}),
     rule(ProviderRejected, "Liblib refused the {what} (HTTP {status}, code {code}{said})."),
 ]
+
+
+def submit_sleep(seconds):
+    """The only place a submit waits for its slot; tests may replace it."""
+    time.sleep(seconds)
+
+
+@contextmanager
+def submit_slot(data_dir, access_key, interval=None, clock=time.monotonic):
+    """Hold the key's submit slot: at least `interval` seconds after the previous submit's answer,
+    in whichever process it was sent (an flock on `DATA_DIR/liblib-submit-<key hash>.lock`, the
+    time in a file beside it). The time is taken when the block ends, so the next submit leaves
+    ≥ 1 s after this one was answered and so reaches Liblib ≥ 1 s after it. CLOCK_MONOTONIC is
+    one clock for every process of the machine; a time from before a reboot waits at most once."""
+    interval = SUBMIT_INTERVAL if interval is None else interval
+    name = "liblib-submit-" + hashlib.sha256(access_key.encode()).hexdigest()[:16]
+    stamp = data_dir / f"{name}.last"
+    with fileio.locked(data_dir / f"{name}.lock"):
+        try:
+            last = float(stamp.read_text())
+        except (OSError, ValueError):
+            last = None
+        if last is not None:
+            wait = min(interval, last + interval - clock())
+            if wait > 0:
+                submit_sleep(wait)
+        try:
+            yield
+        finally:
+            stamp.write_text(repr(clock()))
 
 
 def timestamp_ms():
@@ -118,6 +210,8 @@ class LiblibProvider(Provider):
 
     name = "liblib"
     max_concurrency = 5      # Liblib runs 5 generation tasks at once by default
+    max_image_bytes = 10_000_000    # reference pictures: at most 10 MB (§4.5)
+    model_aliases = MODEL_ALIASES
 
     def __init__(self, config):
         super().__init__(config)
@@ -128,14 +222,18 @@ class LiblibProvider(Provider):
 
     def capabilities(self):
         common = {"n_min": 1, "n_max": MAX_IMAGES, "image_fidelity": False, "human_fidelity": False,
-                  "image_reference": [], "negative_prompt": False, "prompt_required": True,
-                  "negative_prompt_with_image": False, "max_prompt": MAX_PROMPT}
+                  "image_reference": [], "prompt_required": True, "max_prompt": MAX_PROMPT}
+        star = {**common, "negative_prompt": False, "negative_prompt_with_image": False}
         models = [
-            ImageModel(**common, id=TEXT2IMG_MODEL, label="Star-3 Alpha — text to image", text_to_image=True,
+            ImageModel(**star, id=TEXT2IMG_MODEL, label="Star-3 Alpha — text to image", text_to_image=True,
                        image_to_image=False, aspect_ratios=list(ASPECT_RATIOS)),
-            ImageModel(**common, id=IMG2IMG_MODEL,
+            ImageModel(**star, id=IMG2IMG_MODEL,
                        label="Star-3 Alpha — image to image (keeps the reference picture's shape)",
                        text_to_image=False, image_to_image=True, aspect_ratios=["source"]),
+            # Width and height (or the reference picture) decide the size: no ratio to choose.
+            ImageModel(**common, id=CUSTOM_MODEL, label=N_("Liblib checkpoint of your choice, with LoRAs"),
+                       text_to_image=True, image_to_image=True, aspect_ratios=["custom"], negative_prompt=True,
+                       negative_prompt_with_image=True, advanced=CUSTOM),
         ]
         return ProviderTable(self.name, LABEL, DESCRIPTION, self.configured(), models).as_dict()
 
@@ -143,32 +241,67 @@ class LiblibProvider(Provider):
 
     def submit(self, task):
         params = task["params"]
-        generate = {"prompt": params["prompt"]}
-        if task["model"] == IMG2IMG_MODEL:
+        model = MODEL_ALIASES.get(task["model"], task["model"])
+        if model == CUSTOM_MODEL:
+            path, body = self._custom_body(task)
+        elif model == IMG2IMG_MODEL:
             if not params["prompt"]:
                 raise ProviderRejected("Star-3 Alpha image-to-image needs a prompt describing the result.",
                                        provider=self.name, code="prompt_required")
-            generate["sourceImage"] = self._upload_reference(task)
-            path, template = IMG2IMG_PATH, IMG2IMG_TEMPLATE
+            generate = {"prompt": params["prompt"], "sourceImage": self._upload_reference(task),
+                        "imgCount": params["n"]}
+            path, body = IMG2IMG_PATH, {"templateUuid": IMG2IMG_TEMPLATE, "generateParams": generate}
         else:
+            generate = {"prompt": params["prompt"]}
             ratio = params["aspect_ratio"]
             if ratio in PRESETS:
                 generate["aspectRatio"] = PRESETS[ratio]
             else:
                 width, height = SIZES[ratio]
                 generate["imageSize"] = {"width": width, "height": height}
-            path, template = TEXT2IMG_PATH, TEXT2IMG_TEMPLATE
-        generate["imgCount"] = params["n"]
-        # `templateUuid` for both templates: the official T2I table, the official upload guide's
+            generate["imgCount"] = params["n"]
+            path, body = TEXT2IMG_PATH, {"templateUuid": TEXT2IMG_TEMPLATE, "generateParams": generate}
+        # `templateUuid` for every template: the official T2I table, the official upload guide's
         # img2img example and working clients spell it so; only one table writes `templateUUID`.
-        response = self.http.submit(path, json={"templateUuid": template, "generateParams": generate},
-                                    auth=self._signer(), task_id=task["id"])
+        with submit_slot(self.data_dir, self.config["LIBLIB_ACCESS_KEY"]):
+            response = self.http.submit(path, json=body, auth=self._signer(), task_id=task["id"])
         data = self._data(response, "submit", submitted=True)
         generate_uuid = data.get("generateUuid") if isinstance(data, dict) else None
         if not generate_uuid:
             raise SubmitOutcomeUnknown("Liblib accepted the submit but returned no task id; it is not sent "
                                        "again to avoid a double charge.", provider=self.name)
         return generate_uuid
+
+    def _custom_body(self, task):
+        """(path, body) of a liblib-custom task: the WebUI template of the checkpoint's family (§9.4)."""
+        params = task["params"]
+        family = params["base_model"]
+        generate = {"prompt": params["prompt"], "negativePrompt": params["negative_prompt"],
+                    "sampler": params["sampler"], "steps": params["steps"], "cfgScale": params["cfg_scale"],
+                    "imgCount": params["n"], "randnSource": 0,
+                    "seed": -1 if params["seed"] is None else params["seed"], "restoreFaces": 0}
+        if params["checkpoint_id"]:
+            generate["checkPointId"] = params["checkpoint_id"]
+        if family != "f.1":
+            generate["clipSkip"] = CLIP_SKIP
+        if params["loras"]:
+            generate["additionalNetwork"] = [{"modelId": lora["id"], "weight": lora["weight"]}
+                                             for lora in params["loras"]]
+        if params["hires_fix"]:
+            hires = params["hires_fix"]
+            generate["hiResFixInfo"] = {"hiresSteps": hires["steps"],
+                                        "hiresDenoisingStrength": hires["denoising_strength"],
+                                        "upscaler": hires["upscaler"], "resizedWidth": hires["width"],
+                                        "resizedHeight": hires["height"]}
+        if self.input_path(task, "reference") is None:
+            generate.update(width=params["width"], height=params["height"])
+            kind, path = "text2img", WEBUI_TEXT2IMG_PATH
+        else:
+            generate.update(sourceImage=self._upload_reference(task), resizeMode=0, mode=0,
+                            denoisingStrength=DENOISING_STRENGTH, resizedWidth=params["width"],
+                            resizedHeight=params["height"])
+            kind, path = "img2img", WEBUI_IMG2IMG_PATH
+        return path, {"templateUuid": CUSTOM_TEMPLATES[(family, kind)], "generateParams": generate}
 
     def query(self, task):
         response = self.http.request("POST", STATUS_PATH, idempotent=True, auth=self._signer(),

@@ -33,6 +33,7 @@ ROUTE_RULES = {
     "wan_protocol.cancel": "user",
     "api_v1.health_check": "public", "openapi.docs": "public", "openapi.openapi_json": "public",
     "health.healthz": "public", "health.readyz": "public", "auth.login": "public", "auth.login_link": "public",
+    "signed_inputs.signed_input": "public",   # one task input at a signed, expiring URL (test_provider_wan_server.py)
     "metrics.scrape": "public",     # its own rule: METRICS_TOKEN, or loopback only (tests/test_metrics.py)
     "static": "public",
 }

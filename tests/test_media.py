@@ -148,16 +148,127 @@ def test_decode_exactly_10_mib_is_not_too_large():
 
 @pytest.mark.parametrize(("data", "named"), [
     (picture_bytes(400, 400, "GIF"), "GIF"),
-    (picture_bytes(400, 400, "WEBP"), "WebP"),
-    (picture_bytes(400, 400, "BMP"), "BMP"),
+    (picture_bytes(400, 400, "TIFF"), "TIFF"),
     (b"hello, this is plain text and not a picture", None),
 ])
-def test_decode_refuses_formats_other_than_jpeg_and_png(data, named):
+def test_decode_refuses_formats_it_cannot_convert(data, named):
     error = decode_error("data:image/png;base64," + b64(data))
     assert (error.status, error.code) == (400, "unsupported_image_format")
-    assert "JPG or PNG" in error.message
+    assert "JPG, PNG, WebP, BMP or HEIC" in error.message
     if named:
         assert named in error.message
+
+
+def photo(width, height, fmt, mode="RGB", seed=0, **save_args):
+    """A noisy photo-like picture (compresses like a photo, not like a flat colour)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (height, width, 4 if mode == "RGBA" else 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def heic_bytes(width, height, mode="RGB"):
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(Image.new(mode, (width, height), (200, 80, 20) + ((128,) if mode == "RGBA" else ()))
+                            ).save(buffer, quality=80)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("data", "converted", "fmt"), [
+    (photo(640, 400, "WEBP"), "webp->jpeg", "jpeg"),
+    (photo(640, 400, "WEBP", mode="RGBA", lossless=True), "webp->png", "png"),
+    (photo(640, 400, "BMP"), "bmp->jpeg", "jpeg"),
+    (heic_bytes(640, 400), "heic->jpeg", "jpeg"),
+])
+def test_webp_bmp_and_heic_are_accepted_and_converted(data, converted, fmt):
+    image = media.decode_image(b64(data), "image")
+    assert (image.format, image.converted, image.reencoded) == (fmt, converted, None)
+    assert (image.width, image.height) == (640, 400)
+    with Image.open(io.BytesIO(image.data)) as stored:
+        assert stored.format == fmt.upper() and stored.size == (640, 400)
+    assert image.record() == {"width": 640, "height": 400, "sha256": image.sha256, "converted": converted}
+
+
+@pytest.mark.parametrize("data", [photo(200, 180, "WEBP"), photo(200, 180, "BMP"), heic_bytes(200, 180)])
+def test_converted_formats_get_the_same_size_checks(data):
+    assert decode_error(b64(data)).code == "image_too_small"
+
+
+def bmp_claiming(width, height):
+    """A small BMP whose header claims width×height pixels."""
+    data = bytearray(picture_bytes(320, 320, "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def test_a_bmp_bomb_is_refused_from_its_header():
+    started = time.perf_counter()
+    error = decode_error(b64(bmp_claiming(20_000, 20_000)))
+    assert (error.status, error.code) == (413, "image_too_many_pixels")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_jpeg_or_png_is_not_converted():
+    assert media.decode_image(b64(photo(640, 400, "JPEG")), "image").converted is None
+    assert media.decode_image(b64(photo(640, 400, "PNG")), "image").converted is None
+
+
+# ---- fitting a provider's byte limit
+
+
+def test_a_picture_within_the_limit_is_left_alone():
+    image = media.decode_image(b64(photo(640, 400, "JPEG")), "image")
+    assert media.fit_image(image, len(image.data)) is image
+
+
+def test_quality_steps_come_before_scaling():
+    image = media.decode_image(b64(photo(800, 600, "PNG")), "image")
+    at_85 = io.BytesIO()
+    Image.open(io.BytesIO(image.data)).convert("RGB").save(at_85, "JPEG", quality=85)
+    fitted = media.fit_image(image, at_85.tell())
+    assert fitted.reencoded == {"quality": 85, "scale": 1.0, "bytes_before": len(image.data)}
+    assert (fitted.format, fitted.converted, fitted.width, fitted.height) == ("jpeg", "png->jpeg", 800, 600)
+    assert len(fitted.data) <= at_85.tell()
+
+
+def test_an_oversized_picture_is_scaled_down_to_fit_and_says_so():
+    image = media.decode_image(b64(photo(1200, 900, "JPEG")), "image")
+    limit = len(image.data) // 5
+    fitted = media.fit_image(image, limit)
+    assert len(fitted.data) <= limit and fitted.reencoded["scale"] < 1.0
+    assert fitted.reencoded["quality"] in (85, 75, 65) and fitted.reencoded["bytes_before"] == len(image.data)
+    assert (fitted.width, fitted.height) == (round(1200 * fitted.reencoded["scale"]),
+                                             round(900 * fitted.reencoded["scale"]))
+    with Image.open(io.BytesIO(fitted.data)) as stored:
+        assert stored.size == (fitted.width, fitted.height)
+
+
+def test_a_picture_that_cannot_fit_is_refused():
+    image = media.decode_image(b64(photo(640, 400, "JPEG")), "image")
+    with pytest.raises(PayloadTooLarge):
+        media.fit_image(image, 1000)       # below MIN_SIDE before it could fit
+
+
+def test_the_route_stores_the_fitted_picture_and_records_it(tmp_path, monkeypatch):
+    from app import create_app
+    from providers.local import LocalProvider
+
+    monkeypatch.setattr(LocalProvider, "max_image_bytes", 300_000, raising=False)
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "BACKUP_DIR": str(tmp_path / "bk"),
+                      "SECRET_KEY": "t"})
+    upload = photo(900, 700, "WEBP", quality=100)
+    assert len(upload) > 300_000
+    resp = app.test_client().post("/generate_image", json={"provider": "local", "image": b64(upload)})
+    assert resp.status_code == 202, resp.get_json()
+    (entry,) = app.extensions["task_store"].get(resp.get_json()["task_id"])["inputs"]
+    assert entry["converted"] == "webp->jpeg" and entry["reencoded"]["bytes_before"] > 300_000
+    stored = (tmp_path / "data" / entry["path"]).read_bytes()
+    assert len(stored) <= 300_000 and entry["path"].endswith(".jpg")
+    assert (entry["width"], entry["height"]) == Image.open(io.BytesIO(stored)).size
 
 
 @pytest.mark.parametrize("data", [png_header_claiming(10_000, 10_000), png_header_claiming(9_000, 9_000),

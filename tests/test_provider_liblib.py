@@ -1,5 +1,8 @@
 """The Liblib Star-3 Alpha client against the local Liblib server: pipelines, requests, faults, refusals."""
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from providers.liblib import IMG2IMG_TEMPLATE, TEXT2IMG_TEMPLATE, LiblibProvider
 from tests.conftest import b64, picture, run_pipeline
 from tests.fakes.liblib import ACCESS_KEY, OSS_FIELDS, SECRET_KEY, Server, expected_signature
 
+ROOT = Path(__file__).resolve().parent.parent
 T2I, I2I = "/api/generate/webui/text2img/ultra", "/api/generate/webui/img2img/ultra"
 STATUS, UPLOAD = "/api/generate/webui/status", "/api/generate/upload/signature"
 
@@ -33,6 +37,8 @@ def studio(tmp_path, monkeypatch):
 
     def make(config=None, **server_options):
         server_options.setdefault("polls_to_finish", 3)
+        if server_options.get("submit_qps", 1.0) is None:
+            monkeypatch.setattr(liblib, "SUBMIT_INTERVAL", 0)      # a server without the QPS limit: no spacing
         fake = Server(**server_options)
         fake.start()
         servers.append(fake)
@@ -47,7 +53,7 @@ def studio(tmp_path, monkeypatch):
 
 
 def create(app, prompt, status=202, **body):
-    body = {"provider": "liblib", "model_name": "star-3-alpha", "prompt": prompt, **body}
+    body = {"provider": "liblib", "model_name": "star-3-alpha-t2i", "prompt": prompt, **body}
     resp = app.test_client().post("/generate_image", json=body)
     assert resp.status_code == status, resp.get_json()
     return resp.get_json()["task_id"] if status == 202 else resp.get_json()["error"]
@@ -108,9 +114,10 @@ def test_capability_table(studio):
     app, _ = studio()
     table = app.extensions["providers"]["liblib"].capabilities()
     assert table["configured"] is True
-    t2i, i2i = table["models"]
-    assert (t2i["id"], t2i["text_to_image"], t2i["image_to_image"]) == ("star-3-alpha", True, False)
-    assert (i2i["id"], i2i["text_to_image"], i2i["image_to_image"]) == ("star-3-alpha-img2img", False, True)
+    t2i, i2i, custom = table["models"]
+    assert custom["id"] == "liblib-custom" and custom["advanced"]["loras"]["max"] == 5
+    assert (t2i["id"], t2i["text_to_image"], t2i["image_to_image"]) == ("star-3-alpha-t2i", True, False)
+    assert (i2i["id"], i2i["text_to_image"], i2i["image_to_image"]) == ("star-3-alpha-i2i", False, True)
     assert t2i["aspect_ratios"] == ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9"]
     assert i2i["aspect_ratios"] == ["source"]
     for model in (t2i, i2i):
@@ -148,7 +155,7 @@ def test_text_to_image_end_to_end(studio):
 def test_statuses_move_from_queued_through_running_to_succeeded(studio):
     app, _ = studio()
     provider = app.extensions["providers"]["liblib"]
-    task = {"id": "t1", "model": "star-3-alpha", "inputs": [],
+    task = {"id": "t1", "model": "star-3-alpha-t2i", "inputs": [],
             "params": {"prompt": "a fox", "aspect_ratio": "3:4", "n": 1}}
     task["provider_task_id"] = provider.submit(task)
     states = [provider.query(task) for _ in range(4)]
@@ -169,7 +176,7 @@ def test_every_aspect_ratio_is_sent_as_a_preset_or_an_exact_size(studio):
     provider = app.extensions["providers"]["liblib"]
     assert set(RATIO_FIELDS) == set(provider.capabilities()["models"][0]["aspect_ratios"])
     for ratio, field in RATIO_FIELDS.items():
-        task = {"id": ratio, "model": "star-3-alpha", "inputs": [],
+        task = {"id": ratio, "model": "star-3-alpha-t2i", "inputs": [],
                 "params": {"prompt": f"dunes {ratio}", "aspect_ratio": ratio, "n": 1}}
         assert provider.submit(task)
         assert fake.requests_to(T2I)[-1] == {"templateUuid": TEXT2IMG_TEMPLATE,
@@ -194,7 +201,7 @@ def test_wide_ratio_end_to_end_gives_pictures_of_that_shape(studio):
 def test_image_to_image_end_to_end_with_upload(studio, fmt, extension):
     app, fake = studio()
     reference = picture(640, 400, fmt=fmt)
-    task_id = create(app, "the same street in winter", model_name="star-3-alpha-img2img", image=b64(reference))
+    task_id = create(app, "the same street in winter", model_name="star-3-alpha-i2i", image=b64(reference))
     task = run_pipeline(app, task_id, skip_waits=True)
     assert task["status"] == "succeeded", task["error"]
     ((width, height),) = saved_pictures(app, task)
@@ -219,7 +226,7 @@ def test_image_to_image_end_to_end_with_upload(studio, fmt, extension):
 
 def test_image_to_image_without_prompt_is_refused_before_anything_is_sent(studio):
     app, fake = studio()
-    error = create(app, "", status=400, model_name="star-3-alpha-img2img", image=b64(picture()))
+    error = create(app, "", status=400, model_name="star-3-alpha-i2i", image=b64(picture()))
     assert error["code"] == "prompt_required" and error["field"] == "prompt"
     assert fake.received == [] and fake.oss_posts == [] and len(app.extensions["task_store"]) == 0
 
@@ -323,7 +330,7 @@ def test_generation_failure_is_recorded(studio, outcome, code, text):
 def test_upload_failure_keeps_the_task_queued_and_uploads_again(studio):
     app, fake = studio()
     fake.inject("upload", "500", "500", "500", "500")       # the helper's 4 tries of the first upload
-    task_id = create(app, "upload again", model_name="star-3-alpha-img2img", image=b64(picture()))
+    task_id = create(app, "upload again", model_name="star-3-alpha-i2i", image=b64(picture()))
     task_query.dispatch(app.extensions["task_store"], app.extensions["providers"])
     assert app.extensions["task_store"].get(task_id)["status"] == "queued"
     assert fake.requests_to(I2I) == []
@@ -346,7 +353,7 @@ def test_wrong_secret_fails_with_an_auth_message(studio):
 
 def test_wrong_secret_fails_an_image_to_image_task_at_the_upload(studio):
     app, fake = studio(config={"LIBLIB_SECRET_KEY": "not-the-secret"})
-    task = run_pipeline(app, create(app, "bad secret i2i", model_name="star-3-alpha-img2img", image=b64(picture())),
+    task = run_pipeline(app, create(app, "bad secret i2i", model_name="star-3-alpha-i2i", image=b64(picture())),
                         skip_waits=True)
     assert task["status"] == "failed" and task["error"]["code"] == "provider_auth"
     assert fake.oss_posts == [] and fake.submissions == {}
@@ -458,7 +465,7 @@ def test_the_bucket_checks_the_post_object_form(studio):
 
 def test_code_not_zero_on_submit_is_a_refusal_showing_liblibs_message(studio):
     app, fake = studio()
-    task = {"id": "t1", "model": "star-3-alpha", "inputs": [], "params": {"prompt": "boats", "aspect_ratio": "1:1",
+    task = {"id": "t1", "model": "star-3-alpha-t2i", "inputs": [], "params": {"prompt": "boats", "aspect_ratio": "1:1",
                                                                           "n": 5}}
     with pytest.raises(ProviderRejected) as caught:
         app.extensions["providers"]["liblib"].submit(task)
@@ -479,12 +486,58 @@ def test_one_submit_a_second(studio):
     first, second = create(app, "first of two"), create(app, "second of two")
     store, registry = app.extensions["task_store"], app.extensions["providers"]
     task_query.dispatch(store, registry)
+    # The second submit waited for its slot instead of being refused.
+    assert store.get(first)["status"] == "submitted" and store.get(second)["status"] == "submitted"
+    assert fake.submissions == {"first of two": 1, "second of two": 1}
+    (gap,) = [b - a for a, b in zip(fake.submit_times, fake.submit_times[1:], strict=False)]
+    assert gap >= 1.0
+
+
+def test_a_rate_refusal_in_an_http_200_keeps_the_task_queued_and_is_retried(studio, monkeypatch):
+    app, fake = studio()
+    monkeypatch.setattr(liblib, "SUBMIT_INTERVAL", 0)      # no spacing: the server's QPS limit answers
+    first, second = create(app, "first fast"), create(app, "second fast")
+    store, registry = app.extensions["task_store"], app.extensions["providers"]
+    task_query.dispatch(store, registry)
     assert store.get(first)["status"] == "submitted" and store.get(second)["status"] == "queued"
-    assert "rate-limiting" in store.get(second)["last_error"]
-    time.sleep(1.05)
+    assert "rate-limiting" in store.get(second)["last_error"] and store.get(second)["error"] is None
+    time.sleep(1.05)        # the fake's own QPS window is on the real clock
     task_query.dispatch(store, registry, clock=lambda: datetime.now(UTC) + timedelta(minutes=5))
     assert store.get(second)["status"] == "submitted"
-    assert fake.submissions == {"first of two": 1, "second of two": 1}
+    assert fake.submissions == {"first fast": 1, "second fast": 1}
+
+
+SPACED_SUBMIT = """
+import json, sys
+from providers.liblib import LiblibProvider
+provider = LiblibProvider(json.loads(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+print(provider.submit({"id": sys.argv[2], "model": "star-3-alpha-t2i", "inputs": [],
+                       "params": {"prompt": sys.argv[2], "aspect_ratio": "1:1", "n": 1}}), flush=True)
+"""
+
+
+def test_submits_are_spaced_across_two_processes(studio, tmp_path):
+    _, fake = studio()
+    config = json.dumps({"DATA_DIR": str(tmp_path / "data"), "LIBLIB_API_BASE": fake.base_url,
+                         "LIBLIB_ACCESS_KEY": ACCESS_KEY, "LIBLIB_SECRET_KEY": SECRET_KEY, "HTTP_TIMEOUT_SECONDS": 5})
+    workers = [subprocess.Popen([sys.executable, "-c", SPACED_SUBMIT, config, f"worker {i}"], cwd=ROOT, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for i in range(2)]
+    try:
+        for worker in workers:
+            assert worker.stdout.readline().strip() == "ready"
+        for worker in workers:          # both go at once
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        answers = [worker.communicate(timeout=30)[0].strip() for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0] and all(len(a) == 32 for a in answers)
+    assert fake.submissions == {"worker 0": 1, "worker 1": 1}
+    first, second = fake.submit_times
+    assert second - first >= 1.0
 
 
 def test_five_tasks_in_flight_at_most(studio):
@@ -514,8 +567,8 @@ def test_the_server_refuses_a_sixth_task(studio):
     ({"prompt": "x" * 2001}, "prompt"),
     ({"image": "REFERENCE"}, "image"),
     ({"image_fidelity": 0.3}, None),
-    ({"model_name": "star-3-alpha-img2img", "image": "REFERENCE", "aspect_ratio": "16:9"}, "aspect_ratio"),
-    ({"model_name": "star-3-alpha-img2img", "image": "REFERENCE", "n": 5}, "n"),
+    ({"model_name": "star-3-alpha-i2i", "image": "REFERENCE", "aspect_ratio": "16:9"}, "aspect_ratio"),
+    ({"model_name": "star-3-alpha-i2i", "image": "REFERENCE", "n": 5}, "n"),
 ])
 def test_capability_rules_refuse_before_sending(studio, body, field):
     app, fake = studio()
@@ -542,3 +595,150 @@ def test_no_cancel_at_liblib(studio):
     task = store.get(task_id)
     assert task["status"] == "cancelled" and "could not stop" in task["cancel_note"]
     assert fake.requests_to(STATUS) == []
+
+
+# ---- the brief's ids, the old ones, and liblib-custom ----
+
+def test_old_model_ids_still_read_and_poll(studio):
+    app, fake = studio()
+    store = app.extensions["task_store"]
+    task_id = create(app, "an old task", model_name="star-3-alpha")      # old scripts: the alias is accepted
+    assert store.get(task_id)["model"] == "star-3-alpha-t2i"
+    # A task stored before the rename keeps its old id and still runs and shows.
+    store.update(task_id, {"model": "star-3-alpha"})
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    assert task_json(app, task_id)["model"] == "star-3-alpha"
+    old_i2i = create(app, "an old i2i task", model_name="star-3-alpha-i2i", image=b64(picture()))
+    store.update(old_i2i, {"model": "star-3-alpha-img2img"})
+    assert run_pipeline(app, old_i2i, skip_waits=True)["status"] == "succeeded"
+    assert len(fake.requests_to(I2I)) == 1
+
+
+def test_a_reference_picture_with_no_model_picks_image_to_image(studio):
+    app, fake = studio()
+    resp = app.test_client().post("/generate_image", json={"provider": "liblib", "prompt": "winter",
+                                                           "image": b64(picture())})
+    assert resp.status_code == 202, resp.get_json()
+    assert app.extensions["task_store"].get(resp.get_json()["task_id"])["model"] == "star-3-alpha-i2i"
+    resp = app.test_client().post("/generate_image", json={"provider": "liblib", "prompt": "summer"})
+    assert app.extensions["task_store"].get(resp.get_json()["task_id"])["model"] == "star-3-alpha-t2i"
+
+
+CHECKPOINT_XL, LORA_A, LORA_B = "0ea388c7eb854be3ba3c6f65aac6bfd3", "a" * 32, "b" * 32
+CUSTOM_T2I, CUSTOM_I2I = "/api/generate/webui/text2img", "/api/generate/webui/img2img"
+
+
+def custom(app, prompt, status=202, **body):
+    return create(app, prompt, status=status, model_name="liblib-custom", **body)
+
+
+def test_liblib_custom_with_two_loras_end_to_end(studio):
+    app, fake = studio()
+    fake.add_model(CHECKPOINT_XL, "xl")
+    fake.add_model(LORA_A, "xl", "lora")
+    fake.add_model(LORA_B, "xl", "lora")
+    task_id = custom(app, "a red fox in snow", negative_prompt="blurry", checkpoint_id=CHECKPOINT_XL, base_model="xl",
+                     loras=[{"id": LORA_A, "weight": 0.6}, {"id": LORA_B}], sampler=15, steps=28, cfg_scale=6.5,
+                     seed=1234, width=832, height=1216, n=2, hires_fix={"steps": 12, "denoising_strength": 0.4})
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    assert len(saved_pictures(app, task)) == 2
+    assert fake.requests_to(CUSTOM_T2I) == [{"templateUuid": "e10adc3949ba59abbe56e057f20f883e", "generateParams": {
+        "prompt": "a red fox in snow", "negativePrompt": "blurry", "sampler": 15, "steps": 28, "cfgScale": 6.5,
+        "imgCount": 2, "randnSource": 0, "seed": 1234, "restoreFaces": 0, "checkPointId": CHECKPOINT_XL,
+        "clipSkip": 2, "additionalNetwork": [{"modelId": LORA_A, "weight": 0.6}, {"modelId": LORA_B, "weight": 0.8}],
+        "hiResFixInfo": {"hiresSteps": 12, "hiresDenoisingStrength": 0.4, "upscaler": 10, "resizedWidth": 1664,
+                         "resizedHeight": 2048}, "width": 832, "height": 1216}}]
+    assert task["params"]["loras"] == [{"id": LORA_A, "weight": 0.6}, {"id": LORA_B, "weight": 0.8}]
+    assert_every_call_signed(fake)
+
+
+def test_liblib_custom_image_to_image_uses_the_f1_template_and_the_reference_size(studio):
+    app, fake = studio()
+    fake.add_model(LORA_A, "f.1", "lora")
+    task_id = custom(app, "the same street in autumn", base_model="f.1", loras=[{"id": LORA_A, "weight": 1.0}],
+                     image=b64(picture(640, 400)))
+    task = run_pipeline(app, task_id, skip_waits=True)
+    assert task["status"] == "succeeded", task["error"]
+    (body,) = fake.requests_to(CUSTOM_I2I)
+    assert body["templateUuid"] == "63b72710c9574457ba303d9d9b8df8bd"
+    generate = body["generateParams"]
+    assert "checkPointId" not in generate and "clipSkip" not in generate and "width" not in generate
+    assert (generate["resizedWidth"], generate["resizedHeight"], generate["denoisingStrength"]) == (640, 400, 0.75)
+    assert generate["sourceImage"].startswith(fake.base_url + "/oss/") and generate["seed"] == -1
+
+
+def test_liblib_custom_lora_of_another_family_is_refused_by_liblib_and_named(studio):
+    app, fake = studio()
+    fake.add_model(CHECKPOINT_XL, "xl")
+    fake.add_model(LORA_A, "1.5", "lora")
+    task = run_pipeline(app, custom(app, "mismatch", checkpoint_id=CHECKPOINT_XL, base_model="xl",
+                                    loras=[{"id": LORA_A}]), skip_waits=True)
+    assert task["status"] == "failed" and task["error"]["code"] == "model_refused"
+    assert "one family" in task["error"]["message"] and "100050" in task["error"]["message"]
+
+
+@pytest.mark.parametrize("fault,status,code", [("credits", "failed", "provider_quota"), ("busy", "queued", None)])
+def test_code_not_zero_in_an_http_200_is_mapped_by_its_meaning(studio, fault, status, code):
+    app, fake = studio()
+    fake.inject("submit", fault)
+    task_id = create(app, f"refused {fault}")
+    task_query.dispatch(app.extensions["task_store"], app.extensions["providers"])
+    task = app.extensions["task_store"].get(task_id)
+    assert task["status"] == status and (task["error"] or {}).get("code") == code
+    if status == "queued":
+        assert "tried again later" in task["last_error"]
+        assert run_pipeline(app, task_id, skip_waits=True)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"base_model": "xl"}, "checkpoint_id"),
+    ({"base_model": "v3", "checkpoint_id": CHECKPOINT_XL}, "base_model"),
+    ({"base_model": "xl", "checkpoint_id": "not-a-uuid"}, "checkpoint_id"),
+    ({"base_model": "f.1", "loras": [{"id": LORA_A}] * 6}, "loras"),
+    ({"base_model": "f.1", "loras": [{"id": LORA_A, "weight": 4.5}]}, "loras.0.weight"),
+    ({"base_model": "f.1", "steps": 61}, "steps"),
+    ({"base_model": "f.1", "cfg_scale": 0.5}, "cfg_scale"),
+    ({"base_model": "f.1", "width": 2000}, "width"),
+    ({"base_model": "f.1", "sampler": 20}, "sampler"),
+    ({"base_model": "f.1", "seed": -1}, "seed"),
+    ({"base_model": "f.1", "seed": 2 ** 31}, "seed"),
+    ({"base_model": "f.1", "seed": "5"}, "seed"),
+    ({"base_model": "f.1", "hires_fix": {"steps": 31}}, "hires_fix.steps"),
+    ({"base_model": "f.1", "n": 5}, "n"),
+])
+def test_liblib_custom_settings_are_checked_against_its_table(studio, body, field):
+    app, fake = studio()
+    error = custom(app, "a cat", status=400 if field == "seed" and isinstance(body["seed"], str) else
+                   (400 if field == "checkpoint_id" and "checkpoint_id" not in body else 422), **body)
+    assert error["field"] == field, error
+    assert fake.received == [] and len(app.extensions["task_store"]) == 0
+
+
+@pytest.mark.parametrize("name,value", [("checkpoint_id", CHECKPOINT_XL), ("loras", []), ("steps", 20),
+                                        ("seed", 5), ("hires_fix", {})])
+def test_custom_settings_are_refused_for_the_star_models(studio, name, value):
+    app, _ = studio()
+    error = create(app, "a cat", status=422, **{name: value})
+    assert error["field"] == name and error["code"] == "unsupported_value"
+
+
+def test_the_server_checks_the_custom_template_fields(studio):
+    _, fake = studio(submit_qps=None)
+    fake.add_model(CHECKPOINT_XL, "xl")
+    good = {"checkPointId": CHECKPOINT_XL, "prompt": "a boat", "sampler": 15, "steps": 20, "cfgScale": 7,
+            "width": 768, "height": 1024, "imgCount": 1, "randnSource": 0, "seed": -1, "restoreFaces": 0,
+            "clipSkip": 2}
+    sd = "e10adc3949ba59abbe56e057f20f883e"
+    cases = [({"templateUuid": "0" * 32, "generateParams": good}, 100120),
+             ({"templateUuid": sd, "generateParams": {k: v for k, v in good.items() if k != "cfgScale"}}, 100050),
+             ({"templateUuid": sd, "generateParams": {**good, "checkPointId": "c" * 32}}, 100053),
+             ({"templateUuid": "6f7c4652458d4802969f8d089cf5b91f", "generateParams": good}, 100050),
+             ({"templateUuid": sd, "generateParams": {**good, "steps": 61}}, 100000),
+             ({"templateUuid": sd, "generateParams": {**good, "additionalNetwork": [
+                 {"modelId": "d" * 32, "weight": 0.8}]}}, 100053)]
+    for body, code in cases:
+        status, answer = signed_post(fake, CUSTOM_T2I, body)
+        assert status == 200 and answer["code"] == code, (body, answer)
+    assert signed_post(fake, CUSTOM_T2I, {"templateUuid": sd, "generateParams": good})[1]["code"] == 0

@@ -62,6 +62,23 @@ def test_image_end_to_end(app, client):
         assert fetch(client, out["thumbnail_url"]).status_code == 200
 
 
+def test_downloads_are_named_for_people(app, client):
+    task_id = create(client, kind="image", aspect_ratio="1:1", n=2)
+    task = run_pipeline(app, task_id)
+    assert task["status"] == "succeeded", task["error"]
+    stamp = task["created_at"][:19].replace("-", "").replace(":", "").replace("T", "_")   # YYYYmmdd_HHMMSS
+    short = task_id.rsplit("-", 1)[1]
+    for number, out in enumerate(task["outputs"], 1):
+        ext = out["path"].rsplit(".", 1)[1]
+        resp = fetch(client, out["url"] + "?download=1")
+        assert resp.headers["Content-Disposition"] == f"attachment; filename=local_{stamp}_{number}_{short}.{ext}"
+        assert out["path"] == f"outputs/{task_id}/{out['path'].rsplit('/', 1)[1]}"     # stored paths unchanged
+    reference = fetch(client, f"/media/{task['inputs'][0]['path']}?download=1")
+    assert reference.headers["Content-Disposition"] == f"attachment; filename=local_{stamp}_reference_{short}.png"
+    inline = fetch(client, task["outputs"][0]["url"])
+    assert inline.headers["Content-Disposition"].startswith("inline; filename=local_")
+
+
 def test_media_supports_range_requests(app, client):
     task = run_pipeline(app, create(client))
     url = task["outputs"][0]["url"]

@@ -471,8 +471,10 @@ window.Studio = (function ($) {
   function checkPicture(file, size, label) {
     const limits = pageData.limits || {};
     const type = (file.type || "").toLowerCase();
-    const byName = /\.(jpe?g|png)$/i.test(file.name || "");
-    if (type ? ["image/jpeg", "image/png"].indexOf(type) === -1 : !byName) {
+    // WebP and BMP are converted by the server (media.py); HEIC is left to the phone, which hands
+    // the page a JPEG when the input does not list HEIC.
+    const byName = /\.(jpe?g|png|webp|bmp)$/i.test(file.name || "");
+    if (type ? ["image/jpeg", "image/png", "image/webp", "image/bmp"].indexOf(type) === -1 : !byName) {
       return t("image_type", { label: label });
     }
     if (limits.max_bytes && file.size > limits.max_bytes) {

@@ -1,6 +1,7 @@
 /*
  * The images page: the form follows the chosen model's table (reference picture, fidelity,
- * aspect ratios, count), mirrors the server's checks, sends POST /generate_image, and shows the
+ * aspect ratios, count, and the "Advanced" settings of a model whose table has an `advanced`
+ * entry, liblib-custom's), mirrors the server's checks, sends POST /generate_image, and shows the
  * results as a grid of cards, newest first, with a preview, a download and "make a video".
  */
 $(function () {
@@ -18,6 +19,11 @@ $(function () {
   const $human = $("#human-fidelity");
   const $reference = $("#image-reference");
   let preferred = {};        // settings to restore on the next refresh (prefill from a task)
+  const $advanced = $("#advanced-section");
+  const $baseModel = $("#base-model");
+  const $sampler = $("#sampler");
+  const $loraRows = $("#lora-rows");
+  const BASE_MODEL_NAMES = { "1.5": "SD 1.5", xl: "SDXL", "f.1": "F.1 (FLUX.1)" };
 
   const picture = S.dropzone($form.find('.field[data-field="image"]'), () => refresh());
   S.sliderValue($fidelity);
@@ -92,8 +98,143 @@ $(function () {
     }
     S.counter($prompt, m.max_prompt);
     S.counter($negative, m.max_negative_prompt || m.max_prompt);
+    refreshAdvanced(m, hasPicture);
     preferred = {};
     summary();
+  }
+
+  /** The Advanced section: shown only for a model with an `advanced` table entry, filled from it. */
+  function refreshAdvanced(m, hasPicture) {
+    const a = m.advanced;
+    $advanced.toggleClass("d-none", !a);
+    // Such a model takes its size from width and height (or the reference), not from a ratio.
+    $form.find('.field[data-field="aspect_ratio"]').toggleClass("d-none", Boolean(a));
+    if (!a) {
+      return;
+    }
+    if (preferred.advanced) {
+      prefillAdvanced(a, preferred.advanced);
+    }
+    const base = $baseModel.val();
+    $baseModel.empty();
+    a.base_models.forEach((b) => $baseModel.append($("<option>", { value: b }).text(BASE_MODEL_NAMES[b] || b)));
+    $baseModel.val(a.base_models.indexOf(base) !== -1 ? base : a.base_models[0]);
+    const sampler = $sampler.val();
+    $sampler.empty();
+    a.samplers.forEach((name, i) => $sampler.append($("<option>", { value: String(i) }).text(name)));
+    $sampler.val(sampler !== null && sampler !== "" ? sampler : String(a.sampler_default));
+    $("#checkpoint-id").attr("aria-required", a.checkpoint_required.indexOf($baseModel.val()) !== -1);
+    numberField($("#steps"), a.steps);
+    numberField($("#cfg-scale"), a.cfg_scale);
+    const sides = hasPicture ? a.resized_side : null;
+    numberField($("#width"), sides || a.width, !hasPicture);
+    numberField($("#height"), sides || a.height, !hasPicture);
+    $("#size-from-reference").toggleClass("d-none", !hasPicture);
+    $("#seed").attr({ min: a.seed.min, max: a.seed.max });
+    numberField($("#hires-steps"), a.hires_fix.steps);
+    numberField($("#hires-denoising"), a.hires_fix.denoising_strength);
+    $("#add-lora").prop("disabled", $loraRows.children().length >= a.loras.max);
+  }
+
+  /** An earlier task's advanced settings, put back into the inputs (prefill from a task). */
+  function prefillAdvanced(a, p) {
+    $baseModel.empty().append($("<option>", { value: p.base_model }).text(p.base_model)).val(p.base_model);
+    $sampler.empty().append($("<option>", { value: String(p.sampler) })).val(String(p.sampler));
+    $("#checkpoint-id").val(p.checkpoint_id || "");
+    [["#steps", p.steps], ["#cfg-scale", p.cfg_scale], ["#width", p.width], ["#height", p.height],
+      ["#seed", p.seed]].forEach(([selector, value]) => {
+      $(selector).val(value === null || value === undefined ? "" : value).data("was-default", false);
+    });
+    $loraRows.empty();
+    (p.loras || []).slice(0, a.loras.max).forEach((lora) => {
+      const $row = loraRow(a);
+      $row.find(".lora-id").val(lora.id);
+      $row.find(".lora-weight").val(lora.weight);
+    });
+    $("#hires-fix").prop("checked", Boolean(p.hires_fix)).trigger("change");
+    if (p.hires_fix) {
+      $("#hires-steps").val(p.hires_fix.steps);
+      $("#hires-denoising").val(p.hires_fix.denoising_strength);
+    }
+  }
+
+  function numberField($input, limits, withDefault) {
+    $input.attr({ min: limits.min, max: limits.max, placeholder: limits.default !== undefined ? limits.default : "" });
+    // A default filled in here is dropped again when a reference picture makes the size its own.
+    if (withDefault !== false && $input.val() === "" && limits.default !== undefined) {
+      $input.val(limits.default).data("was-default", true);
+    }
+    if (withDefault === false && $input.data("was-default")) {
+      $input.val("").data("was-default", false);
+    }
+  }
+
+  $advanced.find('input[type="number"]').on("input", function () {
+    $(this).data("was-default", false);
+  });
+
+  function addLora() {
+    const a = model().advanced;
+    if (!a || $loraRows.children().length >= a.loras.max) {
+      return;
+    }
+    loraRow(a);
+    refresh();
+  }
+
+  function loraRow(a) {
+    const $row = S.fromTemplate("lora-row-template");
+    $row.find(".lora-weight").attr({ min: a.loras.weight_min, max: a.loras.weight_max }).val(a.loras.weight_default);
+    $row.find(".remove-lora").on("click", () => {
+      $row.remove();
+      refresh();
+    });
+    $loraRows.append($row);
+    return $row;
+  }
+
+  $("#add-lora").on("click", addLora);
+  $baseModel.on("change", () => refresh());
+  $("#hires-fix").on("change", function () {
+    $("#hires-options").toggleClass("d-none", !this.checked);
+  });
+
+  function optionalNumber($input) {
+    const text = String($input.val()).trim();
+    return text === "" ? undefined : Number(text);
+  }
+
+  function advancedPayload(body) {
+    body.base_model = $baseModel.val();
+    const checkpoint = $("#checkpoint-id").val().trim();
+    if (checkpoint) {
+      body.checkpoint_id = checkpoint;
+    }
+    body.loras = $loraRows.children().map(function () {
+      const weight = optionalNumber($(this).find(".lora-weight"));
+      return weight === undefined ? { id: $(this).find(".lora-id").val().trim() }
+        : { id: $(this).find(".lora-id").val().trim(), weight: weight };
+    }).get().filter((lora) => lora.id);
+    body.sampler = Number($sampler.val());
+    [["steps", "#steps"], ["cfg_scale", "#cfg-scale"], ["width", "#width"], ["height", "#height"],
+      ["seed", "#seed"]].forEach(([name, selector]) => {
+      const value = optionalNumber($(selector));
+      if (value !== undefined) {
+        body[name] = value;
+      }
+    });
+    if ($("#hires-fix").prop("checked")) {
+      body.hires_fix = {};
+      const steps = optionalNumber($("#hires-steps"));
+      const denoising = optionalNumber($("#hires-denoising"));
+      if (steps !== undefined) {
+        body.hires_fix.steps = steps;
+      }
+      if (denoising !== undefined) {
+        body.hires_fix.denoising_strength = denoising;
+      }
+    }
+    delete body.aspect_ratio;
   }
 
   function summary() {
@@ -135,6 +276,8 @@ $(function () {
     if (!Number.isInteger(n) || n < m.n_min || n > m.n_max) {
       return { field: "n", message: t("n_range", { min: m.n_min, max: m.n_max }) };
     }
+    // The advanced settings' ranges are on their inputs (min/max); the server's message names any
+    // value out of range next to its field.
     return null;
   }
 
@@ -146,6 +289,9 @@ $(function () {
     };
     if (m.negative_prompt !== false && !$negative.prop("disabled") && $negative.val().trim()) {
       body.negative_prompt = $negative.val();
+    }
+    if (m.advanced) {
+      advancedPayload(body);
     }
     if (picture.value()) {
       body.image = picture.value().dataUrl;
@@ -245,7 +391,8 @@ $(function () {
       preferred = settings;
     },
     preferredFrom: (p) => ({ aspect_ratio: p.aspect_ratio, n: p.n, image_fidelity: p.image_fidelity,
-      human_fidelity: p.human_fidelity, image_reference: p.image_reference }),
+      human_fidelity: p.human_fidelity, image_reference: p.image_reference,
+      advanced: p.base_model !== undefined ? p : undefined }),
     zones: { reference: picture },
     recent: { $container: $grid, $empty: $empty, limit: 8, create: newGroup, render: render,
       focus: ($group) => $group.children().first()[0] },

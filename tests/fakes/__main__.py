@@ -4,7 +4,7 @@ import argparse
 import importlib
 import time
 
-FAKES = ("kling", "ai302", "dashscope", "liblib")
+FAKES = ("kling", "ai302", "dashscope", "liblib", "wan_server")
 
 
 def main():

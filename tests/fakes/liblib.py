@@ -1,17 +1,22 @@
-"""Local stand-in for LiblibAI's open API (星流 Star-3 Alpha) and its OSS upload bucket (PROVIDERS.md §4).
+"""Local stand-in for LiblibAI's open API (Star-3 Alpha, custom templates) and its OSS bucket (PROVIDERS.md §4, §9.4).
 
 It checks the query-string signature exactly (HMAC-SHA1 over "<path>&<Timestamp>&<SignatureNonce>",
 unpadded URL-safe Base64, 5-minute validity, no nonce twice), wants POST JSON everywhere, checks the
 Star-3 Alpha fields (template ids, prompt, exactly one of aspectRatio/imageSize, imgCount, a
-`sourceImage` URL of a file uploaded here), limits submits to 1 a second and 5 tasks at once,
-and moves tasks through generateStatus 1 -> 2 -> 4 -> 5 over polls. The bucket under `/oss`
-checks the PostObject fields it issued, their order with `file` last, and that no Liblib
-credentials reach it. Liblib's numeric error codes are not published: the non-zero codes here
-are stand-ins, and the client must not depend on them.
+`sourceImage` URL of a file uploaded here) and the custom templates' fields (§9.4: the template of
+the checkpoint's family, the fields that family requires, every range of the parameter tables,
+at most 5 LoRAs of the checkpoint's family, hiResFixInfo), limits submits to 1 a second and 5 tasks
+at once, and moves tasks through generateStatus 1 -> 2 -> 4 -> 5 over polls. The bucket under
+`/oss` checks the PostObject fields it issued, their order with `file` last, and that no Liblib
+credentials reach it. Refusals carry the published codes of §9.4: a QPS refusal is code 429 in an
+HTTP 200 (the injected "429" fault is an HTTP 429), the concurrency refusal 100054, unknown
+templates 100120, unknown models 100053, a family mismatch or a missing field 100050, a value out
+of range 100000. Models for the custom templates are registered with `add_model`.
 
 Liblib takes no client id, so creates are counted per prompt in `submissions`: give each test
 task its own prompt. Faults (`inject(where, ...)`):
-  submit:  "429" (rate limit), "500" (task created, then a 500), "hang" (created, answer after 2 s)
+  submit:  "429" (rate limit, HTTP 429), "credits" (100021 in an HTTP 200), "busy" (200000 in an HTTP 200),
+           "500" (task created, then a 500), "hang" (created, answer after 2 s)
   outcome: "audit_one" (one of n pictures blocked), "audit_all" (all blocked: status 5, no images),
            "fail" (status 6), "timeout" (status 7), "expired_url" (result links already expired)
   query:   "malformed" (an unreadable status answer), "503" (the query fails; safe to repeat)
@@ -45,8 +50,14 @@ OSS_FIELDS = ["key", "policy", "x-oss-date", "x-oss-expires", "x-oss-signature",
 MAX_UPLOAD = 10 * 1024 * 1024
 POINTS_PER_IMAGE = 10
 HANG_SECONDS = 2.0
-# Stand-in codes (Liblib publishes none).
-CODE_AUTH, CODE_PARAM, CODE_LIMIT, CODE_NOT_FOUND, CODE_INTERNAL = 100010, 100020, 100030, 100040, 100050
+# Liblib's published codes (§9.4).
+CODE_AUTH, CODE_PARAM, CODE_LIMIT, CODE_NOT_FOUND, CODE_INTERNAL = 401, 100000, 429, 100051, 200000
+CODE_CREDITS, CODE_INCOMPLETE, CODE_NO_MODEL, CODE_BUSY, CODE_NO_TEMPLATE = 100021, 100050, 100053, 100054, 100120
+# The custom templates: endpoint kind and template -> the base families it runs.
+CUSTOM_TEMPLATES = {("text2img", "e10adc3949ba59abbe56e057f20f883e"): {"1.5", "xl"},
+                    ("text2img", "6f7c4652458d4802969f8d089cf5b91f"): {"f.1"},
+                    ("img2img", "9c7d531dc75f476aa833b3d452b8f7ad"): {"1.5", "xl"},
+                    ("img2img", "63b72710c9574457ba303d9d9b8df8bd"): {"f.1"}}
 
 
 def envelope(code=0, msg="", data=None, status=200):
@@ -68,6 +79,10 @@ def _is_int(value, low, high):
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _is_number(value, low, high):
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
 class Server(FakeServer):
     name = "liblib"
 
@@ -84,6 +99,8 @@ class Server(FakeServer):
         self._issued = {}                       # object key -> the PostObject fields we signed
         self.objects = {}                      # object key -> (bytes, extension)
         self._last_submit = 0.0
+        self.submit_times = []                  # time.monotonic() of every accepted submit
+        self.models = {}                        # version uuid -> {"family", "type"} (add_model)
         self._oss_secret = secrets.token_bytes(16)
         super().__init__(url_ttl=url_ttl, **kwargs)
 
@@ -94,11 +111,20 @@ class Server(FakeServer):
                          methods=["POST"])
         app.add_url_rule("/api/generate/webui/img2img/ultra", "img2img", lambda: self._create("img2img"),
                          methods=["POST"])
+        app.add_url_rule("/api/generate/webui/text2img", "custom_text2img", lambda: self._create("custom-text2img"),
+                         methods=["POST"])
+        app.add_url_rule("/api/generate/webui/img2img", "custom_img2img", lambda: self._create("custom-img2img"),
+                         methods=["POST"])
         app.add_url_rule("/api/generate/webui/status", "status", self._status, methods=["POST"])
         app.add_url_rule("/oss", "oss_post", self._oss_post, methods=["POST"])
         app.add_url_rule("/oss/<path:key>", "oss_get", self._oss_get, methods=["GET"])
 
     # ---- helpers for tests ----
+
+    def add_model(self, version_uuid, family, kind="checkpoint"):
+        """Make a model version known to the platform: `family` "1.5" | "xl" | "f.1", `kind` checkpoint | lora."""
+        with self.lock:
+            self.models[version_uuid] = {"family": family, "type": kind}
 
     def running(self):
         with self.lock:
@@ -168,18 +194,28 @@ class Server(FakeServer):
         fault = self.take_fault("submit")
         if fault == "429":
             return envelope(CODE_LIMIT, "request too frequent, QPS limit exceeded", status=429)
+        if fault == "credits":
+            return envelope(CODE_CREDITS, "积分不足")
+        if fault == "busy":
+            return envelope(CODE_INTERNAL, "内部错误")
         with self.lock:
             now = time.monotonic()
-            if self.submit_qps and now - self._last_submit < 1 / self.submit_qps:
-                return envelope(CODE_LIMIT, "request too frequent, QPS limit exceeded", status=429)
+            # Every submit counts, refused ones too: Liblib counts requests, not tasks.
+            too_soon = self.submit_qps and now - self._last_submit < 1 / self.submit_qps
             self._last_submit = now
-        problem, size = self._check_generate(kind, body)
+            if too_soon:
+                return envelope(CODE_LIMIT, "request too frequent, QPS limit exceeded")
+        if kind.startswith("custom-"):
+            code, problem, size = self._check_custom(kind[len("custom-"):], body)
+        else:
+            code, (problem, size) = CODE_PARAM, self._check_generate(kind, body)
         if problem:
-            return envelope(CODE_PARAM, problem)
+            return envelope(code, problem)
         params = body["generateParams"]
         with self.lock:
             if self.running() >= self.concurrency:
-                return envelope(CODE_LIMIT, f"concurrent generation limit ({self.concurrency}) reached", status=429)
+                return envelope(CODE_BUSY, f"concurrent generation limit ({self.concurrency}) reached")
+            self.submit_times.append(now)
             generate_uuid = uuid.uuid4().hex
             count = params["imgCount"]
             self.account_balance -= POINTS_PER_IMAGE * count
@@ -230,6 +266,96 @@ class Server(FakeServer):
                 and _is_int(size["width"], 512, 2048) and _is_int(size["height"], 512, 2048)):
             return "imageSize needs width and height, each 512-2048", None
         return None, (size["width"], size["height"])
+
+    def _check_custom(self, kind, body):
+        """(code, problem, (width, height)) for a body sent to a custom WebUI template (§9.4)."""
+        keys = [key for key in ("templateUuid", "templateUUID") if key in body]
+        if len(keys) != 1:
+            return CODE_INCOMPLETE, "exactly one templateUuid is required", None
+        families = CUSTOM_TEMPLATES.get((kind, body[keys[0]]))
+        if families is None:
+            return CODE_NO_TEMPLATE, "模板不存在 (template not found)", None
+        params = body.get("generateParams")
+        if not isinstance(params, dict):
+            return CODE_INCOMPLETE, "generateParams is required", None
+        sd = families == {"1.5", "xl"}
+        required = ["prompt", "steps", "imgCount", "randnSource", "seed", "restoreFaces"]
+        required += ["checkPointId", "sampler", "cfgScale", "clipSkip"] if sd else []
+        required += ["width", "height"] if kind == "text2img" else ["sourceImage"]
+        missing = [name for name in required if name not in params]
+        if missing:
+            return CODE_INCOMPLETE, f"生图参数未通过参数完整度校验: {', '.join(missing)}", None
+        allowed = set(required) | {"negativePrompt", "vaeId", "additionalNetwork", "hiResFixInfo", "controlNet",
+                                   "checkPointId", "sampler", "cfgScale", "clipSkip"}
+        if kind == "img2img":
+            allowed |= {"resizeMode", "resizedWidth", "resizedHeight", "mode", "denoisingStrength", "inpaintParam"}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            return CODE_PARAM, f"unknown parameters: {', '.join(unknown)}", None
+        checks = [("prompt", isinstance(params["prompt"], str) and 0 < len(params["prompt"].strip())
+                   and len(params["prompt"]) <= 2000),
+                  ("negativePrompt", isinstance(params.get("negativePrompt", ""), str)
+                   and len(params.get("negativePrompt", "")) <= 2000),
+                  ("steps", _is_int(params["steps"], 1, 60)), ("imgCount", _is_int(params["imgCount"], 1, 4)),
+                  ("randnSource", params["randnSource"] in (0, 1)),
+                  ("seed", _is_int(params["seed"], -1, 9_999_999_999)),
+                  ("restoreFaces", params["restoreFaces"] in (0, 1)),
+                  ("sampler", "sampler" not in params or _is_int(params["sampler"], 0, 40)),
+                  ("cfgScale", "cfgScale" not in params or _is_number(params["cfgScale"], 1.0, 15.0)),
+                  ("clipSkip", "clipSkip" not in params or _is_int(params["clipSkip"], 1, 12))]
+        if kind == "text2img":
+            checks += [("width", _is_int(params["width"], 128, 1536)), ("height", _is_int(params["height"], 128, 1536))]
+        else:
+            checks += [("resizeMode", params.get("resizeMode", 0) in (0, 1, 2)),
+                       ("mode", params.get("mode", 0) in (0, 4)),
+                       ("resizedWidth", _is_int(params.get("resizedWidth", 512), 128, 2048)),
+                       ("resizedHeight", _is_int(params.get("resizedHeight", 512), 128, 2048)),
+                       ("denoisingStrength", _is_number(params.get("denoisingStrength", 0.75), 0, 1))]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            return CODE_PARAM, f"invalid parameters: {', '.join(bad)}", None
+        with self.lock:
+            models = dict(self.models)
+        checkpoint = params.get("checkPointId")
+        family = None
+        if checkpoint is not None:
+            entry = models.get(checkpoint)
+            if entry is None or entry["type"] != "checkpoint":
+                return CODE_NO_MODEL, "模型不在平台列表 (checkpoint not found)", None
+            if entry["family"] not in families:
+                return CODE_INCOMPLETE, "生图参数未通过参数完整度校验 (checkpoint does not match the template)", None
+            family = entry["family"]
+        loras = params.get("additionalNetwork", [])
+        if not isinstance(loras, list) or len(loras) > 5:
+            return CODE_PARAM, "additionalNetwork takes at most 5 LoRAs", None
+        for lora in loras:
+            if not (isinstance(lora, dict) and set(lora) == {"modelId", "weight"}
+                    and _is_number(lora["weight"], -4.0, 4.0)):
+                return CODE_PARAM, "a LoRA is {modelId, weight -4..4}", None
+            entry = models.get(lora["modelId"])
+            if entry is None or entry["type"] != "lora":
+                return CODE_NO_MODEL, "模型不在平台列表 (LoRA not found)", None
+            if entry["family"] not in families or (family and entry["family"] != family):
+                return CODE_INCOMPLETE, "生图参数未通过参数完整度校验 (LoRA of another base model)", None
+        hires = params.get("hiResFixInfo")
+        if hires is not None and not (
+                isinstance(hires, dict) and set(hires) == {"hiresSteps", "hiresDenoisingStrength", "upscaler",
+                                                           "resizedWidth", "resizedHeight"}
+                and _is_int(hires["hiresSteps"], 1, 30) and _is_number(hires["hiresDenoisingStrength"], 0, 1)
+                and _is_int(hires["upscaler"], 0, 100) and _is_int(hires["resizedWidth"], 128, 2048)
+                and _is_int(hires["resizedHeight"], 128, 2048)):
+            return CODE_PARAM, "hiResFixInfo needs hiresSteps 1-30, hiresDenoisingStrength 0-1, upscaler, " \
+                               "resizedWidth/resizedHeight 128-2048", None
+        if kind == "img2img":
+            problem, size = self._check_source(params["sourceImage"])
+            if problem:
+                return CODE_PARAM, problem, None
+            size = (params.get("resizedWidth", size[0]), params.get("resizedHeight", size[1]))
+        else:
+            size = (params["width"], params["height"])
+        if hires is not None:
+            size = (hires["resizedWidth"], hires["resizedHeight"])
+        return 0, None, size
 
     def _check_source(self, source):
         if not isinstance(source, str) or not source.startswith(("http://", "https://")):
