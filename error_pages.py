@@ -25,7 +25,7 @@ from errors import AppError, InsufficientStorage, RateLimited
 log = logging.getLogger(__name__)
 
 # Paths only scripts and API clients call: they always get JSON, whatever they accept.
-JSON_PATHS = ("/api/", "/media/", "/generate", "/video/")
+JSON_PATHS = ("/api/", "/media/", "/generate", "/video/", "/metrics", "/openapi.json")
 
 
 def wants_json():

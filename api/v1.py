@@ -104,8 +104,11 @@ def _apply_size(req, kind):
     if req.aspect_ratio is not None:
         raise ValidationError("Give either aspect_ratio or width/height.", code="invalid_field", field="width")
     _, model = provider_and_model(req.provider, req.model_name, kind)
+    if "width" in (model.get("advanced") or {}):
+        return                  # a model that takes a size in pixels itself (liblib-custom)
     offered = [] if kind == "video" and req.image is not None else model["aspect_ratios"]
     req.aspect_ratio = _nearest_ratio(req.width, req.height, offered, "width")
+    req.width = req.height = None
 
 
 def _apply_seed(req, model, params):
