@@ -24,7 +24,7 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	bash scripts/ensure-chromium
 	bash scripts/ensure-nginx
-	$(PY) -m pytest; status=$$?; \
+	$(PY) -m pytest -n 2 --dist worksteal; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 
 bench: $(VENV)/.dev

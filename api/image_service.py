@@ -2,7 +2,7 @@
 
 Scripts written for an image service send `{"model", "provider", "parameters": {...}, "is_async":
 true}` with the service's parameter names (`size` "1024*1024", `aspectRatio`, `imgCount`,
-`negativePrompt`, `sourceImage`) and the model ids other clients use (`star-3-alpha-t2i`). Here
+`negativePrompt`, `sourceImage`) and the model ids the brief uses (`star-3-alpha-t2i`, the studio's too). Here
 they are translated into a v1 image request and created by the same code as every other create
 (api/v1.py `queue_image`); errors name the field the way the service's request spelled it.
 """
@@ -22,11 +22,9 @@ from validation import parse_body
 
 bp = Blueprint("image_service", __name__, url_prefix="/api/v1")
 
-# Image-service parameter -> the studio's field; the model ids other clients use for ours.
+# Image-service parameter -> the studio's field. Model ids are the studio's own (star-3-alpha-t2i ...).
 SERVICE_FIELDS = {"negativePrompt": "negative_prompt", "aspectRatio": "aspect_ratio", "imgCount": "n",
                   "sourceImage": "image", "size": "size"}
-SERVICE_MODELS = {"star-3-alpha-t2i": ("liblib", "star-3-alpha"),
-                  "star-3-alpha-i2i": ("liblib", "star-3-alpha-img2img")}
 PRESET_RATIOS = {"square": "1:1", "portrait": "3:4", "landscape": "16:9"}   # Liblib's aspectRatio words
 
 
@@ -34,8 +32,6 @@ def _service_request(body):
     """The image-service request as a V1ImageRequest (errors name the service's own fields)."""
     model_id = body.model
     provider = body.provider
-    if model_id in SERVICE_MODELS and provider in (None, SERVICE_MODELS[model_id][0]):
-        provider, model_id = SERVICE_MODELS[model_id]
     if provider is None:
         offering = [p for p in current_app.extensions["providers"].values()
                     if any(m["id"] == model_id and m["kind"] == "image" for m in p.capabilities()["models"])]

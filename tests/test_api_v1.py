@@ -146,7 +146,7 @@ def test_image_service_star3_task_runs_against_the_local_liblib_server(liblib_ap
     assert created["success"] is True and created["status"] == "queued"
     task_id = created["task_id"]
     record = liblib_app.extensions["task_store"].get(task_id)
-    assert (record["provider"], record["model"]) == ("liblib", "star-3-alpha")
+    assert (record["provider"], record["model"]) == ("liblib", "star-3-alpha-t2i")
     assert record["params"]["aspect_ratio"] == "3:4" and record["params"]["n"] == 2
 
     status = client.get(f"/api/v1/tasks/{task_id}/status").get_json()
