@@ -130,7 +130,8 @@ def _problem_age(problem, now):
 
 
 def dispatch(store, providers, clock=utcnow, stopping=None):
-    """Submit queued tasks, oldest first, within each provider's concurrency cap.
+    """Submit queued tasks, oldest first, within each provider's concurrency cap (and each model's,
+    where the provider caps per model).
 
     `stopping` (an Event) ends the pass after the task in hand: a stopping studio sends nothing new.
     """
@@ -138,11 +139,7 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
         if task and task["provider"] in providers:
-            provider = providers[task["provider"]]
-            slots = provider.slots(task)
-            in_flight[provider.name] = in_flight.get(provider.name, 0) + slots
-            if cap := provider.model_cap(task):
-                in_flight[(provider.name, cap[0])] = in_flight.get((provider.name, cap[0]), 0) + slots
+            _hold(in_flight, providers[task["provider"]], task)
     for task_id in store.ids_with_status((QUEUED,)):
         if stopping is not None and stopping.is_set():
             return
@@ -154,17 +151,25 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
         if provider is None or not provider.configured():
             _fail(store, task_id, "provider_not_configured",
                   f"Provider '{task['provider']}' is not configured on this studio.", now)
-            continue
-        slots = provider.slots(task)
-        if in_flight.get(provider.name, 0) + slots > max(provider.max_concurrency, slots):
-            continue
-        cap = provider.model_cap(task)
-        if cap and in_flight.get((provider.name, cap[0]), 0) + slots > max(cap[1], slots):
-            continue
-        if _submit(store, provider, task, now):
-            in_flight[provider.name] = in_flight.get(provider.name, 0) + slots
-            if cap:
-                in_flight[(provider.name, cap[0])] = in_flight.get((provider.name, cap[0]), 0) + slots
+        elif _has_room(in_flight, provider, task) and _submit(store, provider, task, now):
+            _hold(in_flight, provider, task)
+
+
+def _slot_keys(provider, task):
+    """The counters a task in flight holds slots in: its provider's, and its model group's."""
+    cap = provider.model_cap(task)
+    return [(provider.name, provider.max_concurrency)] + ([((provider.name, cap[0]), cap[1])] if cap else [])
+
+
+def _hold(in_flight, provider, task):
+    for key, _limit in _slot_keys(provider, task):
+        in_flight[key] = in_flight.get(key, 0) + provider.slots(task)
+
+
+def _has_room(in_flight, provider, task):
+    """Whether one more task fits every cap (a task needing more slots than a cap still goes alone)."""
+    slots = provider.slots(task)
+    return all(in_flight.get(key, 0) + slots <= max(limit, slots) for key, limit in _slot_keys(provider, task))
 
 
 class _NotNow(Exception):
@@ -429,12 +434,7 @@ def _apply_status(record, status, provider, now):
     if status.cost:
         record["cost"] = status.cost
     if status.state == base.ReportState.SUCCEEDED:
-        if not status.outputs:
-            tasks.fail(record, "no_outputs", "The provider finished but returned no result.", now)
-            return
-        tasks.downloading(record, [_output_entry(o) for o in status.outputs], now)
-        if late:
-            log.info("task %s: late success recovered after a timeout", record["id"])
+        _reported_success(record, status, now, late)
     elif status.state == base.ReportState.FAILED:
         tasks.fail(record, status.error_code or "provider_failed", status.message or "The provider reported a failure.",
                    now, keep_finished=True)
@@ -446,10 +446,24 @@ def _apply_status(record, status, provider, now):
     elif late:
         _next_late_check(record, now)
     else:
-        if status.state == base.ReportState.RUNNING:
-            tasks.running(record, now)
-        if _over_time(record, provider, now):
-            _timed_out(record, provider, now)
+        _still_working(record, status, provider, now)
+
+
+def _still_working(record, status, provider, now):
+    if status.state == base.ReportState.RUNNING:
+        tasks.running(record, now)
+    if _over_time(record, provider, now):
+        _timed_out(record, provider, now)
+
+
+def _reported_success(record, status, now, late):
+    """The provider has finished: save its results (a success with none is a failure)."""
+    if not status.outputs:
+        tasks.fail(record, "no_outputs", "The provider finished but returned no result.", now)
+        return
+    tasks.downloading(record, [_output_entry(o) for o in status.outputs], now)
+    if late:
+        log.info("task %s: late success recovered after a timeout", record["id"])
 
 
 def _output_entry(output):
