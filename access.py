@@ -110,10 +110,11 @@ def check_request_limits(kind, model, params, user=None):
     """Refuse, with a 403 naming the field, a video longer or an output larger than the user's limits."""
     limits = (user or current_user()).get("limits") or {}
     duration = params.get("duration")
-    if kind == "video" and limits.get("max_duration") is not None and duration:
-        if int(float(duration)) > limits["max_duration"]:
-            raise ValidationError(f"Your account allows videos of at most {limits['max_duration']} s.",
-                                  code="limit_exceeded", field="duration", status=403)
+    too_long = kind == "video" and limits.get("max_duration") is not None and duration \
+        and int(float(duration)) > limits["max_duration"]
+    if too_long:
+        raise ValidationError(f"Your account allows videos of at most {limits['max_duration']} s.",
+                              code="limit_exceeded", field="duration", status=403)
     side = output_side(model, params)
     if limits.get("max_resolution") is not None and side and side > limits["max_resolution"]:
         raise ValidationError(f"Your account allows results of at most {limits['max_resolution']} px on the long "

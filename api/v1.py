@@ -125,10 +125,9 @@ def _queue(kind, provider, model, params, pictures, callback_url):
     store = _store()
     access.check_request_limits(kind, model, params)
     images = decode_images(pictures)
-    record = access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
+    return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind=kind, provider=provider.name, model=model["id"],
         params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url))
-    return record
 
 
 def queue_video(req):

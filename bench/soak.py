@@ -189,11 +189,10 @@ class Studio:
 
     def start(self, timeout=40):
         """Start the studio; True when it answers /healthz, False when it exited first."""
-        log = open(self.log_path, "ab")
-        self.log_offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(self.command, cwd=STUDIO_DIR, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.log_offset = self.log_path.stat().st_size
+            self.proc = subprocess.Popen(self.command, cwd=STUDIO_DIR, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
 
         def up():
             if self.proc.poll() is not None:

@@ -25,12 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `python bench/store_bench.py` finds the project's modules
 
+import tasks  # noqa: E402
 from task_store import TaskStore  # noqa: E402
 
-STATUSES = ["queued", "submitted", "running", "downloading", "succeeded", "failed", "cancelled"]
+STATUSES = list(tasks.STATUSES)
 PROVIDERS = {"local": "local-motion", "kling": "kling-v1-6", "ai302": "kling-v2-master",
-             "dashscope": "wan2.2-i2v-flash", "liblib": "star-3-alpha"}
-WORDS = ("a slow dolly shot over a misty harbour at dawn with fishing boats and gulls lighthouse "
+             "dashscope": "wan2.2-i2v-flash", "liblib": "star-3-alpha-t2i"}
+WORDS = ("a slow dolly shot over a misty harbour at dawn with fishing boats and gulls lighthouse "  # noqa: SIM905 - prose reads better than a list of words
          "neon city street rain reflections cinematic lighting portrait of an old sailor smiling "
          "golden hour mountains drone footage waves crashing cat on a windowsill snow falling "
          "vintage film grain soft focus wide angle close up").split()

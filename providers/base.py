@@ -157,7 +157,7 @@ class Provider:
     def model_cap(self, task):
         """(group, cap) when the provider limits tasks in flight per model as well (DashScope: each
         Wan model has its own documented cap), or None; the dispatcher holds both limits."""
-        return None
+        return
 
     def input_path(self, task, role):
         """Absolute path of the task's input picture with this role, or None."""

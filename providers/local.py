@@ -175,7 +175,7 @@ class LocalProvider(Provider):
 
     def reconcile(self, task):
         """A render that died with its process certainly does not exist: it may be submitted again."""
-        return None
+        return
 
     def close(self):
         """Stop every render between frames, drop the pending ones and wait for the workers; later
