@@ -184,7 +184,7 @@ def test_every_aspect_ratio_is_sent_as_a_preset_or_an_exact_size(studio):
         if "imageSize" in field:
             w, h = (int(x) for x in ratio.split(":"))
             size = field["imageSize"]
-            assert 512 <= min(size.values()) and max(size.values()) <= 2048
+            assert min(size.values()) >= 512 and max(size.values()) <= 2048
             assert size["width"] * h == size["height"] * w
     assert sum(fake.submissions.values()) == 8
 

@@ -292,7 +292,7 @@ class Server(FakeServer):
         unknown = sorted(set(params) - allowed)
         if unknown:
             return CODE_PARAM, f"unknown parameters: {', '.join(unknown)}", None
-        checks = [("prompt", isinstance(params["prompt"], str) and 0 < len(params["prompt"].strip())
+        checks = [("prompt", isinstance(params["prompt"], str) and len(params["prompt"].strip()) > 0
                    and len(params["prompt"]) <= 2000),
                   ("negativePrompt", isinstance(params.get("negativePrompt", ""), str)
                    and len(params.get("negativePrompt", "")) <= 2000),
