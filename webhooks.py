@@ -40,6 +40,7 @@ import safe_fetch
 import tasks
 from access import session_only
 from accounts import Accounts
+from api.openapi import documented
 from api.v1 import v1_task
 from errors import ValidationError
 from redact import redact_url
@@ -89,7 +90,12 @@ def check_url(url, field):
     return url
 
 
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="Signs X-Studio-Signature; shown only in this answer.")
+
+
 @bp.post("/api/v1/webhooks/secret")
+@documented("Make or rotate your webhook signing secret", responses={201: WebhookSecret})
 def make_secret():
     """Make or rotate the caller's signing secret: `{"secret"}`, shown this once."""
     return {"secret": current_app.extensions["accounts"].rotate_webhook_secret(g.user["id"])}, 201
