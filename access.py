@@ -16,12 +16,13 @@ answers 404, exactly like one that does not exist.
 """
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from flask import current_app, g
 
 import metrics
 import tasks
+from clock import utcnow
 from errors import NotFound, QuotaExceeded, ValidationError
 
 # Output sizes that the model tables state only in words: a Wan resolution tier ("720P"), a
@@ -142,7 +143,7 @@ def create_within_limits(store, kind, params, create, now=None):
     limits = user.get("limits") or {}
     count = units(kind, params)
     with ledger.locked():
-        now = now or datetime.now(UTC)
+        now = now or utcnow()
         limit = limits.get(f"{kind}s_per_day")
         if limit is not None:
             used = ledger.spent_today(user["id"], kind, now)

@@ -12,14 +12,15 @@ spending and the tasks in flight, runs the create, and records the spend, so par
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
+from clock import iso, utcnow
 from fileio import locked, write_all
 
 
 class Ledger:
-    def __init__(self, data_dir, clock=lambda: datetime.now(UTC)):
+    def __init__(self, data_dir, clock=utcnow):
         self.dir = Path(data_dir) / "ledger"
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.lock_path = self.dir / "ledger.lock"
@@ -54,7 +55,7 @@ class Ledger:
         """Append one spend (or refund, with a negative count); call it under `locked()`."""
         now = now or self.clock()
         line = json.dumps({"user": user_id, "kind": kind, "count": count, "task_id": task_id,
-                           "at": now.astimezone(UTC).isoformat()}) + "\n"
+                           "at": iso(now)}) + "\n"
         fd = os.open(self._day_file(now), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             length = os.fstat(fd).st_size

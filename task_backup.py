@@ -26,6 +26,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from clock import utcnow
 from fileio import atomic_write, fsync_dir, locked
 from task_store import TaskStore
 
@@ -120,7 +121,7 @@ def _backup_accounts(data_dir, dest):
 
 def take_backup(store, backup_dir, now=None):
     """Snapshot the store (and the accounts) into verified files; returns the tasks backup's path."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     folder = Path(backup_dir)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"tasks-{now:%Y%m%dT%H%M%SZ}.jsonl.gz"
@@ -147,7 +148,7 @@ def prune(backup_dir, keep, now=None):
     """Delete backups beyond the `keep` newest, except the newest of each of the last 7 days, and
     safety copies beyond the PRE_RESTORE_KEEP newest. Backups dated in the future are left alone
     (not counted among the newest, not deleted): the clock may have been wrong, not the backup."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     backups = [p for p in list_backups(backup_dir) if backup_time(p) <= now + FUTURE_SKEW]
     kept = set(backups[:keep])
     days = set()
@@ -172,7 +173,7 @@ def prune(backup_dir, keep, now=None):
 
 def newest_good_backup(backup_dir, now=None):
     """The newest backup that verifies and is not dated in the future, or None."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     for path in list_backups(backup_dir):
         if backup_time(path) > now + FUTURE_SKEW:
             log.warning("backup %s is dated in the future; not taken for the newest", path.name)
@@ -197,7 +198,7 @@ def restore(store_dir, backup_dir, path, accounts=False):
     # line is still there to be recovered by hand.
     folder = Path(backup_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    stamp = f"{utcnow():%Y%m%dT%H%M%SZ}"
     safety = folder / f"pre-restore-{stamp}-tasks.jsonl"
     shutil.copy2(store.path, safety)
     store.replace_all(records)

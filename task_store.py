@@ -35,9 +35,9 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from clock import iso, utcnow
 from errors import InsufficientStorage
 from fileio import fsync_dir
 
@@ -226,7 +226,7 @@ class TaskStore:
             else:
                 record.update(change)
             record["id"] = task_id
-            record["updated_at"] = _now_iso()
+            record["updated_at"] = iso(utcnow())
             self._append(record)
             return record
 
@@ -513,8 +513,3 @@ class TaskStore:
         if size > self._offset:
             log.warning("task store: truncating a torn last line (%d bytes)", size - self._offset)
             os.truncate(self.path, self._offset)
-
-
-def _now_iso():
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"

@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 import media
+from clock import iso, parse_iso, utcnow  # noqa: F401 - parse_iso is read from here too
 from errors import Conflict, InsufficientStorage
 from redact import redact_url
 
@@ -200,19 +201,6 @@ def cancel(record, now, note=None):
     if record.get("provider_task_id"):
         record["cancel_requested"] = True
     move(record, CANCELLED, now, cancel_note=note)
-
-
-def utcnow():
-    return datetime.now(UTC)
-
-
-def iso(moment):
-    """ISO 8601 UTC with a Z, e.g. 2026-11-22T10:15:00.123Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_iso(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 _SUFFIX_SPACE = 16 ** 6
