@@ -2,9 +2,11 @@
 
 Counters and histograms are kept by `prometheus_client`. Under gunicorn every worker is its own
 process, so they use its multiprocess mode: each process writes its values to files in
-`PROMETHEUS_MULTIPROC_DIR` (DATA_DIR/metrics when unset) and a scrape, answered by any worker,
-adds them all up. The folder is emptied when the first studio process starts (no other process
-holds its shared lock), never under a running worker. Test apps (TESTING) keep their values in
+`PROMETHEUS_MULTIPROC_DIR` and a scrape, answered by any worker, adds them all up. Unset, that
+folder is under the system's temp dir (one per DATA_DIR), never on the data disk: those files are
+memory-mapped, and a mapped write on a full disk kills the process with SIGBUS — a full data disk
+must give a 507, not take every worker down. The folder is emptied when the first studio process
+starts (no other process holds its shared lock), never under a running worker. Test apps (TESTING) keep their values in
 memory, since the variable is process-wide and tests build many apps.
 
 Gauges are not counted at all: the tasks in each state, the queue per provider and the age of
@@ -16,11 +18,13 @@ loopback clients (a request relayed by a proxy that TRUSTED_PROXIES does not tru
 """
 
 import fcntl
+import hashlib
 import hmac
 import ipaddress
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,7 +47,8 @@ _dir_lock_fd = None         # this process's shared lock on the multiprocess fol
 def init_app(app):
     """Choose the mode (before prometheus_client is imported), time every request, serve /metrics."""
     if ENV not in os.environ and "prometheus_client" not in sys.modules and not app.config["TESTING"]:
-        os.environ[ENV] = str(Path(app.config["DATA_DIR"]) / "metrics")
+        key = hashlib.sha256(str(app.config["DATA_DIR"]).encode()).hexdigest()[:12]
+        os.environ[ENV] = str(Path(tempfile.gettempdir()) / f"aiapi-studio-metrics-{key}")
     if os.environ.get(ENV) and _dir_lock_fd is None and "prometheus_client" not in sys.modules:
         _prepare_dir(Path(os.environ[ENV]))
     _metrics()
@@ -62,7 +67,7 @@ def _prepare_dir(folder):
     started next to running ones (or a restarted one) keeps their values.
     """
     global _dir_lock_fd
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

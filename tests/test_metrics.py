@@ -156,3 +156,11 @@ def test_the_shipped_dashboard_and_alerts_name_only_metrics_the_studio_exports(a
     exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     named = {re.sub(r"_(bucket|count|sum|total)$", "", name) for e in exprs for name in re.findall(r"studio_\w+", e)}
     assert named and named <= exported, named - exported
+
+
+def test_the_metrics_files_are_kept_off_the_data_disk(tmp_path):
+    # They are memory-mapped: a write to a mapped page on a full disk is a SIGBUS that kills the
+    # worker, where a full data disk must answer 507 (tests/test_disk_full.py).
+    with LiveStudio(tmp_path) as studio:
+        assert requests.get(studio.url("/metrics"), timeout=10).status_code == 200
+        assert not (studio.data_dir / "metrics").exists()
