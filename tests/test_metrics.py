@@ -113,7 +113,8 @@ def test_provider_errors_are_counted_by_code(app, client):
 # ---- under gunicorn, two workers -------------------------------------------------------------------
 
 def test_two_gunicorn_workers_answer_the_same_sums(tmp_path):
-    with LiveStudio(tmp_path, gunicorn=True) as studio:
+    folder = tmp_path / "metrics"
+    with LiveStudio(tmp_path, gunicorn=True, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)}) as studio:
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         answer = requests.post(studio.url("/generate"), json={"image": b64(picture()), "prompt": "pan left"},
                                headers=headers, timeout=30)
@@ -125,7 +126,7 @@ def test_two_gunicorn_workers_answer_the_same_sums(tmp_path):
         for _ in range(30):
             assert requests.get(studio.url("/readyz"), timeout=10).status_code in (200, 503)
         served = {}         # pid -> /readyz requests it timed, from each worker's own file
-        for path in (studio.data_dir / "metrics").glob("histogram_*.db"):
+        for path in folder.glob("histogram_*.db"):
             pid = re.fullmatch(r"histogram_(\d+)\.db", path.name).group(1)
             entries = (json.loads(key) + [v] for key, v, _, _ in MmapedDict.read_all_values_from_file(str(path)))
             # Multiprocess histograms keep one value per bucket, not cumulative: their sum is the count.
