@@ -101,27 +101,22 @@ class DecodedImage:
         return entry
 
 
+# (offset, magic bytes, format): how each format a person may upload starts.
+_MAGIC = [(0, b"\xff\xd8\xff", "jpeg"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"GIF87a", "gif"),
+          (0, b"GIF89a", "gif"), (0, b"BM", "bmp"), (0, b"II*\x00", "tiff"), (0, b"MM\x00*", "tiff")]
+_FTYP_BRANDS = {b"heic": "heic", b"heix": "heic", b"hevc": "heic", b"heim": "heic", b"heis": "heic",
+                b"mif1": "heic", b"msf1": "heic", b"avif": "avif", b"avis": "avif", b"qt  ": "mov"}
+
+
 def sniff_format(head):
     """Name the format of a file from its first bytes (at least 32), or None when unknown."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
+    for offset, magic, name in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
-            return "heic"
-        if brand in (b"avif", b"avis"):
-            return "avif"
-        return "mov" if brand == b"qt  " else "mp4"
+        return _FTYP_BRANDS.get(head[8:12], "mp4")
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "webm" if b"webm" in head[:64] else "mkv"
     return None

@@ -98,6 +98,21 @@ def _operation(path, method, meta, args, refs):
                  .replace("{", "").replace("}", ""), "tags": [_tag(path)], "responses": {}}
     if doc:
         operation["description"] = doc
+    parameters = _parameters(meta, args)
+    if parameters:
+        operation["parameters"] = parameters
+    if meta["request"] is not None:
+        operation["requestBody"] = {"required": True, "content": _json(refs[meta["request"]])}
+    for status, model in meta["responses"].items():
+        operation["responses"][str(status)] = _response(status, model, meta, refs)
+    operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[ErrorBody])}
+    if meta["public"]:
+        operation["security"] = []
+    return operation
+
+
+def _parameters(meta, args):
+    """Path arguments, the query model's fields and, for idempotent creates, the Idempotency-Key header."""
     parameters = [{"name": arg, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for arg in args]
     if meta["query"] is not None:
@@ -111,24 +126,19 @@ def _operation(path, method, meta, args, refs):
                            "description": "Makes the create safe to retry for 24 hours (see the introduction).",
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                                       "pattern": "^[\\x21-\\x7e]+$"}})
-    if parameters:
-        operation["parameters"] = parameters
-    if meta["request"] is not None:
-        operation["requestBody"] = {"required": True, "content": _json(refs[meta["request"]])}
-    for status, model in meta["responses"].items():
-        answer = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else
-                  ("No content." if model is None else model.__name__)}
-        if model is not None:
-            answer["content"] = _json(refs[model])
-        if meta["idempotent"] and 200 <= status < 300:
-            answer["headers"] = {"Idempotent-Replayed": {
-                "description": "Sent when this is the remembered answer to an earlier request with the same key.",
-                "schema": {"type": "string", "enum": ["true"]}}}
-        operation["responses"][str(status)] = answer
-    operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[ErrorBody])}
-    if meta["public"]:
-        operation["security"] = []
-    return operation
+    return parameters
+
+
+def _response(status, model, meta, refs):
+    answer = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else
+              ("No content." if model is None else model.__name__)}
+    if model is not None:
+        answer["content"] = _json(refs[model])
+    if meta["idempotent"] and 200 <= status < 300:
+        answer["headers"] = {"Idempotent-Replayed": {
+            "description": "Sent when this is the remembered answer to an earlier request with the same key.",
+            "schema": {"type": "string", "enum": ["true"]}}}
+    return answer
 
 
 def _tag(path):
