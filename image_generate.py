@@ -101,6 +101,26 @@ def check_image_request(req):
     provider, model = provider_and_model(req.provider, _model_id(req), "image")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)
+    _check_image_and_prompt(provider, model, req, prompt)
+    aspect_ratio = choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
+    if not model["n_min"] <= req.n <= model["n_max"]:
+        raise ValidationError(f"{model['id']} makes {model['n_min']}–{model['n_max']} images per request.",
+                              code="unsupported_value", field="n", status=422)
+    image_reference = _check_image_reference(model, req)
+    params = {
+        "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(),
+        "aspect_ratio": aspect_ratio, "n": req.n,
+        "image_fidelity": _default(req.image_fidelity, 0.5) if model["image_fidelity"] and req.image else None,
+        "human_fidelity": _default(req.human_fidelity, 0.45) if model["human_fidelity"] and image_reference == "subject"
+        else None,
+        "image_reference": image_reference,
+    }
+    params.update(_check_model_settings(model, req))
+    return provider, model, params
+
+
+def _check_image_and_prompt(provider, model, req, prompt):
+    """Whether the model takes (or needs) a reference picture, and the prompt each case needs."""
     if req.image is None:
         if not model["text_to_image"]:
             message = (f"{model['id']} works from a reference picture: add one." if provider.name != "local" else
@@ -119,35 +139,28 @@ def check_image_request(req):
     if req.image is not None and req.negative_prompt and not model["negative_prompt_with_image"]:
         raise ValidationError(f"{model['id']} ignores a negative prompt with a reference picture: remove one.",
                               code="unsupported_value", field="negative_prompt", status=422)
-    aspect_ratio = choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
-    if not model["n_min"] <= req.n <= model["n_max"]:
-        raise ValidationError(f"{model['id']} makes {model['n_min']}–{model['n_max']} images per request.",
-                              code="unsupported_value", field="n", status=422)
-    image_reference = None
-    if req.image_reference is not None:
-        if req.image is None:
-            raise ValidationError("image_reference needs a reference picture.", code="image_required",
-                                  field="image")
-        image_reference = choose(req.image_reference, model["image_reference"] or ["(none)"],
-                                 "image_reference", "Reference type")
-    params = {
-        "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(),
-        "aspect_ratio": aspect_ratio, "n": req.n,
-        "image_fidelity": _default(req.image_fidelity, 0.5) if model["image_fidelity"] and req.image else None,
-        "human_fidelity": _default(req.human_fidelity, 0.45) if model["human_fidelity"] and image_reference == "subject"
-        else None,
-        "image_reference": image_reference,
-    }
+
+
+def _check_image_reference(model, req):
+    """The reference type (None when not asked for); it needs a reference picture."""
+    if req.image_reference is None:
+        return None
+    if req.image is None:
+        raise ValidationError("image_reference needs a reference picture.", code="image_required",
+                              field="image")
+    return choose(req.image_reference, model["image_reference"] or ["(none)"], "image_reference", "Reference type")
+
+
+def _check_model_settings(model, req):
+    """The seed and prompt_extend, or the advanced settings for a model that has them."""
     advanced = model.get("advanced")
-    if advanced is None:
-        for name in ADVANCED_FIELDS:
-            if getattr(req, name) is not None:
-                raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
-                                      field=name, status=422)
-        params.update(check_seed_and_prompt_extend(model, req))
-    else:
-        params.update(check_advanced(req, model, advanced))
-    return provider, model, params
+    if advanced is not None:
+        return check_advanced(req, model, advanced)
+    for name in ADVANCED_FIELDS:
+        if getattr(req, name) is not None:
+            raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
+                                  field=name, status=422)
+    return check_seed_and_prompt_extend(model, req)
 
 
 def _model_id(req):
@@ -176,6 +189,24 @@ def _in_range(value, limits, field, what, model_id):
 def check_advanced(req, model, advanced):
     """The advanced settings (liblib-custom's) checked against the model's `advanced` table entry."""
     model_id = model["id"]
+    base_model = _check_checkpoint(req, advanced)
+    loras = _check_loras(req, advanced["loras"], model_id)
+    sampler = advanced["sampler_default"] if req.sampler is None else req.sampler
+    if not 0 <= sampler < len(advanced["samplers"]):
+        raise ValidationError(f"sampler is one of Liblib's {len(advanced['samplers'])} samplers, "
+                              f"0–{len(advanced['samplers']) - 1}.", code="unsupported_value", field="sampler",
+                              status=422)
+    width, height = _check_sides(req, advanced, model_id)
+    hires = None if req.hires_fix is None else _check_hires_fix(req.hires_fix, advanced["hires_fix"], model_id)
+    return {"checkpoint_id": req.checkpoint_id, "base_model": base_model, "loras": loras, "sampler": sampler,
+            "steps": _in_range(req.steps, advanced["steps"], "steps", "Steps", model_id),
+            "cfg_scale": _in_range(req.cfg_scale, advanced["cfg_scale"], "cfg_scale", "CFG scale", model_id),
+            "seed": _in_range(req.seed, advanced["seed"], "seed", "Seed", model_id),
+            "width": width, "height": height, "hires_fix": hires}
+
+
+def _check_checkpoint(req, advanced):
+    """The base model, and a well-formed checkpoint_id where the base model needs one; returns the base model."""
     base_model = choose(req.base_model, advanced["base_models"], "base_model", "Base model")
     if req.checkpoint_id is not None and not _VERSION_UUID.fullmatch(req.checkpoint_id):
         raise ValidationError("checkpoint_id is a Liblib model version id: 32 hex digits (versionUuid=… in the "
@@ -183,7 +214,11 @@ def check_advanced(req, model, advanced):
     if req.checkpoint_id is None and base_model in advanced["checkpoint_required"]:
         raise ValidationError(f"A {base_model} checkpoint is needed: give its checkpoint_id.",
                               code="checkpoint_required", field="checkpoint_id")
-    lora_limits = advanced["loras"]
+    return base_model
+
+
+def _check_loras(req, lora_limits, model_id):
+    """The LoRAs as [{"id", "weight"}], their count, ids and weights checked."""
     loras = []
     if len(req.loras or []) > lora_limits["max"]:
         raise ValidationError(f"{model_id} takes at most {lora_limits['max']} LoRAs.", code="unsupported_value",
@@ -197,11 +232,11 @@ def check_advanced(req, model, advanced):
             raise ValidationError(f"A LoRA weight must be {lora_limits['weight_min']}–{lora_limits['weight_max']}.",
                                   code="unsupported_value", field=f"loras.{i}.weight", status=422)
         loras.append({"id": lora.id, "weight": weight})
-    sampler = advanced["sampler_default"] if req.sampler is None else req.sampler
-    if not 0 <= sampler < len(advanced["samplers"]):
-        raise ValidationError(f"sampler is one of Liblib's {len(advanced['samplers'])} samplers, "
-                              f"0–{len(advanced['samplers']) - 1}.", code="unsupported_value", field="sampler",
-                              status=422)
+    return loras
+
+
+def _check_sides(req, advanced, model_id):
+    """The result's width and height (both None: the reference picture's size, filled in once decoded)."""
     # With a reference picture the sides are the result's (img2img's resized sides, up to 2048).
     sides = advanced["resized_side"] if req.image is not None else None
     width = _in_range(req.width, sides or advanced["width"], "width", "Width", model_id)
@@ -211,24 +246,21 @@ def check_advanced(req, model, advanced):
                               code="invalid_field", field="width" if req.width is None else "height", status=422)
     if sides and req.width is None:
         width = height = None       # the reference picture's size, filled in once it is decoded
-    hires = None
-    if req.hires_fix is not None:
-        limits = advanced["hires_fix"]
-        fix = req.hires_fix
-        hires = {"steps": _in_range(fix.steps, limits["steps"], "hires_fix.steps", "Hi-res steps", model_id),
-                 "denoising_strength": _in_range(fix.denoising_strength, limits["denoising_strength"],
-                                                 "hires_fix.denoising_strength", "Hi-res denoising", model_id),
-                 "upscaler": limits["upscaler_default"] if fix.upscaler is None else fix.upscaler,
-                 "width": _in_range(fix.width, limits["width"], "hires_fix.width", "Hi-res width", model_id),
-                 "height": _in_range(fix.height, limits["height"], "hires_fix.height", "Hi-res height", model_id)}
-        if not 0 <= hires["upscaler"] <= 100:
-            raise ValidationError("hires_fix.upscaler is one of Liblib's upscaler numbers (0–100).",
-                                  code="unsupported_value", field="hires_fix.upscaler", status=422)
-    return {"checkpoint_id": req.checkpoint_id, "base_model": base_model, "loras": loras, "sampler": sampler,
-            "steps": _in_range(req.steps, advanced["steps"], "steps", "Steps", model_id),
-            "cfg_scale": _in_range(req.cfg_scale, advanced["cfg_scale"], "cfg_scale", "CFG scale", model_id),
-            "seed": _in_range(req.seed, advanced["seed"], "seed", "Seed", model_id),
-            "width": width, "height": height, "hires_fix": hires}
+    return width, height
+
+
+def _check_hires_fix(fix, limits, model_id):
+    """The hi-res fix settings checked against the `hires_fix` entry of the advanced table."""
+    hires = {"steps": _in_range(fix.steps, limits["steps"], "hires_fix.steps", "Hi-res steps", model_id),
+             "denoising_strength": _in_range(fix.denoising_strength, limits["denoising_strength"],
+                                             "hires_fix.denoising_strength", "Hi-res denoising", model_id),
+             "upscaler": limits["upscaler_default"] if fix.upscaler is None else fix.upscaler,
+             "width": _in_range(fix.width, limits["width"], "hires_fix.width", "Hi-res width", model_id),
+             "height": _in_range(fix.height, limits["height"], "hires_fix.height", "Hi-res height", model_id)}
+    if not 0 <= hires["upscaler"] <= 100:
+        raise ValidationError("hires_fix.upscaler is one of Liblib's upscaler numbers (0–100).",
+                              code="unsupported_value", field="hires_fix.upscaler", status=422)
+    return hires
 
 
 def _fill_sizes(params, images, limits):

@@ -68,6 +68,24 @@ def check_video_request(req):
     provider, model = provider_and_model(req.provider, req.model_name, "video")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)
+    _check_frames_and_prompt(model, req, prompt)
+    combo = _check_combo(model, req)
+    _check_tail(model, req, combo)
+    params = {
+        "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(), "mode": combo["mode"],
+        "duration": combo["duration"], "cfg_scale": (req.cfg_scale if req.cfg_scale is not None else 0.5)
+        if model["cfg_scale"] else None, "camera": _check_camera(model, req, combo),
+        "aspect_ratio": _check_aspect_ratio(model, req),
+    }
+    params.update(_check_model_settings(model, req, prompt))
+    sound = _check_sound(model, req, combo)
+    if sound is not None:
+        params["sound"] = sound
+    return provider, model, params
+
+
+def _check_frames_and_prompt(model, req, prompt):
+    """Whether the model takes (or needs) a first frame, and a prompt when there is none."""
     if req.image is None and not model["text_to_video"]:
         raise ValidationError(f"{model['id']} makes a video from a picture: add a first frame.",
                               code="image_required", field="image")
@@ -76,63 +94,79 @@ def check_video_request(req):
                               code="image_not_supported", field="image", status=422)
     if req.image is None and not prompt:
         raise ValidationError("Text-to-video needs a prompt.", code="prompt_required", field="prompt")
+
+
+def _check_combo(model, req):
+    """The chosen mode and duration, as a combination the model offers."""
     mode = choose(req.mode, model["modes"], "mode", "Mode")
     duration = choose(req.duration, model["durations"], "duration", "Duration")
     combo = {"mode": mode, "duration": duration}
     if combo not in model["combos"]:
         raise ValidationError(f"{model['id']} does not offer {duration} s in {mode} mode.",
                               code="unsupported_value", field="duration", status=422)
+    return combo
+
+
+def _offered(combos):
+    """The combinations as text for an error message ("none" when there are none)."""
+    return ", ".join(f"{c['mode']} {c['duration']} s" for c in combos) or "none"
+
+
+def _check_tail(model, req, combo):
+    """The tail frame: required by some models, and only with a first frame and an offered combination."""
     if req.image_tail is None and req.image is not None and model.get("tail_required"):
         raise ValidationError(f"{model['id']} makes a video between two frames: add a tail frame.",
                               code="image_required", field="image_tail")
-    if req.image_tail is not None:
-        if req.image is None:
-            raise ValidationError("A tail frame needs a first frame too.", code="image_required", field="image")
-        if combo not in model["tail_combos"]:
-            offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in model["tail_combos"]) or "none"
-            raise ValidationError(
-                f"{model['id']} accepts a tail frame only with: {offered}.",
-                code="tail_not_supported", field="image_tail", status=422)
-    camera = None
-    if req.camera is not None:
-        if not model["cameras"]:
-            raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
-                                  field="camera", status=422)
-        camera = choose(req.camera, model["cameras"], "camera", "Camera move")
-        use = "image_to_video" if req.image is not None else "text_to_video"
-        if use not in model.get("camera_for", [use]):
-            raise ValidationError(f"{model['id']} takes a camera move only for "
-                                  f"{' and '.join(model['camera_for']).replace('_', '-')}.",
-                                  code="unsupported_value", field="camera", status=422)
-        if combo not in model.get("camera_combos", model["combos"]):
-            offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in model["camera_combos"]) or "none"
-            raise ValidationError(f"{model['id']} takes a camera move only with: {offered}.",
-                                  code="unsupported_value", field="camera", status=422)
-        if req.image_tail is not None and not model.get("camera_with_tail", True):
-            raise ValidationError(f"{model['id']} takes either a tail frame or a camera move, not both.",
-                                  code="unsupported_value", field="camera", status=422)
-    aspect_ratio = None
+    if req.image_tail is None:
+        return
+    if req.image is None:
+        raise ValidationError("A tail frame needs a first frame too.", code="image_required", field="image")
+    if combo not in model["tail_combos"]:
+        raise ValidationError(
+            f"{model['id']} accepts a tail frame only with: {_offered(model['tail_combos'])}.",
+            code="tail_not_supported", field="image_tail", status=422)
+
+
+def _check_camera(model, req, combo):
+    """The camera move (None when not asked for), checked against where the model takes one."""
+    if req.camera is None:
+        return None
+    if not model["cameras"]:
+        raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
+                              field="camera", status=422)
+    camera = choose(req.camera, model["cameras"], "camera", "Camera move")
+    use = "image_to_video" if req.image is not None else "text_to_video"
+    if use not in model.get("camera_for", [use]):
+        raise ValidationError(f"{model['id']} takes a camera move only for "
+                              f"{' and '.join(model['camera_for']).replace('_', '-')}.",
+                              code="unsupported_value", field="camera", status=422)
+    if combo not in model.get("camera_combos", model["combos"]):
+        raise ValidationError(f"{model['id']} takes a camera move only with: {_offered(model['camera_combos'])}.",
+                              code="unsupported_value", field="camera", status=422)
+    if req.image_tail is not None and not model.get("camera_with_tail", True):
+        raise ValidationError(f"{model['id']} takes either a tail frame or a camera move, not both.",
+                              code="unsupported_value", field="camera", status=422)
+    return camera
+
+
+def _check_aspect_ratio(model, req):
+    """The aspect ratio for text-to-video (None with a picture or for a model without ratios)."""
     if req.image is None and model["aspect_ratios"]:
         # With a picture the video takes the picture's shape; the ratio only matters for text-to-video.
-        aspect_ratio = choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
-    params = {
-        "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(), "mode": mode,
-        "duration": duration, "cfg_scale": (req.cfg_scale if req.cfg_scale is not None else 0.5)
-        if model["cfg_scale"] else None, "camera": camera, "aspect_ratio": aspect_ratio,
-    }
+        return choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
+    return None
+
+
+def _check_model_settings(model, req, prompt):
+    """The seed and prompt_extend, or the Wan server's advanced settings for a model that has them."""
     advanced = model.get("advanced")
-    if advanced is None:
-        for name in ADVANCED_FIELDS:
-            if getattr(req, name) is not None:
-                raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
-                                      field=name, status=422)
-        params.update(check_seed_and_prompt_extend(model, req))
-    else:
-        params.update(check_advanced(req, model, advanced, prompt))     # the seed is one of its settings
-    sound = _check_sound(model, req, combo)
-    if sound is not None:
-        params["sound"] = sound
-    return provider, model, params
+    if advanced is not None:
+        return check_advanced(req, model, advanced, prompt)     # the seed is one of its settings
+    for name in ADVANCED_FIELDS:
+        if getattr(req, name) is not None:
+            raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
+                                  field=name, status=422)
+    return check_seed_and_prompt_extend(model, req)
 
 
 def _check_sound(model, req, combo):

@@ -154,65 +154,79 @@ def _plan(record, accounts, now):
         return None
     event = f"{record['status']}@{record.get('finished_at')}"
     hook = record.get("webhook")
-    if hook and hook["event"] == event:
-        if hook["state"] != "pending" or (hook.get("next_at") and parse_iso(hook["next_at"]) > now):
-            return None
+    if hook and hook["event"] == event and (
+            hook["state"] != "pending" or (hook.get("next_at") and parse_iso(hook["next_at"]) > now)):
+        return None
     return record["id"], event, url, owner
 
 
 def _deliver(store, plan, allow_private, clock):
+    """Try one planned delivery and record the try (and what comes next) on the task."""
     task_id, event, url, owner = plan
     record = store.get(task_id)
     if record is None:
         return
     started = clock()
-    attempt = {"at": iso(started)}
-    secret = (owner or {}).get("webhook_secret")
-    refused = False
-    if not secret:
-        attempt["error"] = "no signing secret yet: make one with POST /api/v1/webhooks/secret"
-    else:
-        body = json.dumps(v1_task(record), separators=(",", ":"), ensure_ascii=False).encode()
-        timestamp = int(time.time())
-        headers = {"Content-Type": "application/json", "User-Agent": "AIAPI-Studio-Webhook",
-                   SIGNATURE_HEADER: sign(secret, timestamp, body), "X-Studio-Event": f"task.{record['status']}"}
-        clock_started = time.monotonic()
-        try:
-            status, answer = _post(url, body, headers, allow_private)
-            attempt.update(status=status, answer=answer)
-        except _Refused as exc:
-            attempt["error"], refused = str(exc), True
-        except ValidationError as exc:
-            attempt["error"], refused = exc.message, True
-        except (OSError, http.client.HTTPException) as exc:
-            attempt["error"] = f"no answer ({type(exc).__name__})"
-        attempt["ms"] = round((time.monotonic() - clock_started) * 1000)
+    attempt, refused = _attempt(record, url, owner, allow_private, started)
     ok = 200 <= (attempt.get("status") or 0) < 300
-
-    def change(record):
-        if f"{record['status']}@{record.get('finished_at')}" != event:
-            return              # it moved on meanwhile (a late success): the next pass sends that one
-        hook = record.get("webhook")
-        same = bool(hook) and hook["event"] == event
-        if not same:            # a new final state: a new delivery, the earlier tries kept for the record
-            hook = {"url": redact_url(url), "event": event, "state": "pending", "first_at": iso(started),
-                    "next_at": None, "attempts": (hook or {}).get("attempts", [])}
-        tries = hook["attempts"][-1]["attempt"] + 1 if same and hook["attempts"] else 1
-        hook["attempts"] = [*hook["attempts"], {**attempt, "attempt": tries}][-KEEP_ATTEMPTS:]
-        if ok:
-            hook.update(state="delivered", next_at=None)
-        elif refused:
-            hook.update(state="refused", next_at=None)
-        else:
-            next_at = started + timedelta(seconds=RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1])
-            if next_at > parse_iso(hook["first_at"]) + RETRY_WINDOW:
-                hook.update(state="failed", next_at=None)
-            else:
-                hook.update(state="pending", next_at=iso(next_at))
-        record["webhook"] = hook
-    store.update(task_id, change)
+    store.update(task_id, lambda record: _record_attempt(record, event, url, started, attempt, ok, refused))
     log.info("task %s: webhook %s (%s)", task_id, "delivered" if ok else "not delivered",
              attempt.get("status") or attempt.get("error"))
+
+
+def _attempt(record, url, owner, allow_private, started):
+    """POST the signed task body once; returns (the attempt's record, whether the address was refused)."""
+    attempt = {"at": iso(started)}
+    secret = (owner or {}).get("webhook_secret")
+    if not secret:
+        attempt["error"] = "no signing secret yet: make one with POST /api/v1/webhooks/secret"
+        return attempt, False
+    refused = False
+    body = json.dumps(v1_task(record), separators=(",", ":"), ensure_ascii=False).encode()
+    timestamp = int(time.time())
+    headers = {"Content-Type": "application/json", "User-Agent": "AIAPI-Studio-Webhook",
+               SIGNATURE_HEADER: sign(secret, timestamp, body), "X-Studio-Event": f"task.{record['status']}"}
+    clock_started = time.monotonic()
+    try:
+        status, answer = _post(url, body, headers, allow_private)
+        attempt.update(status=status, answer=answer)
+    except _Refused as exc:
+        attempt["error"], refused = str(exc), True
+    except ValidationError as exc:
+        attempt["error"], refused = exc.message, True
+    except (OSError, http.client.HTTPException) as exc:
+        attempt["error"] = f"no answer ({type(exc).__name__})"
+    attempt["ms"] = round((time.monotonic() - clock_started) * 1000)
+    return attempt, refused
+
+
+def _record_attempt(record, event, url, started, attempt, ok, refused):
+    """Add the try to the task's webhook field and set its state (the store's update function)."""
+    if f"{record['status']}@{record.get('finished_at')}" != event:
+        return              # it moved on meanwhile (a late success): the next pass sends that one
+    hook = record.get("webhook")
+    same = bool(hook) and hook["event"] == event
+    if not same:            # a new final state: a new delivery, the earlier tries kept for the record
+        hook = {"url": redact_url(url), "event": event, "state": "pending", "first_at": iso(started),
+                "next_at": None, "attempts": (hook or {}).get("attempts", [])}
+    tries = hook["attempts"][-1]["attempt"] + 1 if same and hook["attempts"] else 1
+    hook["attempts"] = [*hook["attempts"], {**attempt, "attempt": tries}][-KEEP_ATTEMPTS:]
+    _set_state(hook, tries, started, ok, refused)
+    record["webhook"] = hook
+
+
+def _set_state(hook, tries, started, ok, refused):
+    """Delivered, refused, failed (past the retry window) or pending until the next retry."""
+    if ok:
+        hook.update(state="delivered", next_at=None)
+    elif refused:
+        hook.update(state="refused", next_at=None)
+    else:
+        next_at = started + timedelta(seconds=RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1])
+        if next_at > parse_iso(hook["first_at"]) + RETRY_WINDOW:
+            hook.update(state="failed", next_at=None)
+        else:
+            hook.update(state="pending", next_at=iso(next_at))
 
 
 def _post(url, body, headers, allow_private):
