@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field, StrictInt, field_validator, model_validat
 import access
 import idempotency
 import media
-import tasks
 from errors import ValidationError
 from validation import (
     STRICT,
@@ -26,9 +25,9 @@ from validation import (
     check_prompts,
     check_seed_and_prompt_extend,
     choose,
-    decode_images,
     parse_body,
     provider_and_model,
+    queue_task,
 )
 
 bp = Blueprint("image_generate", __name__)
@@ -263,6 +262,13 @@ def _check_hires_fix(fix, limits, model_id):
     return hires
 
 
+def prepare_images(model):
+    """What a model still needs from the decoded pictures (liblib-custom's sizes), or None."""
+    if not model.get("advanced"):
+        return None
+    return lambda params, images: _fill_sizes(params, images, model["advanced"])
+
+
 def _fill_sizes(params, images, limits):
     """Sizes that follow the reference picture (img2img) or the base size (hi-res fix: twice it)."""
     reference = images.get("reference")
@@ -289,16 +295,8 @@ def generate_image():
     """Queue an image task: 202 {"task_id", "status"}."""
     req = parse_body(ImageRequest)
     provider, model, params = check_image_request(req)
-    store = current_app.extensions["task_store"]
-    access.check_request_limits("image", model, params)
-    limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
-    images = {role: media.fit_image(image, limit)
-              for role, image in decode_images({"reference": ("image", req.image)}).items()}
-    if model.get("advanced"):
-        _fill_sizes(params, images, model["advanced"])
-    record = access.create_within_limits(store, "image", params, lambda task_id: tasks.create_task(
-        store, current_app.config["DATA_DIR"], kind="image", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id(), task_id=task_id))
+    record = queue_task("image", provider, model, params, {"reference": ("image", req.image)},
+                        prepare=prepare_images(model))
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

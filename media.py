@@ -31,6 +31,7 @@ import pillow_heif
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from errors import PayloadTooLarge, ValidationError
+from fileio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -277,20 +278,12 @@ def _part_path(path):
     return path.with_name(path.name + ".part")
 
 
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(part, path):
     """Make a finished `.part` file durable and visible under its final name."""
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def save_bytes_atomic(data, path):
@@ -307,7 +300,7 @@ def save_bytes_atomic(data, path):
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class Mp4Writer:

@@ -136,3 +136,21 @@ def check_seed_and_prompt_extend(model, req):
                                   status=422)
         chosen[name] = value
     return chosen
+
+
+def queue_task(kind, provider, model, params, pictures, *, callback_url=None, prepare=None):
+    """The one way a checked request becomes a task, for every route and API shape: the user's
+    limits, the pictures decoded and fitted to the provider's byte limit, `prepare(params, images)`
+    (a model's last settings that depend on the pictures), then the create under the quota lock."""
+    import access
+    import tasks
+
+    store = current_app.extensions["task_store"]
+    access.check_request_limits(kind, model, params)
+    limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
+    images = {role: media.fit_image(image, limit) for role, image in decode_images(pictures).items()}
+    if prepare is not None:
+        prepare(params, images)
+    return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
+        store, current_app.config["DATA_DIR"], kind=kind, provider=provider.name, model=model["id"],
+        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url))

@@ -7,13 +7,12 @@ checked against it; other models refuse them. A good request stores its pictures
 202 at once; the pipeline in task_query does the rest.
 """
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 import access
 import idempotency
 import media
-import tasks
 from errors import ValidationError
 from validation import (
     STRICT,
@@ -21,9 +20,9 @@ from validation import (
     check_prompts,
     check_seed_and_prompt_extend,
     choose,
-    decode_images,
     parse_body,
     provider_and_model,
+    queue_task,
 )
 
 bp = Blueprint("video_extend", __name__)
@@ -233,14 +232,8 @@ def generate():
     """Queue a video task: 202 {"task_id", "status"}."""
     req = parse_body(VideoRequest)
     provider, model, params = check_video_request(req)
-    store = current_app.extensions["task_store"]
-    access.check_request_limits("video", model, params)
-    limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
-    images = {role: media.fit_image(image, limit) for role, image in
-              decode_images({"first": ("image", req.image), "tail": ("image_tail", req.image_tail)}).items()}
-    record = access.create_within_limits(store, "video", params, lambda task_id: tasks.create_task(
-        store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id(), task_id=task_id))
+    record = queue_task("video", provider, model, params,
+                        {"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 

@@ -29,7 +29,7 @@ import access
 import task_query
 import tasks
 from errors import AppError, NotFound, ValidationError
-from validation import STRICT, Text, decode_images, parse_body
+from validation import STRICT, Text, parse_body, queue_task
 from video_extend import VideoRequest, check_video_request
 
 bp = Blueprint("wan_protocol", __name__)
@@ -121,17 +121,12 @@ def submit():
     provider, model, params = check_video_request(video)
     params["wan"] = {"model": req.model, "image_size": req.image_size, "num_frames": req.num_frames,
                      "guidance_scale": req.guidance_scale, "infer_steps": req.infer_steps, "seed": req.seed}
-    access.check_request_limits("video", model, params)
     try:
-        images = decode_images({"first": ("image_url", video.image)})
+        record = queue_task("video", provider, model, params, {"first": ("image_url", video.image)})
     except ValidationError as exc:
         if exc.code == "url_unavailable":
             exc.status = 400            # §9.5: "400 image download failed"
         raise
-    store = current_app.extensions["task_store"]
-    record = access.create_within_limits(store, "video", params, lambda task_id: tasks.create_task(
-        store, config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"], params=params,
-        images=images, owner=access.owner_id(), task_id=task_id))
     return {"requestId": request_id(record["id"])}, 202
 
 

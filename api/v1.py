@@ -32,8 +32,8 @@ from api.models import (
 )
 from api.openapi import documented
 from errors import ValidationError
-from image_generate import check_image_request
-from validation import decode_images, parse_body, provider_and_model
+from image_generate import check_image_request, prepare_images
+from validation import parse_body, provider_and_model, queue_task
 from video_extend import check_video_request
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
@@ -120,29 +120,21 @@ def _apply_seed(req, model, params):
     params["seed"] = req.seed
 
 
-def _queue(kind, provider, model, params, pictures, callback_url):
-    """Create the task through the studio's limits; the v1 202 answer."""
-    store = _store()
-    access.check_request_limits(kind, model, params)
-    images = decode_images(pictures)
-    return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
-        store, current_app.config["DATA_DIR"], kind=kind, provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url))
-
-
 def queue_video(req):
     _apply_size(req, "video")
     provider, model, params = check_video_request(req)
     _apply_seed(req, model, params)
-    return _queue("video", provider, model, params,
-                  {"first": ("image", req.image), "tail": ("image_tail", req.image_tail)}, req.callback_url)
+    return queue_task("video", provider, model, params,
+                      {"first": ("image", req.image), "tail": ("image_tail", req.image_tail)},
+                      callback_url=req.callback_url)
 
 
 def queue_image(req):
     _apply_size(req, "image")
     provider, model, params = check_image_request(req)
     _apply_seed(req, model, params)
-    return _queue("image", provider, model, params, {"reference": ("image", req.image)}, req.callback_url)
+    return queue_task("image", provider, model, params, {"reference": ("image", req.image)},
+                      callback_url=req.callback_url, prepare=prepare_images(model))
 
 
 @bp.post("/videos/generate")
