@@ -17,8 +17,10 @@ from tasks import TERMINAL
 log = logging.getLogger(__name__)
 
 CHROMIUM = "/usr/bin/chromium"
+# Reduced motion turns Bootstrap's fades off: a click on a dialog still fading in on a loaded
+# machine is ignored by Bootstrap, which made tests flaky without testing anything of ours.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+                 "--disable-component-update", "--no-first-run", "--force-prefers-reduced-motion"]
 PIPELINE_PAUSE = 0.2        # seconds between pipeline rounds
 _RESPONSE = "studio.tests.response"     # the environ key under which serve() keeps each response
 
