@@ -9,46 +9,22 @@ import itertools
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
 
 import pytest
 
 import safe_fetch
 from app import create_app
 from tests.conftest import picture
+from tests.servers import picture_app, serving
 
 DEADLINE = 2                    # seconds: the tests shorten safe_fetch.DEADLINE_SECONDS to this
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """A tiny picture server: /pic.png serves a PNG, /to?url=... redirects."""
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path.startswith("/to?url="):
-            self.send_response(302)
-            self.send_header("Location", unquote(self.path[len("/to?url="):]))
-            self.end_headers()
-            return
-        body = picture()
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def picture_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    """/pic.png serves a PNG, /to?url=... redirects."""
+    with serving(picture_app({"/pic.png": (picture(), "image/png")})) as server:
+        yield server.base_url
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 import auth
 from tests import live_servers
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture
+from tests.servers import serving
 from tests.signin import csrf_of, login
 
 TIMEOUT = 30
@@ -290,13 +290,8 @@ def server(app, monkeypatch):
     # The per-user limit on new tasks a minute would answer most of the corpus with a 429 before
     # its body is looked at; it has its own test in test_auth.py.
     monkeypatch.setitem(auth.RATE_LIMITS, "generate", (1_000_000, 60))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd.server_port
-    httpd.shutdown()
-    thread.join(timeout=10)
-    httpd.server_close()
+    with serving(app) as httpd:
+        yield httpd.server_port
 
 
 @pytest.fixture

@@ -1,15 +1,13 @@
 """The Wan I2V service protocol, served: a script's submit -> status -> result, cancel, bad input (§9.5)."""
 
 import re
-import threading
 from urllib.parse import urlsplit
 
 import pytest
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from tests.conftest import ADMIN_KEY, picture, run_pipeline
+from tests.servers import picture_app, serving
 from wan_protocol import request_id, task_id_of
 
 KEY = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -18,20 +16,8 @@ KEY = {"Authorization": f"Bearer {ADMIN_KEY}"}
 @pytest.fixture(scope="module")
 def picture_server():
     """The first frame at a URL, as the service's callers give it."""
-    png = picture(640, 400)
-
-    @Request.application
-    def serve(request):
-        if request.path == "/first.png":
-            return Response(png, mimetype="image/png")
-        return Response("gone", status=404)
-
-    server = make_server("127.0.0.1", 0, serve)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with serving(picture_app({"/first.png": (picture(640, 400), "image/png")})) as server:
+        yield server.base_url
 
 
 @pytest.fixture
