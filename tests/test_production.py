@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD
+from tests.live_servers import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"
@@ -93,15 +94,6 @@ def start_nginx(tmp, listen_port, upstream_port):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(f"http://127.0.0.1:{listen_port}/healthz", process=process)
     return process
-
-
-def stop(process):
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class SlowClients:
