@@ -12,6 +12,7 @@ Sessions live here, not only in the signed cookie, so signing out or changing th
 them for real.
 """
 
+import functools
 import hashlib
 import hmac
 import json
@@ -35,8 +36,15 @@ DEFAULT_SCOPES = ("generate", "read")
 # Per-user limits the admin sets; None means no limit. Daily counts reset at 00:00 UTC.
 LIMITS = ("images_per_day", "videos_per_day", "max_resolution", "max_duration", "max_in_flight")
 MIN_PASSWORD = 10
-# Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = generate_password_hash("not a password", method="scrypt")
+# werkzeug's scrypt (N=2^15, r=8, p=1: about 0.1 s and 32 MB per check). The tests lower it
+# (tests/conftest.py), where thousands of sign-ins would otherwise spend minutes hashing.
+PASSWORD_METHOD = "scrypt"
+
+
+@functools.cache
+def _dummy_hash(method):
+    """Checked against when the user does not exist, so a wrong name costs as long as a wrong password."""
+    return generate_password_hash("not a password", method=method)
 _COMMON_PASSWORDS = frozenset(
     (Path(__file__).with_name("common_passwords.txt")).read_text().split())
 
@@ -124,7 +132,7 @@ class Accounts:
                 generated = None if password else secrets.token_urlsafe(12)
                 data["users"][ADMIN] = self._new_user(ADMIN, password or generated, "admin", {}, user_id=ADMIN)
             elif password and reset and not check_password_hash(admin["password_hash"], password):
-                admin["password_hash"] = generate_password_hash(password, method="scrypt")
+                admin["password_hash"] = generate_password_hash(password, method=PASSWORD_METHOD)
                 _end_sessions(data, ADMIN)
         return generated
 
@@ -145,7 +153,7 @@ class Accounts:
     @staticmethod
     def _new_user(username, password, role, limits, user_id=None):
         return {"id": user_id or f"u-{secrets.token_hex(8)}", "username": username, "role": role,
-                "created_at": time.time(), "password_hash": generate_password_hash(password, method="scrypt"),
+                "created_at": time.time(), "password_hash": generate_password_hash(password, method=PASSWORD_METHOD),
                 "limits": {name: limits.get(name) for name in LIMITS}}
 
     def set_limits(self, user_id, limits):
@@ -165,7 +173,7 @@ class Accounts:
             if user is None:
                 raise NotFound(f"No user '{user_id}'.")
             check_password_policy(password, user["username"], field="new_password")
-            user["password_hash"] = generate_password_hash(password, method="scrypt")
+            user["password_hash"] = generate_password_hash(password, method=PASSWORD_METHOD)
             _end_sessions(data, user_id, keep=digest(keep_session) if keep_session else None)
             data["api_keys"] = [k for k in data["api_keys"] if not (
                 k["user_id"] == user_id and (revoke_keys == "all" or k["id"] in revoke_keys))]
@@ -185,7 +193,7 @@ class Accounts:
         """The user if the password is right, else None (same work either way)."""
         user = self.user_by_name(username)
         password = password if isinstance(password, str) else ""
-        ok = check_password_hash(user["password_hash"] if user else _DUMMY_HASH, password)
+        ok = check_password_hash(user["password_hash"] if user else _dummy_hash(PASSWORD_METHOD), password)
         return user if user and ok else None
 
     # ---- webhooks (webhooks.py signs and sends; the secret must be kept readable to sign with)

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
+import accounts
 import task_query
 from app import create_app
 from tasks import Task, utcnow
@@ -34,6 +35,8 @@ def signed_in_as_admin(monkeypatch):
     monkeypatch.setenv("API_KEYS", ADMIN_KEY)
     monkeypatch.setenv("ADMIN_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setattr(Flask, "test_client_class", AdminClient)
+    # Cheaper scrypt in-process (N=2^10 instead of 2^15): the studio's own strength is in accounts.py.
+    monkeypatch.setattr(accounts, "PASSWORD_METHOD", "scrypt:1024:8:1")
 
 
 @pytest.fixture

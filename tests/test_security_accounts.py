@@ -42,6 +42,9 @@ def test_forty_parallel_wrong_passwords_reach_the_check_at_most_five_times(tmp_p
         # Five free tries, then one more after 1 s, 2 s, 4 s ... of the run (the old check let all 40 through).
         allowed = 5 + int(math.log2(elapsed + 1))
         assert codes.count(401) <= allowed and codes.count(401) + codes.count(429) == 40, (codes, elapsed)
+        # The studio itself (not the tests' cheaper in-process setting) stores full-strength scrypt.
+        stored = json.loads((studio.data_dir / "accounts.json").read_text())
+        assert all(u["password_hash"].startswith("scrypt:32768:8:1$") for u in stored["users"].values())
 
 
 def test_a_guesser_slows_down_without_locking_the_owner_out(app):
