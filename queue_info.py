@@ -96,9 +96,9 @@ class QueueInfo:
             # The log's length changes with every write; a compaction may bring it back to an
             # earlier length, which the age limit covers.
             lines_key, now = self.store.line_count(), self.monotonic()
-            if lines_key != self._lines_key or now - self._lines_at > MAX_AGE:
-                self._lines, self._lines_key = read_lines(self.store, self.providers), lines_key
-                self._lines_at = now
+            if lines_key == self._lines_key and now - self._lines_at <= MAX_AGE:
+                return self._lines, self._medians       # a listing of 200 tasks looks once
+            self._lines, self._lines_key, self._lines_at = read_lines(self.store, self.providers), lines_key, now
             succeeded = self.store.ids_with_status((SUCCEEDED,))
             medians_key = (len(succeeded), succeeded[-1] if succeeded else None)
             if medians_key != self._medians_key:
