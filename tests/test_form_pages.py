@@ -169,7 +169,8 @@ def test_alerts_are_opt_in_and_remembered(open_page):
     expect(toggle).to_have_attribute("aria-pressed", "false")
     toggle.click()
     expect(toggle).to_have_attribute("aria-pressed", "true")
-    expect(toggle).to_contain_text("Alerts on")
+    expect(toggle.locator(".alerts-on")).to_be_visible()
+    expect(toggle.locator(".alerts-off")).to_be_hidden()
     assert page.evaluate("() => localStorage.getItem('studio.alerts')") == "on"
     page.reload()
     expect(page.locator("#alerts-toggle")).to_have_attribute("aria-pressed", "true")
@@ -249,6 +250,9 @@ def test_sound_reaches_the_tasks_params(open_page, studio):
         task = wait_for_new_task(studio, before)
         assert task["model"] == "kling-v2-6" and task["params"]["sound"] is True
         assert "seed" not in task["params"] and "prompt_extend" not in task["params"]
+        # Waiting for a slot, the card says where it stands, with the provider's label.
+        card = page.locator(f'#video-results .task-card[data-task-id="{task["id"]}"]')
+        expect(card.locator(".task-queue")).to_have_text(re.compile(r"^1st in line for Kling"))
         cancel_queued(studio)
 
 
