@@ -4,7 +4,7 @@ fields each model's table decides (ignored ones hidden or marked; seed, prompt r
 only where a model takes them, and their values in the task's params), the submit button within
 reach on a phone, and results shown at their own aspect ratio.
 
-Kling and DashScope are configured with an address where nothing answers: their tasks are made
+Kling, DashScope and LiblibAI are configured with an address where nothing answers: their tasks are made
 with the pipeline paused, checked in the store and cancelled before it runs again.
 """
 
@@ -34,7 +34,8 @@ def studio(tmp_path_factory):
         app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
                           "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD,
                           "KLING_ACCESS_KEY": "ak-test", "KLING_SECRET_KEY": "sk-test", "KLING_API_BASE": NOWHERE,
-                          "DASHSCOPE_API_KEY": "sk-test", "DASHSCOPE_API_BASE": NOWHERE})
+                          "DASHSCOPE_API_KEY": "sk-test", "DASHSCOPE_API_BASE": NOWHERE,
+                          "LIBLIB_ACCESS_KEY": "ak-test", "LIBLIB_SECRET_KEY": "sk-test", "LIBLIB_API_BASE": NOWHERE})
     live = LiveStudio(app).start()
     yield live
     live.stop()
@@ -57,7 +58,9 @@ def open_page(browser, studio):
         context = studio.sign_in(browser.new_context(viewport={"width": size[0], "height": size[1]}))
         context.set_default_timeout(15_000)
         page = context.new_page()
-        opened.append((context, PageProblems(page)))
+        problems = PageProblems(page)
+        opened.append((context, problems))
+        page.allow_console = problems.allow      # for a test that provokes an error on purpose
         page.goto(studio.url(path))
         expect(page.locator("form[aria-busy]")).to_have_attribute("aria-busy", "false")
         return page
@@ -285,3 +288,20 @@ def test_a_9_16_result_is_shown_whole(open_page, studio, files):
     assert box["width"] / box["height"] == pytest.approx(9 / 16, rel=0.03)
     fit = frame.locator("img").evaluate("img => getComputedStyle(img).objectFit")
     assert fit == "contain"
+
+
+def test_a_refused_seed_is_shown_next_to_the_seed_the_model_uses(open_page):
+    page = open_page("/images")
+    page.allow_console("422")
+    choose(page, "dashscope", "wanx2.1-t2i-turbo")
+    page.fill("#prompt", "a lighthouse")
+    page.fill("#model-seed", "3000000000")
+    page.click("#image-form .submit-button")
+    expect(page.locator('#image-form [data-show-if="seed"] .field-alert')).to_contain_text("seed")
+    expect(page.locator("#model-seed")).to_have_attribute("aria-invalid", "true")
+    # liblib-custom takes its seed among its advanced settings: the error goes there, not to the hidden one.
+    choose(page, "liblib", "liblib-custom")
+    expect(page.locator("#model-seed")).to_be_hidden()
+    page.fill("#seed", "3000000000")
+    page.click("#image-form .submit-button")
+    expect(page.locator('#advanced-section [data-field="seed"] .field-alert')).to_contain_text("2147483647")

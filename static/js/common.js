@@ -92,10 +92,9 @@ window.Studio = (function ($) {
     const $scope = scope ? $(scope) : $();
     let $field = $();
     if (error.field && $scope.length) {
-      $field = $scope.find('[data-field="' + $.escapeSelector(error.field) + '"]').first();
-      if (!$field.is(":visible")) {
-        $field = $();
-      }
+      // The visible one: a field may sit in two places of which the model's table shows one
+      // (the images page's seed: liblib-custom's advanced one, or the one other models take).
+      $field = $scope.find('[data-field="' + $.escapeSelector(error.field) + '"]').filter(":visible").first();
     }
     let $target = $field.length ? $field.find(".field-alert").first() : $scope.find(".form-alerts").first();
     if (!$target.length) {
