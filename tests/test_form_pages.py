@@ -54,10 +54,12 @@ def open_page(browser, studio):
     """open_page(path, size) -> page; every page must end the test without console errors."""
     opened = []
 
-    def open_(path, size=DESKTOP):
+    def open_(path, size=DESKTOP, init_script=None):
         context = studio.sign_in(browser.new_context(viewport={"width": size[0], "height": size[1]}))
         context.set_default_timeout(15_000)
         page = context.new_page()
+        if init_script:
+            page.add_init_script(init_script)
         problems = PageProblems(page)
         opened.append((context, problems))
         page.allow_console = problems.allow      # for a test that provokes an error on purpose
@@ -145,9 +147,20 @@ def test_the_submit_button_is_within_reach_on_a_phone(open_page):
     expect(page.locator("#image-form .submit-button")).to_be_in_viewport()
 
 
-def test_ctrl_enter_submits_and_the_title_and_favicon_count(open_page, studio, files):
-    page = open_page("/")
+# The browser's Notification, replaced by one that records what the page shows (headless
+# Chromium shows none), with the permission already granted.
+RECORD_NOTIFICATIONS = """
+window.shown = [];
+window.Notification = class { constructor(title, options) { window.shown.push([title, options.body]); } };
+window.Notification.permission = "granted";
+window.Notification.requestPermission = () => Promise.resolve("granted");
+"""
+
+
+def test_ctrl_enter_submits_the_title_and_favicon_count_and_an_alert_announces(open_page, studio, files):
+    page = open_page("/", init_script=RECORD_NOTIFICATIONS)
     base_title = page.title()
+    page.click("#alerts-toggle")
     with studio.paused():
         page.set_input_files("#image-file", files["first"])
         page.fill("#prompt", "sent with the keyboard")
@@ -160,6 +173,8 @@ def test_ctrl_enter_submits_and_the_title_and_favicon_count(open_page, studio, f
         # In the background, a task that ends is counted until the tab is looked at again.
         page.evaluate("() => Object.defineProperty(document, 'hidden', {value: true, configurable: true})")
     expect(page).to_have_title("(✓1) " + base_title, timeout=LONG)
+    # Alerts are on: the ended task was announced (in the background, so as a notification).
+    assert page.evaluate("() => window.shown") == [["AIAPI Studio", "Done · local-motion · sent with the keyboard"]]
     page.evaluate("""() => { Object.defineProperty(document, 'hidden', {value: false, configurable: true});
                              document.dispatchEvent(new Event('visibilitychange')); }""")
     expect(page).to_have_title(base_title)
