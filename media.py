@@ -128,8 +128,9 @@ def image_limits():
     return {"max_bytes": MAX_IMAGE_BYTES, "max_pixels": MAX_PIXELS, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT}
 
 
-def decode_image(data, field, *, label=None):
-    """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`."""
+def decode_image(data, field, *, label=None, min_side=MIN_SIDE):
+    """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`.
+    `min_side` is the smallest side the chosen model takes (the studio's MIN_SIDE by default)."""
     label = label or _FIELD_LABELS.get(field, field)
 
     def invalid(message, code="invalid_image", status=400):
@@ -152,10 +153,10 @@ def decode_image(data, field, *, label=None):
         raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise invalid(f"{label} is not valid Base64") from None
-    return check_image_bytes(raw, field, label=label)
+    return check_image_bytes(raw, field, label=label, min_side=min_side)
 
 
-def check_image_bytes(raw, field, *, label=None):
+def check_image_bytes(raw, field, *, label=None, min_side=MIN_SIDE):
     """Check picture bytes (from Base64 or a fetched URL) and re-encode them without metadata."""
     label = label or _FIELD_LABELS.get(field, field)
 
@@ -187,7 +188,7 @@ def check_image_bytes(raw, field, *, label=None):
                 f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
                 f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
                 code="image_too_many_pixels", field=field)
-        _check_shape(width, height, label, invalid)
+        _check_shape(width, height, label, invalid, min_side)
         try:
             img.load()
         except _PIL_ERRORS:
@@ -195,7 +196,7 @@ def check_image_bytes(raw, field, *, label=None):
         target = fmt if fmt in PROVIDER_FORMATS else ("png" if _has_alpha(img) else "jpeg")
         raw = _reencode(img, target)
         width, height = Image.open(io.BytesIO(raw)).size
-    _check_shape(width, height, label, invalid)
+    _check_shape(width, height, label, invalid, min_side)
     return _decoded(raw, target, width, height, converted=None if target == fmt else f"{fmt}->{target}")
 
 
@@ -242,9 +243,9 @@ def _on_white(img):
     return canvas
 
 
-def _check_shape(width, height, label, invalid):
-    if min(width, height) < MIN_SIDE:
-        raise invalid(f"{label} is {width}×{height} px; each side must be at least {MIN_SIDE} px",
+def _check_shape(width, height, label, invalid, min_side=MIN_SIDE):
+    if min(width, height) < min_side:
+        raise invalid(f"{label} is {width}×{height} px; each side must be at least {min_side} px",
                       code="image_too_small", status=422)
     if not 1 / MAX_ASPECT <= width / height <= MAX_ASPECT:
         raise invalid(f"{label} is {width}×{height} px (aspect ratio {width / height:.2f}); "

@@ -25,6 +25,7 @@ from flask import Blueprint, current_app, render_template, request, send_file
 import access
 import downloads
 import metrics
+import queue_info
 import submit_journal
 import tasks
 from errors import (
@@ -556,7 +557,8 @@ def _store():
 
 
 def _for_client(record):
-    return tasks.for_client(record, disk_full=disk_nearly_full(current_app.config["DATA_DIR"]))
+    return tasks.for_client(record, disk_full=disk_nearly_full(current_app.config["DATA_DIR"]),
+                            queue=queue_info.for_app(current_app))
 
 
 def _task_or_404(task_id):

@@ -287,13 +287,16 @@ def remove_files(data_dir, task_id):
         shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
 
 
-def for_client(record, disk_full=False):
+def for_client(record, disk_full=False, queue=None):
     """The record as API clients see it: result links without their signatures (the studio
     serves its own copy; a signed link would hand out the file to whoever reads the JSON). With
-    `disk_full`, a task still in progress says so: the pipeline cannot even record it then."""
+    `disk_full`, a task still in progress says so: the pipeline cannot even record it then.
+    `queue` (a queue_info.QueueInfo) adds `queue_position` and `eta_seconds`, computed, not stored."""
     outputs = [{**o, "remote_url": redact_url(o["remote_url"])} if o.get("remote_url") else o
                for o in record.get("outputs") or []]
     seen = {**record, "outputs": outputs}
+    if queue is not None:
+        seen.update(queue.fields(record, utcnow()))
     if disk_full and record["status"] in ACTIVE:
         seen["problem"] = {"code": "disk_full", "since": iso(utcnow()),
                            "message": "The studio's disk is full: this task goes on when there is room again."}

@@ -105,8 +105,9 @@ def check_prompts(model, prompt, negative_prompt):
                               field="negative_prompt", status=422)
 
 
-def decode_images(fields):
-    """Decode every given picture ({role: (field name, Base64 text, data: URI or URL, or None)})."""
+def decode_images(fields, min_side=media.MIN_SIDE):
+    """Decode every given picture ({role: (field name, Base64 text, data: URI or URL, or None)}),
+    each at least `min_side` px on its shorter side (the model's `min_side`)."""
     images = {}
     for role, (field, data) in fields.items():
         if data is None:
@@ -117,9 +118,9 @@ def decode_images(fields):
             except ValueError:
                 # urllib's own parse errors (`http://[::1/`, `http://[zz::1]/`, a port out of range).
                 raise ValidationError(f"{field} is not a valid URL.", code="invalid_url", field=field) from None
-            images[role] = media.check_image_bytes(fetched, field)
+            images[role] = media.check_image_bytes(fetched, field, min_side=min_side)
         else:
-            images[role] = media.decode_image(data, field)
+            images[role] = media.decode_image(data, field, min_side=min_side)
     return images
 
 
@@ -148,7 +149,8 @@ def queue_task(kind, provider, model, params, pictures, *, callback_url=None, pr
     store = current_app.extensions["task_store"]
     access.check_request_limits(kind, model, params)
     limit = getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES)
-    images = {role: media.fit_image(image, limit) for role, image in decode_images(pictures).items()}
+    min_side = model.get("min_side", media.MIN_SIDE)    # a model documenting none gets the studio's
+    images = {role: media.fit_image(image, limit) for role, image in decode_images(pictures, min_side).items()}
     if prepare is not None:
         prepare(params, images)
     return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(

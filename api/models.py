@@ -153,6 +153,11 @@ class V1Task(BaseModel):
     updated_at: str
     retry_of: str | None = None
     callback_url: str | None = None
+    queue_position: int | None = Field(None, description="While queued: the place in line for a slot of its "
+                                                         "provider (1 = sent next).")
+    eta_seconds: int | None = Field(None, description="While queued or in progress: the seconds left, from the "
+                                                      "median of this provider and model's recent tasks; null "
+                                                      "without such history.")
 
 
 class V1TaskList(BaseModel):

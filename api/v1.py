@@ -12,11 +12,12 @@ import math
 import re
 import statistics
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, has_app_context
 
 import access
 import health
 import idempotency
+import queue_info
 import task_query
 import tasks
 from api.models import (
@@ -45,7 +46,8 @@ ESTIMATE_SAMPLE = 20            # the most recent succeeded tasks the estimate i
 
 def v1_task(record):
     """A task record as v1 shows it (links without signatures, via tasks.for_client)."""
-    record = tasks.for_client(record)
+    # In a request the queue fields are added; a webhook (sent by the pipeline) is about a task's end.
+    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if has_app_context() else None)
     outputs = [_v1_output(o, record) for o in record["outputs"]]
     completed = record["status"] == tasks.SUCCEEDED
     result = ({"output_path": outputs[0]["url"] if outputs else None,
@@ -53,7 +55,9 @@ def v1_task(record):
     return V1Task(task_id=record["id"], kind=record["kind"], provider=record["provider"], model=record["model"],
                   status=V1_STATUS[record["status"]], progress=record.get("progress"), result=result,
                   error=record.get("error"), created_at=record["created_at"], updated_at=record["updated_at"],
-                  retry_of=record.get("retry_of"), callback_url=record.get("callback_url")).model_dump(mode="json")
+                  retry_of=record.get("retry_of"), callback_url=record.get("callback_url"),
+                  queue_position=record.get("queue_position"),
+                  eta_seconds=record.get("eta_seconds")).model_dump(mode="json")
 
 
 def _v1_output(out, record):

@@ -8,9 +8,18 @@ named beside each field (`option()` does that here); the API only ever shows wha
 
 Labels, descriptions and mode labels are English, marked with `N_` where they are written, and
 translated for the pages by providers/catalog.py.
+
+The pages build their forms from these tables only: `uses_prompt` / `uses_negative_prompt` say
+whether a field a model accepts changes its result (the local engine accepts both and ignores
+them), so a form can mark or hide it instead of pretending.
 """
 
 from dataclasses import asdict, dataclass, field, fields
+
+# The smallest side of an input picture where a model documents none (media.MIN_SIDE, the studio's
+# check since the start; Kling documents 300 px). A model that takes smaller pictures says so in
+# `min_side` (Wan: 240 px), and validation.py checks each picture against its model's value.
+STUDIO_MIN_SIDE = 300
 
 
 @dataclass(frozen=True)
@@ -87,12 +96,16 @@ class VideoModel(_Table):
     prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
     note: str | None = None                 # where sources disagree: the reading the table takes [None]
     advanced: dict | None = None            # the model's own settings and their ranges (wan_server) [none]
+    uses_prompt: bool | None = None         # the prompt changes the result (else accepted but ignored) [True]
+    uses_negative_prompt: bool | None = None    # a negative prompt changes the result [negative_prompt]
+    min_side: int | None = None             # smallest side of a first/tail frame, px [STUDIO_MIN_SIDE]
 
     DEFAULTS = {"mode_label": "Mode", "max_negative_prompt": "max_prompt", "negative_prompt": True,
                 "camera_combos": "combos", "camera_for": ["text_to_video", "image_to_video"],
                 "camera_with_tail": True, "tail_required": False, "sound_combos": [], "sound_default": False,
                 "sound_with_tail": True, "sound_switch": True, "seed": False, "prompt_extend": False, "note": None,
-                "advanced": None}
+                "advanced": None, "uses_prompt": True, "uses_negative_prompt": "negative_prompt",
+                "min_side": STUDIO_MIN_SIDE}
 
 
 @dataclass(frozen=True)
@@ -119,9 +132,13 @@ class ImageModel(_Table):
     prompt_extend: bool | None = None       # takes a user's `prompt_extend` (the provider's prompt rewriter) [False]
     note: str | None = None                 # where sources disagree: the reading the table takes [None]
     advanced: dict | None = None            # the model's own settings and their ranges (liblib-custom) [none]
+    uses_prompt: bool | None = None         # the prompt changes the result (else accepted but ignored) [True]
+    uses_negative_prompt: bool | None = None    # a negative prompt changes the result [negative_prompt]
+    min_side: int | None = None             # smallest side of a reference picture, px [STUDIO_MIN_SIDE]
 
     DEFAULTS = {"max_negative_prompt": "max_prompt", "negative_prompt": True, "prompt_required": False,
-                "seed": False, "prompt_extend": False, "note": None, "advanced": None}
+                "seed": False, "prompt_extend": False, "note": None, "advanced": None, "uses_prompt": True,
+                "uses_negative_prompt": "negative_prompt", "min_side": STUDIO_MIN_SIDE}
 
 
 def model_from_dict(table):

@@ -263,7 +263,9 @@ def _video_entry(model_id, spec):
         aspect_ratios=list(T2V_RATIOS) if t2v else [], max_prompt=spec["max_prompt"],
         max_negative_prompt=MAX_NEGATIVE_PROMPT, tail_required=True if spec["kind"] == "kf2v" else None,
         sound_combos=cells if spec["audio"] else None, sound_default=True if spec["audio"] else None,
-        sound_switch=False if spec["audio"] == "auto" else None, seed=True, prompt_extend=True, note=spec["note"])
+        sound_switch=False if spec["audio"] == "auto" else None, seed=True, prompt_extend=True, note=spec["note"],
+        # Frames down to 240 px are taken (and scaled up to 360 before sending, see _fit_for_wan).
+        min_side=None if t2v else MIN_SIDE)
 
 
 class DashScopeProvider(Provider):

@@ -85,6 +85,9 @@ class LocalProvider(Provider):
         self.poll_interval = 1  # in-process: asking costs nothing, and progress should feel live
         cores = os.cpu_count() or 1
         self.workers = max(1, min(int(config.get("LOCAL_WORKERS") or min(2, cores)), cores))
+        # A task sent here starts at once: the dispatcher holds the rest as queued (with their place
+        # in line) instead of handing them to a pool where they would wait, reported as submitted.
+        self.max_concurrency = int(config.get("LOCAL_MAX_CONCURRENCY") or self.workers)
         self._lock = threading.Lock()
         self._jobs = {}
         self._pool = None  # created on the first submit: constructing the provider starts nothing
@@ -107,13 +110,17 @@ class LocalProvider(Provider):
                  "modes": ["std"], "durations": ["5", "10"],
                  "combos": combos, "tail_combos": [dict(combo) for combo in combos],
                  "cfg_scale": False, "cameras": ["auto", *CAMERAS],
-                 "aspect_ratios": [], "max_prompt": 2500},
+                 "aspect_ratios": [], "max_prompt": 2500,
+                 # The prompt only picks the camera move for "auto"; nothing reads a negative prompt.
+                 "uses_negative_prompt": False},
                 {"id": "local-filters", "kind": "image",
                  "label": "Local filters (variations of your picture)",
                  "text_to_image": False, "image_to_image": True,
                  "aspect_ratios": list(ASPECT_RATIOS),
                  "n_min": 1, "n_max": len(LOOKS), "image_fidelity": True, "human_fidelity": False,
-                 "image_reference": [], "negative_prompt_with_image": True, "max_prompt": 2500},
+                 "image_reference": [], "negative_prompt_with_image": True, "max_prompt": 2500,
+                 # The looks are fixed filters: the prompt is kept as the task's title, nothing more.
+                 "uses_prompt": False, "uses_negative_prompt": False},
             ],
         }
 

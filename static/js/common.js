@@ -92,10 +92,9 @@ window.Studio = (function ($) {
     const $scope = scope ? $(scope) : $();
     let $field = $();
     if (error.field && $scope.length) {
-      $field = $scope.find('[data-field="' + $.escapeSelector(error.field) + '"]').first();
-      if (!$field.is(":visible")) {
-        $field = $();
-      }
+      // The visible one: a field may sit in two places of which the model's table shows one
+      // (the images page's seed: liblib-custom's advanced one, or the one other models take).
+      $field = $scope.find('[data-field="' + $.escapeSelector(error.field) + '"]').filter(":visible").first();
     }
     let $target = $field.length ? $field.find(".field-alert").first() : $scope.find(".form-alerts").first();
     if (!$target.length) {
@@ -264,7 +263,7 @@ window.Studio = (function ($) {
 
   /**
    * The generate forms' submit: check in the browser first (the server stays the judge), send,
-   * then hand the new task to `show`, which returns the element to scroll to on narrow screens.
+   * then hand the new task to `show`, which returns the element to scroll into view.
    * options: {$form, $submit, endpoint, ready, check, payload, show}.
    */
   function submitTask(options) {
@@ -285,10 +284,9 @@ window.Studio = (function ($) {
         .then((answer) => {
           toast(t("queued_toast"), "success");
           return getTask(answer.task_id, false).then((task) => {
+            // At every width: on a desktop a long form scrolled down hides the results' top too.
             const element = options.show(task);
-            if (window.innerWidth < 992) {
-              element.scrollIntoView({ behavior: "smooth", block: "center" });
-            }
+            element.scrollIntoView({ behavior: "smooth", block: window.innerWidth < 992 ? "center" : "nearest" });
           });
         })
         .always(() => busy(options.$submit, false));

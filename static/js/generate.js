@@ -11,6 +11,37 @@
 window.Studio.generatePage = (function ($, S) {
   "use strict";
 
+  // The generate pages' own strings come with the page (templates/_generate.html).
+  Object.assign(S.config.strings, S.pageData.strings || {});
+  const providerLabels = {};      // provider name -> its label, once the capabilities are in
+  const limits = S.pageData.limits || {};
+  const studioMinSide = limits.min_side;
+
+  function ordinal(n) {
+    if (S.config.lang !== "en") {
+      return String(n);
+    }
+    const tens = n % 100;
+    const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return n + suffix;
+  }
+
+  /** "3rd in line for Kling · about 1:20 left" (the server's queue_position and eta_seconds), or "". */
+  function queueText(task) {
+    if (!S.isActive(task)) {
+      return "";
+    }
+    const parts = [];
+    if (task.queue_position) {
+      const provider = providerLabels[task.provider] || task.provider;
+      parts.push(S.t("queue_line", { ordinal: ordinal(task.queue_position), n: task.queue_position, provider: provider }));
+    }
+    if (task.eta_seconds !== null && task.eta_seconds !== undefined) {
+      parts.push(task.eta_seconds > 0 ? S.t("eta", { time: S.formatDuration(task.eta_seconds * 1000) }) : S.t("eta_soon"));
+    }
+    return parts.join(" · ");
+  }
+
   /**
    * The tasks shown under a form, newest first. options: {$container, $empty, kind, limit,
    * create(task) -> $element, render(task, $element, previousTask)}. Returns {add, entry, each, update}.
@@ -26,6 +57,7 @@ window.Studio.generatePage = (function ($, S) {
       const previous = entry.task;
       entry.task = task;
       options.render(task, entry.$element, previous);
+      S.notify.track(task);
     }
 
     function add(task, atTop) {
@@ -72,7 +104,8 @@ window.Studio.generatePage = (function ($, S) {
    * next refresh keeps), preferredFrom(params), zones ({input role: dropzone}),
    * recent ({$container, $empty, limit, create, render, focus($element) -> DOM element}),
    * onReady() (after the form is enabled, before a prefill)}.
-   * Returns {model(), provider(), showIf(name, visible), shown(name), recent}.
+   * Returns {model(), provider(), showIf(name, visible), shown(name), modelFields(model) (the fields
+   * both pages show by the table), addModelFields(body) (their values into a request), recent}.
    */
   function generatePage(options) {
     const $form = options.$form;
@@ -91,6 +124,38 @@ window.Studio.generatePage = (function ($, S) {
       return !$form.find('[data-show-if="' + name + '"]').hasClass("d-none");
     }
 
+    /**
+     * The fields every model's table decides the same way on both pages: the prompt marked when the
+     * model ignores it, "Avoid" hidden when it takes or reads no negative prompt, seed and prompt
+     * rewriting shown where it takes them, and the smallest picture side the browser checks.
+     */
+    function modelFields(m) {
+      const label = S.tr(m.label || m.id);
+      if (!$("#prompt-ignored").length) {
+        options.$prompt.attr("aria-describedby", "prompt-ignored")
+          .after($("<div>", { class: "form-text prompt-ignored d-none", id: "prompt-ignored" }));
+      }
+      $("#prompt-ignored").text(m.uses_prompt === false ? S.t("prompt_ignored", { model: label }) : "")
+        .toggleClass("d-none", m.uses_prompt !== false);
+      $form.find('.field[data-field="prompt"]').toggleClass("is-ignored", m.uses_prompt === false);
+      $form.find('.field[data-field="negative_prompt"]').toggleClass("d-none", !takesNegative(m));
+      showIf("seed", Boolean(m.seed));
+      showIf("prompt_extend", Boolean(m.prompt_extend));
+      limits.min_side = m.min_side || studioMinSide;
+    }
+
+    /** The seed and prompt rewriting, where the form shows them. */
+    function addModelFields(body) {
+      const seed = String($("#model-seed").val() || "").trim();
+      if (shown("seed") && seed !== "") {
+        body.seed = Number(seed);
+      }
+      if (shown("prompt_extend")) {
+        body.prompt_extend = $("#prompt-extend").prop("checked");
+      }
+      return body;
+    }
+
     /** Fill the form from an earlier task of this kind: its settings, prompts and pictures. */
     function prefillFromTask(id) {
       S.api({ url: S.url("task", id), scope: $form }).then((task) => {
@@ -102,6 +167,8 @@ window.Studio.generatePage = (function ($, S) {
         options.prefer(Object.assign({}, settings));
         options.$prompt.val(params.prompt || "");
         options.$negative.val(params.negative_prompt || "");
+        $("#model-seed").val(params.seed === undefined || params.seed === null ? "" : params.seed);
+        $("#prompt-extend").prop("checked", Boolean(params.prompt_extend));
         if (!picker.select(task.provider, task.model)) {
           options.refresh();
         }
@@ -119,6 +186,14 @@ window.Studio.generatePage = (function ($, S) {
       });
     }
 
+    // Ctrl+Enter (Cmd+Enter on a Mac) sends the form from any of its fields.
+    $form.on("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !options.$submit.prop("disabled")) {
+        event.preventDefault();
+        $form[0].requestSubmit();
+      }
+    });
+
     S.submitTask({
       $form: $form, $submit: options.$submit, endpoint: options.endpoint, ready: model,
       check: options.check, payload: options.payload,
@@ -129,6 +204,9 @@ window.Studio.generatePage = (function ($, S) {
     });
 
     S.capabilities().then((caps) => {
+      caps.providers.forEach((p) => {
+        providerLabels[p.name] = S.tr(p.label || p.name);
+      });
       picker = S.providerPicker($form, options.kind, caps, () => options.refresh());
       if (!model()) {
         S.showError({ field: "provider", message: S.t("no_models") }, $form);
@@ -147,15 +225,25 @@ window.Studio.generatePage = (function ($, S) {
     }, (error) => S.showError(error, $form));
 
     recent.load();
+    S.notify.button($("#alerts-toggle"));
 
     return {
       model: model,
       provider: () => picker.provider(),
       showIf: showIf,
       shown: shown,
+      modelFields: modelFields,
+      addModelFields: addModelFields,
       recent: recent,
     };
   }
 
+  /** Whether a model takes a negative prompt and reads it (the form hides "Avoid" otherwise). */
+  function takesNegative(m) {
+    return m.negative_prompt !== false && m.uses_negative_prompt !== false;
+  }
+
+  generatePage.queueText = queueText;
+  generatePage.takesNegative = takesNegative;
   return generatePage;
 }(jQuery, window.Studio));

@@ -1,6 +1,6 @@
 /*
  * The images page: the form follows the chosen model's table (reference picture, fidelity,
- * aspect ratios, count, and the "Advanced" settings of a model whose table has an `advanced`
+ * aspect ratios, count, seed and prompt rewriting, which fields it ignores, and the "Advanced" settings of a model whose table has an `advanced`
  * entry, liblib-custom's), mirrors the server's checks, sends POST /generate_image, and shows the
  * results as a grid of cards, newest first, with a preview, a download and "make a video".
  */
@@ -88,8 +88,7 @@ $(function () {
     $n.val(Math.min(m.n_max, Math.max(m.n_min, n || m.n_min)));
     $("#n-help").text(t("n_range", { min: m.n_min, max: m.n_max }));
 
-    const takesNegative = m.negative_prompt !== false;
-    $form.find('.field[data-field="negative_prompt"]').toggleClass("d-none", !takesNegative);
+    page.modelFields(m);
     const negativeBlocked = hasPicture && m.negative_prompt_with_image === false;
     $negative.prop("disabled", negativeBlocked);
     $("#negative-prompt-help").remove();
@@ -261,7 +260,7 @@ $(function () {
       return { field: "prompt", message: t("too_long", { max: m.max_prompt }) };
     }
     const maxNegative = m.max_negative_prompt || m.max_prompt;
-    if ($negative.val().length > maxNegative) {
+    if (S.generatePage.takesNegative(m) && $negative.val().length > maxNegative) {
       return { field: "negative_prompt", message: t("too_long", { max: maxNegative }) };
     }
     if (!picture.value()) {
@@ -287,11 +286,13 @@ $(function () {
       provider: page.provider().name, model_name: m.id, prompt: $prompt.val(),
       aspect_ratio: $form.find('input[name="aspect_ratio"]:checked').val(), n: Number($n.val()),
     };
-    if (m.negative_prompt !== false && !$negative.prop("disabled") && $negative.val().trim()) {
+    if (S.generatePage.takesNegative(m) && !$negative.prop("disabled") && $negative.val().trim()) {
       body.negative_prompt = $negative.val();
     }
     if (m.advanced) {
       advancedPayload(body);
+    } else {
+      page.addModelFields(body);
     }
     if (picture.value()) {
       body.image = picture.value().dataUrl;
@@ -332,7 +333,12 @@ $(function () {
       $group.empty().attr("data-rendered", "outputs");
       task.outputs.forEach((output, index) => {
         const $card = newCard().attr("data-output", index);
-        $card.find(".image-frame img").attr({ src: output.thumbnail_url || output.url, alt: prompt }).removeClass("d-none");
+        // The frame takes the picture's own shape: a 9:16 or 21:9 result is shown whole, not cropped.
+        const $frame = $card.find(".image-frame").addClass("natural");
+        if (output.width && output.height) {
+          $frame.css("aspect-ratio", output.width + " / " + output.height);
+        }
+        $frame.find("img").attr({ src: output.thumbnail_url || output.url, alt: prompt }).removeClass("d-none");
         $card.find(".image-placeholder").remove();
         $card.find(".image-prompt").text(prompt).toggleClass("d-none", !prompt);
         S.statusBadge($card.find(".task-status"), task.status).addClass("d-none");
@@ -359,8 +365,10 @@ $(function () {
       S.statusBadge($card.find(".task-status"), task.status);
       $card.find(".image-meta").text(meta);
       $card.find(".spinner-border").toggleClass("d-none", !S.isActive(task));
+      const queue = S.generatePage.queueText(task);
       $card.find(".placeholder-text").text(S.isActive(task)
-        ? t("status." + task.status) + (task.progress ? " · " + task.progress + " %" : "") : "");
+        ? t("status." + task.status) + (task.progress ? " · " + task.progress + " %" : "") + (queue ? " · " + queue : "")
+        : "");
       const error = task.status === "failed" && task.error ? task.error.message : S.taskNote(task);
       $card.find(".task-error").text(error).toggleClass("d-none", !error);
       $card.find(".image-frame").prop("disabled", true);

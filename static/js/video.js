@@ -1,6 +1,6 @@
 /*
  * The video page: the form follows the chosen model's table (modes, durations, tail frame,
- * camera, freedom), mirrors the server's checks, sends POST /generate, and shows each task as a
+ * camera, freedom, sound, seed, prompt rewriting, which fields it ignores), mirrors the server's checks, sends POST /generate, and shows each task as a
  * card that updates itself until the video plays.
  */
 $(function () {
@@ -20,6 +20,7 @@ $(function () {
   const $camera = $("#camera");
   const $aspect = $("#aspect-ratio");
   const $cfg = $("#cfg-scale");
+  const $sound = $("#sound");
   S.sliderValue($cfg);
 
   // ---- what the chosen model allows ----------------------------------------------------
@@ -125,8 +126,8 @@ $(function () {
     if (preferred.cfg_scale !== undefined && preferred.cfg_scale !== null) {
       $cfg.val(preferred.cfg_scale).trigger("input");
     }
-    const takesNegative = m.negative_prompt !== false;
-    $form.find('.field[data-field="negative_prompt"]').toggleClass("d-none", !takesNegative);
+    page.modelFields(m);
+    refreshSound(m, { mode: checked("mode"), duration: checked("duration") });
     S.counter($prompt, m.max_prompt);
     S.counter($negative, m.max_negative_prompt || m.max_prompt);
     preferred = {};
@@ -137,13 +138,32 @@ $(function () {
     return $form.find('input[name="' + name + '"]:checked').val();
   }
 
+  /** The sound switch: shown where the table offers sound for the chosen mode and duration. */
+  function refreshSound(m, combo) {
+    const offered = (m.sound_combos || []).length > 0;
+    const allowed = offered && within([combo], m.sound_combos).length > 0
+      && !(tail.value() && m.sound_with_tail === false);
+    const switchable = allowed && m.sound_switch !== false;
+    page.showIf("sound", switchable);
+    if (switchable && preferred.sound !== undefined && preferred.sound !== null) {
+      $sound.prop("checked", Boolean(preferred.sound));
+    } else if (switchable && !$sound.data("touched")) {
+      $sound.prop("checked", Boolean(m.sound_default));
+    }
+    const label = S.tr(m.label || m.id);
+    const note = allowed && !switchable ? t("sound_auto", { model: label })
+      : offered && !allowed ? t("sound_limits", { model: label, combos: comboText(m.sound_combos) }) : "";
+    $("#sound-note").text(note).toggleClass("d-none", !note);
+  }
+
   function summary() {
     const m = model();
     const duration = checked("duration");
     $("#form-summary").text(m && duration ? S.tr(m.label || m.id) + " · " + t("seconds", { n: duration }) : "");
   }
   $form.on("change", 'input[name="mode"]', () => refresh());
-  $form.on("change", 'input[name="duration"]', summary);
+  $form.on("change", 'input[name="duration"]', () => refresh());
+  $sound.on("change", () => $sound.data("touched", true));
   $camera.on("change", () => refresh());
 
   // ---- checks that mirror the server's (the server stays the judge) ----------------------
@@ -156,7 +176,7 @@ $(function () {
       return { field: "prompt", message: t("too_long", { max: m.max_prompt }) };
     }
     const maxNegative = m.max_negative_prompt || m.max_prompt;
-    if (m.negative_prompt !== false && $negative.val().length > maxNegative) {
+    if (S.generatePage.takesNegative(m) && $negative.val().length > maxNegative) {
       return { field: "negative_prompt", message: t("too_long", { max: maxNegative }) };
     }
     if (!first.value() && !m.text_to_video) {
@@ -189,8 +209,11 @@ $(function () {
       provider: page.provider().name, model_name: m.id, prompt: $prompt.val(),
       mode: checked("mode"), duration: checked("duration"),
     };
-    if (m.negative_prompt !== false && $negative.val().trim()) {
+    if (S.generatePage.takesNegative(m) && $negative.val().trim()) {
       body.negative_prompt = $negative.val();
+    }
+    if (page.shown("sound")) {
+      body.sound = $sound.prop("checked");
     }
     if (first.value()) {
       body.image = first.value().dataUrl;
@@ -207,7 +230,7 @@ $(function () {
     if (!$aspect.closest("[data-show-if]").hasClass("d-none") && $aspect.val()) {
       body.aspect_ratio = $aspect.val();
     }
-    return body;
+    return page.addModelFields(body);
   }
 
   // ---- task cards ------------------------------------------------------------------------
@@ -225,6 +248,8 @@ $(function () {
     $card.find(".task-model").text(task.model);
     $card.find(".task-elapsed").text(S.elapsed(task));
     $card.find(".task-prompt").text(task.params.prompt || "").toggleClass("d-none", !task.params.prompt);
+    const queue = S.generatePage.queueText(task);
+    $card.find(".task-queue").text(queue).toggleClass("d-none", !queue);
     const progress = Math.max(0, Math.min(100, task.progress || 0));
     $card.find(".task-progress").toggleClass("d-none", !active).attr("aria-valuenow", progress)
       .find(".progress-bar").css("width", Math.max(progress, 4) + "%")
@@ -265,7 +290,8 @@ $(function () {
     prefer: (settings) => {
       preferred = settings;
     },
-    preferredFrom: (p) => ({ mode: p.mode, duration: p.duration, camera: p.camera, aspect_ratio: p.aspect_ratio, cfg_scale: p.cfg_scale }),
+    preferredFrom: (p) => ({ mode: p.mode, duration: p.duration, camera: p.camera, aspect_ratio: p.aspect_ratio,
+      cfg_scale: p.cfg_scale, sound: p.sound }),
     zones: { first: first, tail: tail },
     recent: { $container: $results, $empty: $empty, limit: 3, create: newCard, render: update, focus: ($card) => $card[0] },
     onReady: () => {
