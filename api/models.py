@@ -153,6 +153,11 @@ class V1Task(BaseModel):
     updated_at: str
     retry_of: str | None = None
     callback_url: str | None = None
+    storyboard_id: str | None = Field(None, description="A scene: the storyboard it belongs to.")
+    scene_index: int | None = Field(None, description="A scene: its place in the storyboard, from 0.")
+    scenes: dict[str, int] | None = Field(None, description="A storyboard: how many scenes are in each state "
+                                                            "(queued, running, succeeded, ...; waiting: a scene "
+                                                            "that starts from the previous one's last frame).")
 
 
 class V1TaskList(BaseModel):

@@ -17,6 +17,7 @@ from flask import Blueprint, current_app
 import access
 import health
 import idempotency
+import storyboards
 import task_query
 import tasks
 from api.models import (
@@ -53,7 +54,10 @@ def v1_task(record):
     return V1Task(task_id=record["id"], kind=record["kind"], provider=record["provider"], model=record["model"],
                   status=V1_STATUS[record["status"]], progress=record.get("progress"), result=result,
                   error=record.get("error"), created_at=record["created_at"], updated_at=record["updated_at"],
-                  retry_of=record.get("retry_of"), callback_url=record.get("callback_url")).model_dump(mode="json")
+                  retry_of=record.get("retry_of"), callback_url=record.get("callback_url"),
+                  storyboard_id=record.get("storyboard_id"), scene_index=record.get("scene_index"),
+                  scenes=storyboards.scene_counts(_store(), record) if storyboards.is_storyboard(record) else None,
+                  ).model_dump(mode="json")
 
 
 def _v1_output(out, record):
@@ -121,6 +125,11 @@ def _apply_seed(req, model, params):
 
 
 def queue_video(req):
+    if req.scenes is not None:              # a storyboard: its size is video_config's resolution
+        if req.width is not None or req.height is not None:
+            raise ValidationError("With scenes, give the size as video_config.resolution.", code="invalid_field",
+                                  field="width" if req.width is not None else "height")
+        return storyboards.queue_storyboard(req)
     _apply_size(req, "video")
     provider, model, params = check_video_request(req)
     _apply_seed(req, model, params)
