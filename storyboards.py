@@ -137,7 +137,8 @@ def queue_storyboard(req):
               "video_config": config}
     parent = access.create_within_limits(store, "video", params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind="video", provider=provider.name, model=model["id"],
-        params=params, images={}, owner=access.owner_id(), task_id=task_id, callback_url=req.callback_url,
+        params=params, images={}, owner=access.owner_id(), task_id=task_id,
+        callback_url=getattr(req, "callback_url", None),        # v1 only
         scene_task_ids=[None] * len(entries)))
     made = []
     try:
