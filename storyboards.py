@@ -189,16 +189,16 @@ def advance(store, providers, clock=tasks.utcnow, stopping=None):
         if parent is None or not is_storyboard(parent) or parent["status"] not in (QUEUED, tasks.RUNNING):
             continue
         try:
-            _advance_one(store, providers, parent, clock())
+            _advance_one(store, providers, parent, clock(), stopping)
         except Exception:           # one broken storyboard must not stop the others
             log.exception("storyboard %s could not be advanced", task_id)
 
 
-def _advance_one(store, providers, parent, now):
+def _advance_one(store, providers, parent, now, stopping=None):
     ids = list(parent["scene_task_ids"])
     scenes = [store.get(task_id) if task_id else None for task_id in ids]
     for index, scene in enumerate(scenes):
-        if scene is not None and scene["status"] in (FAILED, CANCELLED):
+        if (scene is None and ids[index]) or (scene is not None and scene["status"] in (FAILED, CANCELLED)):
             _fail(store, parent["id"], index, scene, now)
             return
     for index in range(len(ids)):
@@ -208,7 +208,7 @@ def _advance_one(store, providers, parent, now):
             ids[index] = scenes[index]["id"]
     done = sum(1 for scene in scenes if scene is not None and scene["status"] == SUCCEEDED)
     if done == len(scenes):
-        _join(store, parent, scenes, now)
+        _join(store, parent, scenes, now, stopping)
         return
 
     def progress(record):
@@ -224,14 +224,20 @@ def _advance_one(store, providers, parent, now):
 
 
 def _fail(store, parent_id, index, scene, now):
-    error = scene.get("error") or {}
-    what = "was cancelled" if scene["status"] == CANCELLED else f"failed: {error.get('message') or 'no reason given'}"
+    """End the storyboard because of its scene `index` (failed, cancelled, or its task deleted: None)."""
+    error = (scene or {}).get("error") or {}
+    if scene is None:
+        what = "was deleted"
+    elif scene["status"] == CANCELLED:
+        what = "was cancelled"
+    else:
+        what = f"failed: {error.get('message') or 'no reason given'}"
 
     def change(record):
         if record["status"] in (QUEUED, tasks.RUNNING):
             tasks.fail(record, "scene_failed", f"Scene {index + 1} {what}", now)
     store.update(parent_id, metrics.counting_finish(change))
-    log.info("storyboard %s failed: scene %d %s", parent_id, index + 1, scene["status"])
+    log.info("storyboard %s failed: scene %d %s", parent_id, index + 1, what)
 
 
 def _create_chained(store, providers, parent, index, previous, now):
@@ -256,16 +262,20 @@ def _create_chained(store, providers, parent, index, previous, now):
     return metrics.task_created(record)
 
 
-def _join(store, parent, scenes, now):
-    """Join the scenes' clips into the storyboard's output; the download job verifies it."""
+def _join(store, parent, scenes, now, stopping=None):
+    """Join the scenes' clips into the storyboard's output; the download job verifies it. A
+    stopping studio drops the join between frames; it is done again after the restart."""
     data_dir = Path(store.dir)
     config = parent["params"].get("video_config") or {}
     clips = [data_dir / scene["outputs"][0]["path"] for scene in scenes]
     size = _RESOLUTION.fullmatch(config["resolution"]).groups() if config.get("resolution") else None
     size = tuple(int(side) for side in size) if size else video_join.clip_info(clips[0])[:2]
     rel = Path("outputs") / parent["id"] / OUTPUT_NAME
-    video_join.join(clips, data_dir / rel, size, config.get("fps") or video_join.DEFAULT_FPS,
-                    config.get("crossfade") or 0)
+    try:
+        video_join.join(clips, data_dir / rel, size, config.get("fps") or video_join.DEFAULT_FPS,
+                        config.get("crossfade") or 0, should_stop=stopping.is_set if stopping else None)
+    except video_join.JoinStopped:
+        return
 
     def finished(record):
         if record["status"] not in (QUEUED, tasks.RUNNING):

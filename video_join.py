@@ -77,11 +77,29 @@ def resampled(path, size, fps):
         raise ValueError(f"video {Path(path).name} has no frames")
 
 
-def join(clips, dest, size, fps=DEFAULT_FPS, crossfade=0.0):
-    """Write `clips` one after another into `dest` (see the module docstring); returns the frame count."""
+class JoinStopped(Exception):
+    """`should_stop()` said so between frames; no file was left at `dest`."""
+
+
+class _Writer:
+    """An Mp4Writer that asks `should_stop` before every frame."""
+
+    def __init__(self, writer, should_stop):
+        self.writer, self.should_stop = writer, should_stop
+
+    def write(self, frame):
+        if self.should_stop is not None and self.should_stop():
+            raise JoinStopped
+        self.writer.write(frame)
+
+
+def join(clips, dest, size, fps=DEFAULT_FPS, crossfade=0.0, should_stop=None):
+    """Write `clips` one after another into `dest` (see the module docstring); returns the frame count.
+    `should_stop()` is asked between frames: JoinStopped, and the unfinished file is removed."""
     width, height = size[0] // 2 * 2, size[1] // 2 * 2
     overlap = round(crossfade * fps)
-    with media.Mp4Writer(dest, width, height, fps) as writer:
+    with media.Mp4Writer(dest, width, height, fps) as mp4:
+        writer = _Writer(mp4, should_stop)
         held = deque()                  # the previous clip's last `overlap` frames, not yet written
         for path in clips:
             frames = resampled(path, (width, height), fps)
@@ -99,7 +117,7 @@ def join(clips, dest, size, fps=DEFAULT_FPS, crossfade=0.0):
                     writer.write(held.popleft())
         for frame in held:
             writer.write(frame)
-        return writer.frames
+        return mp4.frames
 
 
 def last_frame(path):

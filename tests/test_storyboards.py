@@ -110,6 +110,11 @@ def test_join_resamples_scales_and_crossfades(tmp_path):
     width, height, duration = video_join.clip_info(dest)
     assert (width, height) == (330, 240) and abs(duration - 2.5) <= 0.05
     assert video_join.join(clips, dest, (320, 240), fps=30) == 90
+    stopped = tmp_path / "stopped.mp4"
+    calls = []
+    with pytest.raises(video_join.JoinStopped):
+        video_join.join(clips, stopped, (320, 240), should_stop=lambda: calls.append(1) or len(calls) > 10)
+    assert not stopped.exists() and not list(tmp_path.glob("stopped*"))
 
 
 # ---- a provider's local server: failure, retry, cancel ------------------------------------
@@ -169,6 +174,15 @@ def test_cancelling_the_storyboard_cancels_its_scenes(kling_app):
     scenes = [store.get(t) for t in store.get(parent_id)["scene_task_ids"]]
     assert [s["status"] for s in scenes] == ["cancelled"] * 3
     assert scenes[0].get("cancel_requested")                               # stopped at Kling by the poller
+
+
+def test_a_deleted_scene_fails_the_storyboard(kling_app):
+    client, store = kling_app.test_client(), kling_app.extensions["task_store"]
+    parent_id = kling_storyboard(client)
+    store.delete(store.get(parent_id)["scene_task_ids"][1])
+    storyboards.advance(store, kling_app.extensions["providers"])
+    parent = store.get(parent_id)
+    assert parent["status"] == "failed" and parent["error"]["message"] == "Scene 2 was deleted"
 
 
 # ---- strict checks ------------------------------------------------------------------------
