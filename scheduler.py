@@ -1,7 +1,7 @@
 """Running the task pipeline: which process runs it, its jobs, and how it starts and stops.
 
-`Pipeline(store, providers, clock)` owns the APScheduler that runs the jobs of task_query.py and
-the backups, the leader lock, and a heartbeat loop. It lives here rather than in a module of its
+`Pipeline(store, providers, clock)` owns the APScheduler that runs the jobs of task_query.py,
+storyboards.py and the backups, the leader lock, and a heartbeat loop. It lives here rather than in a module of its
 own because leadership, the job table and the start/stop order are one concern — running the
 pipeline in exactly one process and stopping it without harm — and every other module and doc
 already names this one for it.

@@ -2,8 +2,10 @@
 
 Pipeline jobs (plain functions of the store, the providers and a clock, so tests call them
 directly; `scheduler.py` runs them): `dispatch` submits queued tasks within per-provider
-concurrency caps, `poll` asks providers how submitted tasks are doing, `download` saves results,
-verifies them and makes thumbnails. A task is `succeeded` only when every output is on disk
+concurrency caps, sharing free slots fairly between owners and, within an owner, between batches
+and single tasks; `poll` asks providers how submitted tasks are doing; `download` saves results
+on a bounded pool per provider, verifies them and makes thumbnails. Storyboard tasks
+(storyboards.py) are never sent to a provider: their scenes are. A task is `succeeded` only when every output is on disk
 and verified. A submit whose outcome is unknown is reconciled, never blindly re-sent.
 
 Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|retry`,

@@ -153,7 +153,8 @@ def queue_image(req):
 @idempotency.idempotent
 @access.limited("generate")
 def generate_video():
-    """The fields of `POST /generate`, plus width/height, seed and callback_url."""
+    """The fields of `POST /generate`, plus width/height, seed and callback_url; with `scenes[]` (and
+    `video_config`) a storyboard: one task per scene, joined into one MP4 (storyboards.py)."""
     return created(queue_video(parse_body(V1VideoRequest))), 202
 
 
