@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import providers.http
+import scheduler
 import storyboards
 import task_query
 import video_join
@@ -180,7 +181,10 @@ def test_a_deleted_scene_fails_the_storyboard(kling_app):
     client, store = kling_app.test_client(), kling_app.extensions["task_store"]
     parent_id = kling_storyboard(client)
     store.delete(store.get(parent_id)["scene_task_ids"][1])
-    storyboards.advance(store, kling_app.extensions["providers"])
+    data_dir = kling_app.config["DATA_DIR"]
+    pipeline = scheduler.Pipeline(store, kling_app.extensions["providers"], data_dir=data_dir, backup_dir=data_dir)
+    assert pipeline.intervals["storyboards"] == {"seconds": 1}
+    pipeline._storyboards()                 # the pipeline's job, as APScheduler runs it
     parent = store.get(parent_id)
     assert parent["status"] == "failed" and parent["error"]["message"] == "Scene 2 was deleted"
 
