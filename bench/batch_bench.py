@@ -1,6 +1,6 @@
 """A 1,000-task batch through a real pipeline, and what it does to another user's single task.
 
-    python bench/batch_bench.py [--tasks 1000] [--latency 0.1] [--cap 20]
+    python bench/batch_bench.py [--tasks 1000] [--latency 0.1] [--cap 20] [--oldest-first]
 
 The provider is the local Kling protocol server (tests/fakes/kling.py) made to answer every call
 (submit, status query, result file) after `--latency` seconds; the studio caps Kling at `--cap`
@@ -8,7 +8,8 @@ tasks in flight. A real `scheduler.Pipeline` runs its jobs (dispatch, poll, down
 status queries every second). The bench prints the batch's wall time and the process's peak memory
 (ru_maxrss: the studio and the fake server share the process), and the latency (created to
 succeeded) of one task of another user submitted while the batch runs, side by side with the same
-task's latency on an idle studio.
+task's latency on an idle studio. `--oldest-first` replaces the fair order by the plain
+oldest-first order the dispatcher had before, for comparison.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import scheduler  # noqa: E402
+import task_query  # noqa: E402
 import tasks  # noqa: E402
 from app import create_app  # noqa: E402
 from tests.fakes.kling import Server  # noqa: E402
@@ -29,6 +31,11 @@ from tests.fakes.kling import Server  # noqa: E402
 AK, SK = "AK" + "a" * 30, "SK" + "s" * 30
 MODEL = "kling-v1-6"
 KEY = "sk-bench-key-0123456789abcdef"
+
+
+def oldest_first(waiting, load, has_room, served):
+    """The dispatcher's order before fair shares: every waiting task that fits, oldest first."""
+    return (task for task in waiting if has_room(task))
 
 
 def start_server(latency, cap):
@@ -118,7 +125,10 @@ def main():
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--cap", type=int, default=20)
+    parser.add_argument("--oldest-first", action="store_true", help="the order before fair shares")
     args = parser.parse_args()
+    if args.oldest_first:
+        task_query._fair_order = oldest_first
     server = start_server(args.latency, args.cap)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)     # one line per fake request otherwise
     # A dispatch pass of 100 ms submits outlasts the 1 s interval: APScheduler says so every second.
@@ -131,7 +141,8 @@ def main():
         server.stop()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"batch of {args.tasks} tasks of one user, Kling server answering every call in "
-          f"{args.latency * 1000:.0f} ms, {args.cap} in flight at most")
+          f"{args.latency * 1000:.0f} ms, {args.cap} in flight at most, "
+          f"{'oldest-first' if args.oldest_first else 'fair'} dispatch")
     print(f"{'wall time of the batch':<44} {wall:>8.1f} s  ({ok} succeeded, {args.tasks / wall:.1f} tasks/s)")
     print(f"{'peak memory (ru_maxrss, studio + fake server)':<44} {peak_mb:>8.0f} MB")
     print(f"{'single task of another user, idle studio':<44} {idle:>8.1f} s")
