@@ -91,7 +91,9 @@ def task_or_404(store, task_id):
 
 
 def units(kind, params):
-    """What a task spends of the daily limit: one video, or n images."""
+    """What a task spends of the daily limit: one video, or n images; a storyboard nothing (its scenes do)."""
+    if params.get("scenes"):
+        return 0
     return int(params.get("n") or 1) if kind == "image" else 1
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROVIDER_NAMES = ("LOCAL", "KLING", "AI302", "DASHSCOPE", "LIBLIB")
+DOWNLOAD_WORKERS_PER_PROVIDER = 4      # results saved at once per provider (task_query.download)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
@@ -34,6 +35,7 @@ class Settings(BaseModel):
     BACKUP_KEEP: int = Field(24, ge=1)
     LOCAL_WORKERS: int = Field(min(2, os.cpu_count() or 1), ge=1)
     HTTP_TIMEOUT_SECONDS: float = Field(30, gt=0)   # read timeout of provider calls
+    DOWNLOAD_WORKERS_PER_PROVIDER: int = Field(DOWNLOAD_WORKERS_PER_PROVIDER, ge=1, le=32)
     READY_MIN_FREE_MB: int = Field(500, ge=0)       # /readyz fails below this much free disk
     # Two pictures of at most 10 MB each, Base64-encoded (x4/3), plus the rest of the JSON.
     MAX_CONTENT_LENGTH: int = 30 * 1024 * 1024

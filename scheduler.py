@@ -1,7 +1,7 @@
 """Running the task pipeline: which process runs it, its jobs, and how it starts and stops.
 
-`Pipeline(store, providers, clock)` owns the APScheduler that runs the jobs of task_query.py and
-the backups, the leader lock, and a heartbeat loop. It lives here rather than in a module of its
+`Pipeline(store, providers, clock)` owns the APScheduler that runs the jobs of task_query.py,
+storyboards.py and the backups, the leader lock, and a heartbeat loop. It lives here rather than in a module of its
 own because leadership, the job table and the start/stop order are one concern — running the
 pipeline in exactly one process and stopping it without harm — and every other module and doc
 already names this one for it.
@@ -31,8 +31,10 @@ from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import config
 import health
 import janitor
+import storyboards
 import task_backup
 import task_query
 import webhooks
@@ -83,11 +85,13 @@ class Pipeline:
     """The task pipeline of one process: `start()` it once, `stop()` it (idempotent) before exit."""
 
     def __init__(self, store, providers, clock=utcnow, *, data_dir, backup_dir, backup_keep=24,
-                 backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS):
+                 backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS,
+                 download_workers=config.DOWNLOAD_WORKERS_PER_PROVIDER):
         self.store, self.providers, self.clock, self.monotonic = store, providers, clock, monotonic
         self.data_dir, self.backup_dir = str(data_dir), str(backup_dir)
         self.backup_keep, self.backup_minutes = backup_keep, backup_minutes
         self.heartbeat_seconds = heartbeat_seconds
+        self.download_workers = download_workers
         self.lock = LeaderLock(os.path.join(self.data_dir, "scheduler.lock"))
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
@@ -95,7 +99,7 @@ class Pipeline:
         # per-task poll intervals and backoff live in the task records.
         self.intervals = {"dispatch": {"seconds": 1}, "poll": {"seconds": 1}, "download": {"seconds": 1},
                           "compact": {"minutes": 10}, "janitor": {"minutes": 30}, "backup": {"minutes": backup_minutes},
-                          "webhooks": {"seconds": 2}}
+                          "webhooks": {"seconds": 2}, "storyboards": {"seconds": 1}}
         for job_id, interval in self.intervals.items():
             self.scheduler.add_job(self._as_leader(getattr(self, f"_{job_id}")), "interval", id=job_id, **interval)
         self._last_tick = None          # (wall, monotonic) at the previous heartbeat
@@ -203,7 +207,11 @@ class Pipeline:
         task_query.poll(self.store, self.providers, self.clock)
 
     def _download(self):
-        task_query.download(self.store, self.providers, self.clock, stopping=self.stopping)
+        task_query.download(self.store, self.providers, self.clock, stopping=self.stopping,
+                            workers=self.download_workers)
+
+    def _storyboards(self):
+        storyboards.advance(self.store, self.providers, self.clock, stopping=self.stopping)
 
     def _compact(self):
         task_query.compact_store(self.store)
@@ -221,10 +229,11 @@ class Pipeline:
 
 def start(app):
     """Build and start the app's pipeline, and stop it when the process exits."""
-    config = app.config
-    pipeline = Pipeline(app.extensions["task_store"], app.extensions["providers"], data_dir=config["DATA_DIR"],
-                        backup_dir=config["BACKUP_DIR"], backup_keep=config["BACKUP_KEEP"],
-                        backup_minutes=config["BACKUP_INTERVAL_MINUTES"])
+    settings = app.config
+    pipeline = Pipeline(app.extensions["task_store"], app.extensions["providers"], data_dir=settings["DATA_DIR"],
+                        backup_dir=settings["BACKUP_DIR"], backup_keep=settings["BACKUP_KEEP"],
+                        backup_minutes=settings["BACKUP_INTERVAL_MINUTES"],
+                        download_workers=settings["DOWNLOAD_WORKERS_PER_PROVIDER"])
     app.extensions["pipeline"] = pipeline
     _stop_at_exit(pipeline)
     pipeline.start()

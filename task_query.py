@@ -2,8 +2,10 @@
 
 Pipeline jobs (plain functions of the store, the providers and a clock, so tests call them
 directly; `scheduler.py` runs them): `dispatch` submits queued tasks within per-provider
-concurrency caps, `poll` asks providers how submitted tasks are doing, `download` saves results,
-verifies them and makes thumbnails. A task is `succeeded` only when every output is on disk
+concurrency caps, sharing free slots fairly between owners and, within an owner, between batches
+and single tasks; `poll` asks providers how submitted tasks are doing; `download` saves results
+on a bounded pool per provider, verifies them and makes thumbnails. Storyboard tasks
+(storyboards.py) are never sent to a provider: their scenes are. A task is `succeeded` only when every output is on disk
 and verified. A submit whose outcome is unknown is reconciled, never blindly re-sent.
 
 Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|retry`,
@@ -11,11 +13,15 @@ Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|re
 """
 
 import functools
+import heapq
+import itertools
 import logging
 import mimetypes
 import os
 import re
 import stat
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -23,9 +29,11 @@ import requests
 from flask import Blueprint, current_app, render_template, request, send_file
 
 import access
+import config
 import downloads
 import metrics
 import queue_info
+import storyboards
 import submit_journal
 import tasks
 from errors import (
@@ -131,29 +139,102 @@ def _problem_age(problem, now):
 
 
 def dispatch(store, providers, clock=utcnow, stopping=None):
-    """Submit queued tasks, oldest first, within each provider's concurrency cap (and each model's,
-    where the provider caps per model).
+    """Submit queued tasks within each provider's concurrency cap (and each model's, where the
+    provider caps per model), sharing the free slots fairly (`_fair_order`).
 
     `stopping` (an Event) ends the pass after the task in hand: a stopping studio sends nothing new.
     """
     in_flight = {}      # provider, and (provider, model group) where it caps per model -> slots held
+    load = {}           # (provider, owner) and (provider, owner, group) -> tasks in flight
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
-        if task and task["provider"] in providers:
+        if task and task["provider"] in providers and not storyboards.is_storyboard(task):
             _hold(in_flight, providers[task["provider"]], task)
+            _count_load(load, task)
+    waiting = []
     for task_id in store.ids_with_status((QUEUED,)):
-        if stopping is not None and stopping.is_set():
-            return
         task = store.get(task_id)
         now = clock()
-        if task is None or task["status"] != QUEUED or not _due(task, now):
+        if task is None or task["status"] != QUEUED or not _due(task, now) or storyboards.is_storyboard(task):
             continue
         provider = providers.get(task["provider"])
         if provider is None or not provider.configured():
             _fail(store, task_id, "provider_not_configured",
                   f"Provider '{task['provider']}' is not configured on this studio.", now)
-        elif _has_room(in_flight, provider, task) and _submit(store, provider, task, now):
+        else:
+            waiting.append(task)
+    served = _served_by_store.setdefault(str(store.dir), {})
+    for task in _fair_order(waiting, load, lambda t: _has_room(in_flight, providers[t["provider"]], t), served):
+        if stopping is not None and stopping.is_set():
+            return
+        provider, task = providers[task["provider"]], store.get(task["id"])
+        if task is not None and task["status"] == QUEUED and _submit(store, provider, task, clock()):
             _hold(in_flight, provider, task)
+            _count_load(load, task)
+
+
+# ---- fair shares of the slots
+
+def _share_keys(task):
+    """Whom a task's slot counts for: its owner at its provider, and its group within the owner's
+    tasks there (its batch or storyboard; a single task is a group of its own)."""
+    owner = (task["provider"], task.get("owner") or "")
+    group = task.get("batch_id") or task.get("storyboard_id") or task["id"]
+    return owner, (*owner, group)
+
+
+def _count_load(load, task):
+    for key in _share_keys(task):
+        load[key] = load.get(key, 0) + 1
+
+
+# Per task store: (provider, owner) and (provider, owner, group) -> when it was last given a slot (a
+# running count). Only the dispatcher (one thread of the leading process) uses it; a restart forgets
+# it, which costs at most one turn.
+_served_by_store = {}
+_turns = itertools.count(1)
+
+
+def _fair_order(waiting, load, has_room, served):
+    """Yield the tasks to submit, one at a time: the next task of the group whose owner holds
+    the fewest slots at that provider (of those, the one served longest ago), then, within that
+    owner, the group holding the fewest (served longest ago), then the oldest task.
+
+    Counts include what is in flight; the caller counts each submit (`_count_load`) and the
+    yield marks the turn, so owners and groups take turns across passes too: a 1,000-item batch
+    gets a slot like another user's single task, and one user's batch does not hold up that
+    user's own single tasks. A group whose next task finds no room waits for the next pass.
+    """
+    groups = {}
+    for task in waiting:                    # oldest first, so each group's queue is oldest first
+        groups.setdefault(_share_keys(task)[1], deque()).append(task)
+    for key in set(served) - set(load) - set(groups) - {group[:2] for group in groups}:
+        del served[key]                    # neither waiting nor in flight: forget it
+
+    def rank(key):
+        owner = key[:2]
+        return (load.get(owner, 0), served.get(owner, 0), load.get(key, 0), served.get(key, 0),
+                groups[key][0]["id"])
+    # Ranks only grow (counts go up, a group's next task is younger), so a stale heap entry is
+    # pushed back with its new rank rather than searched for.
+    heap = [(rank(key), key) for key in groups]
+    heapq.heapify(heap)
+    full = set()        # tasks of this shape found no room: the same caps and slots, no need to ask again
+    while heap:
+        ranked, key = heapq.heappop(heap)
+        if ranked != rank(key):
+            heapq.heappush(heap, (rank(key), key))
+            continue
+        task = groups[key][0]
+        shape = (task["provider"], task["model"], task["kind"], (task.get("params") or {}).get("n"))
+        if shape in full or not has_room(task):
+            full.add(shape)                 # the group waits for the next pass
+            continue
+        yield task
+        served[key[:2]] = served[key] = next(_turns)
+        groups[key].popleft()
+        if groups[key]:
+            heapq.heappush(heap, (rank(key), key))
 
 
 def _slot_keys(provider, task):
@@ -318,7 +399,7 @@ def poll(store, providers, clock=utcnow):
     due = []
     for task_id in store.ids_with_status((SUBMITTED, RUNNING)):
         task = store.get(task_id)
-        if task and _due(task, now):
+        if task and _due(task, now) and not storyboards.is_storyboard(task):     # no provider runs those
             due.append(task)
     since = tasks.new_task_id(now - LATE_CHECK_WINDOW)[:18]
     for task_id in store.ids_with_status((CANCELLED, FAILED), since=since):
@@ -482,38 +563,75 @@ def _cancel_at_provider(store, provider, task, now):
     store.update(task["id"], {"cancel_requested": False, "cancel_note": note})
 
 
-def download(store, providers, clock=utcnow, stopping=None):
-    """Save, verify and thumbnail the outputs of every downloading task.
+def download(store, providers, clock=utcnow, stopping=None, workers=config.DOWNLOAD_WORKERS_PER_PROVIDER):
+    """Save, verify and thumbnail the outputs of every downloading task, on a pool of `workers`
+    threads per provider (downloads are I/O-bound; one provider's slow CDN does not hold up another's).
 
     Each saved output is recorded at once, so a crash or a cut costs only the file in progress.
     Problems are retried with backoff until the result link expires; a full disk leaves the task
-    downloading with a clear message, never succeeded with a missing file. `stopping` (an Event)
-    ends the pass after the task in hand.
+    downloading with a clear message, never succeeded with a missing file. A task is saved by one
+    thread at a time (`_downloading`), even when passes overlap. `stopping` (an Event) ends the
+    pass after the tasks in hand: the ones not yet started stay downloading for the next start.
     """
+    now = clock()
+    due = {}
     for task_id in store.ids_with_status((DOWNLOADING,)):
-        if stopping is not None and stopping.is_set():
-            return
         task = store.get(task_id)
-        now = clock()
-        if task is None or task["status"] != DOWNLOADING or not _due(task, now):
-            continue
-        outputs = list(task["outputs"])
-        try:
-            for i, out in enumerate(outputs):
-                outputs[i] = metrics.call("download", task["provider"], downloads.save_output,
-                                          store.dir, task_id, i, out, utcnow())
-        except downloads.ResultExpired as exc:
-            _fail(store, task_id, "result_expired", str(exc), now)
-            continue
-        except (OSError, ValueError, requests.RequestException, downloads.DownloadIncomplete) as exc:
-            _download_problem(store, task, outputs, exc, now)
-            continue
+        if task is not None and task["status"] == DOWNLOADING and _due(task, now):
+            due.setdefault(task["provider"], []).append(task_id)
+    pools = [ThreadPoolExecutor(max_workers=min(workers, len(ids)), thread_name_prefix=f"download-{name}")
+             for name, ids in due.items()]
+    try:
+        for pool, ids in zip(pools, due.values(), strict=True):
+            for task_id in ids:
+                pool.submit(_download_guarded, store, task_id, clock, stopping)
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True)
 
-        def finished(record, outputs=outputs, now=now):
-            if record["status"] == DOWNLOADING:
-                tasks.succeeded(record, outputs, now)
-        store.update(task_id, metrics.counting_finish(finished))
-        log.info("task %s succeeded with %d output(s)", task_id, len(outputs))
+
+_downloading = set()                # ids of the tasks being saved in this process
+_downloading_lock = threading.Lock()
+
+
+def _download_guarded(store, task_id, clock, stopping):
+    if stopping is not None and stopping.is_set():
+        return
+    with _downloading_lock:
+        if task_id in _downloading:
+            return
+        _downloading.add(task_id)
+    try:
+        _download_one(store, task_id, clock)
+    except Exception:               # a worker must not lose a failure silently
+        log.exception("task %s: saving results crashed", task_id)
+    finally:
+        with _downloading_lock:
+            _downloading.discard(task_id)
+
+
+def _download_one(store, task_id, clock):
+    task = store.get(task_id)
+    now = clock()
+    if task is None or task["status"] != DOWNLOADING or not _due(task, now):
+        return
+    outputs = list(task["outputs"])
+    try:
+        for i, out in enumerate(outputs):
+            outputs[i] = metrics.call("download", task["provider"], downloads.save_output,
+                                      store.dir, task_id, i, out, utcnow())
+    except downloads.ResultExpired as exc:
+        _fail(store, task_id, "result_expired", str(exc), now)
+        return
+    except (OSError, ValueError, requests.RequestException, downloads.DownloadIncomplete) as exc:
+        _download_problem(store, task, outputs, exc, now)
+        return
+
+    def finished(record):
+        if record["status"] == DOWNLOADING:
+            tasks.succeeded(record, outputs, now)
+    store.update(task_id, metrics.counting_finish(finished))
+    log.info("task %s succeeded with %d output(s)", task_id, len(outputs))
 
 
 def _download_problem(store, task, outputs, exc, now):
@@ -640,6 +758,8 @@ def cancel_task(task_id):
     if not record.get("submit_started_at") and record.get("owner"):
         # No provider ever saw it, so it cost nothing: its quota comes back.
         current_app.extensions["ledger"].refund(record["owner"], record["kind"], task_id)
+    if storyboards.is_storyboard(record):
+        storyboards.cancel_scenes(_store(), record, now, current_app.extensions["ledger"])
     return _for_client(record)
 
 
@@ -654,6 +774,9 @@ def retry_task(task_id):
     if provider is None or not provider.configured():
         raise ValidationError(f"Provider '{old['provider']}' is not configured.",
                               code="provider_not_configured", field="provider")
+    if storyboards.is_storyboard(old):      # only the scenes that did not succeed run again
+        record = storyboards.retry(_store(), old)
+        return {"task_id": record["id"], "status": record["status"]}, 202
     missing = _missing_inputs(_store().dir, old)
     if missing:
         # Gone for good: 410 with the task error's code, not a 500 from copying a missing file.

@@ -125,6 +125,12 @@ class Task(BaseModel):
     owner: str | None = None            # the user's immutable id
     retry_of: str | None = None         # the task this one retries
     callback_url: str | None = None     # where the studio POSTs the v1 task body when it ends (webhooks)
+    batch_id: str | None = None      # the batch this task belongs to (batches.py)
+    # Storyboards (storyboards.py): a scene task names its storyboard and its place in it; the
+    # storyboard's own task lists the task of each scene (None until a chained scene is created).
+    storyboard_id: str | None = None
+    scene_index: int | None = None
+    scene_task_ids: list[str | None] | None = None
 
     problem: TaskProblem | None = None  # shown while the task waits on trouble
     problems: int = 0                   # consecutive failed calls, for the backoff and the retry cap
@@ -236,7 +242,8 @@ def new_task_id(moment=None):
 
 
 def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None,
-                task_id=None, callback_url=None):
+                task_id=None, callback_url=None, batch_id=None, storyboard_id=None, scene_index=None,
+                scene_task_ids=None):
     """Store the input pictures as files and the task record; returns the record.
 
     `images` maps a role ("first", "tail", "reference") to a `media.DecodedImage` or to an
@@ -257,6 +264,9 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
             "created_at": iso(now), "updated_at": iso(now), "submitted_at": None,
             "finished_at": None, "owner": owner, "retry_of": retry_of, "callback_url": callback_url,
         }
+        extra = {"batch_id": batch_id, "storyboard_id": storyboard_id, "scene_index": scene_index,
+                 "scene_task_ids": scene_task_ids}
+        record.update({name: value for name, value in extra.items() if value is not None})
         store.create(record)
     except BaseException as exc:
         shutil.rmtree(input_dir, ignore_errors=True)

@@ -139,10 +139,11 @@ def check_seed_and_prompt_extend(model, req):
     return chosen
 
 
-def queue_task(kind, provider, model, params, pictures, *, callback_url=None, prepare=None):
+def queue_task(kind, provider, model, params, pictures, *, callback_url=None, prepare=None, fields=None):
     """The one way a checked request becomes a task, for every route and API shape: the user's
     limits, the pictures decoded and fitted to the provider's byte limit, `prepare(params, images)`
-    (a model's last settings that depend on the pictures), then the create under the quota lock."""
+    (a model's last settings that depend on the pictures), then the create under the quota lock.
+    `fields` are more record fields for tasks.create_task (a storyboard scene's, storyboards.py)."""
     import access
     import tasks
 
@@ -155,4 +156,5 @@ def queue_task(kind, provider, model, params, pictures, *, callback_url=None, pr
         prepare(params, images)
     return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind=kind, provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url))
+        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url,
+        **(fields or {})))

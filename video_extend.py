@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, StrictInt, field_validator
 import access
 import idempotency
 import media
+import storyboards
 from errors import ValidationError
 from validation import (
     STRICT,
@@ -49,6 +50,10 @@ class VideoRequest(BaseModel):
     num_frames: int | None = None
     guidance_scale: float | None = None
     infer_steps: int | None = None
+    # A storyboard (storyboards.py): the scenes take the place of prompt, duration and image.
+    scenes: list[storyboards.Scene] | None = Field(None, description="A storyboard: each scene a task, joined "
+                                                         "into one video when all have succeeded.")
+    video_config: storyboards.VideoConfig | None = Field(None, description="With scenes: how they are joined.")
 
     @field_validator("image", "image_tail", mode="before")
     @classmethod
@@ -64,6 +69,8 @@ class VideoRequest(BaseModel):
 
 def check_video_request(req):
     """Validate a VideoRequest against its model's table; returns (provider, model, params)."""
+    if req.video_config is not None and req.scenes is None:
+        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
     provider, model = provider_and_model(req.provider, req.model_name, "video")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)
@@ -231,6 +238,9 @@ def check_advanced(req, model, advanced, prompt):
 def generate():
     """Queue a video task: 202 {"task_id", "status"}."""
     req = parse_body(VideoRequest)
+    if req.scenes is not None:
+        record = storyboards.queue_storyboard(req)
+        return {"task_id": record["id"], "status": record["status"]}, 202
     provider, model, params = check_video_request(req)
     record = queue_task("video", provider, model, params,
                         {"first": ("image", req.image), "tail": ("image_tail", req.image_tail)})

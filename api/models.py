@@ -158,6 +158,11 @@ class V1Task(BaseModel):
     eta_seconds: int | None = Field(None, description="While queued or in progress: the seconds left, from the "
                                                       "median of this provider and model's recent tasks; null "
                                                       "without such history.")
+    storyboard_id: str | None = Field(None, description="A scene: the storyboard it belongs to.")
+    scene_index: int | None = Field(None, description="A scene: its place in the storyboard, from 0.")
+    scenes: dict[str, int] | None = Field(None, description="A storyboard: how many scenes are in each state "
+                                                            "(queued, running, succeeded, ...; waiting: a scene "
+                                                            "that starts from the previous one's last frame).")
 
 
 class V1TaskList(BaseModel):

@@ -18,6 +18,7 @@ import access
 import health
 import idempotency
 import queue_info
+import storyboards
 import task_query
 import tasks
 from api.models import (
@@ -46,8 +47,10 @@ ESTIMATE_SAMPLE = 20            # the most recent succeeded tasks the estimate i
 
 def v1_task(record):
     """A task record as v1 shows it (links without signatures, via tasks.for_client)."""
-    # In a request the queue fields are added; a webhook (sent by the pipeline) is about a task's end.
-    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if has_app_context() else None)
+    # In a request the queue fields and scene counts are added; a webhook (sent by the pipeline) is about a task's end.
+    in_request = has_app_context()
+    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if in_request else None)
+    scenes = storyboards.scene_counts(_store(), record) if in_request and storyboards.is_storyboard(record) else None
     outputs = [_v1_output(o, record) for o in record["outputs"]]
     completed = record["status"] == tasks.SUCCEEDED
     result = ({"output_path": outputs[0]["url"] if outputs else None,
@@ -56,8 +59,9 @@ def v1_task(record):
                   status=V1_STATUS[record["status"]], progress=record.get("progress"), result=result,
                   error=record.get("error"), created_at=record["created_at"], updated_at=record["updated_at"],
                   retry_of=record.get("retry_of"), callback_url=record.get("callback_url"),
-                  queue_position=record.get("queue_position"),
-                  eta_seconds=record.get("eta_seconds")).model_dump(mode="json")
+                  queue_position=record.get("queue_position"), eta_seconds=record.get("eta_seconds"),
+                  storyboard_id=record.get("storyboard_id"), scene_index=record.get("scene_index"),
+                  scenes=scenes).model_dump(mode="json")
 
 
 def _v1_output(out, record):
@@ -125,6 +129,13 @@ def _apply_seed(req, model, params):
 
 
 def queue_video(req):
+    if req.video_config is not None and req.scenes is None:
+        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
+    if req.scenes is not None:              # a storyboard: its size is video_config's resolution
+        if req.width is not None or req.height is not None:
+            raise ValidationError("With scenes, give the size as video_config.resolution.", code="invalid_field",
+                                  field="width" if req.width is not None else "height")
+        return storyboards.queue_storyboard(req)
     _apply_size(req, "video")
     provider, model, params = check_video_request(req)
     _apply_seed(req, model, params)
@@ -146,7 +157,8 @@ def queue_image(req):
 @idempotency.idempotent
 @access.limited("generate")
 def generate_video():
-    """The fields of `POST /generate`, plus width/height, seed and callback_url."""
+    """The fields of `POST /generate`, plus width/height, seed and callback_url; with `scenes[]` (and
+    `video_config`) a storyboard: one task per scene, joined into one MP4 (storyboards.py)."""
     return created(queue_video(parse_body(V1VideoRequest))), 202
 
 

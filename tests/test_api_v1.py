@@ -10,7 +10,8 @@ from tests.conftest import b64, picture, run_pipeline
 from tests.fakes.liblib import ACCESS_KEY, SECRET_KEY, Server
 
 V1_KEYS = {"task_id", "kind", "provider", "model", "status", "progress", "result", "error", "created_at",
-           "updated_at", "retry_of", "callback_url", "queue_position", "eta_seconds"}
+           "updated_at", "retry_of", "callback_url", "queue_position", "eta_seconds", "storyboard_id", "scene_index",
+           "scenes"}
 
 
 def video_body(**fields):
