@@ -138,7 +138,8 @@ def check_seed_and_prompt_extend(model, req):
     return chosen
 
 
-def queue_task(kind, provider, model, params, pictures, *, callback_url=None, prepare=None):
+def queue_task(kind, provider, model, params, pictures, *, callback_url=None, prepare=None, batch_id=None,
+               batch_item=None):
     """The one way a checked request becomes a task, for every route and API shape: the user's
     limits, the pictures decoded and fitted to the provider's byte limit, `prepare(params, images)`
     (a model's last settings that depend on the pictures), then the create under the quota lock."""
@@ -153,4 +154,5 @@ def queue_task(kind, provider, model, params, pictures, *, callback_url=None, pr
         prepare(params, images)
     return access.create_within_limits(store, kind, params, lambda task_id: tasks.create_task(
         store, current_app.config["DATA_DIR"], kind=kind, provider=provider.name, model=model["id"],
-        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url))
+        params=params, images=images, owner=access.owner_id(), task_id=task_id, callback_url=callback_url,
+        batch_id=batch_id, batch_item=batch_item))

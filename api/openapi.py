@@ -61,7 +61,7 @@ def document(app):
     routes = list(_documented_routes(app))
     models = {ErrorBody}
     for *_, meta, _args in routes:
-        models.update(m for m in meta["responses"].values() if m is not None)
+        models.update(m for m in meta["responses"].values() if m is not None and not isinstance(m, str))
         if meta["request"] is not None:
             models.add(meta["request"])
     ordered = sorted(models, key=lambda m: m.__name__)
@@ -130,6 +130,8 @@ def _parameters(meta, args):
 
 
 def _response(status, model, meta, refs):
+    if isinstance(model, str):      # a file of this media type (batch results and reports)
+        return {"description": "A file.", "content": {model: {"schema": {"type": "string", "format": "binary"}}}}
     answer = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else
               ("No content." if model is None else model.__name__)}
     if model is not None:
@@ -144,6 +146,8 @@ def _response(status, model, meta, refs):
 def _tag(path):
     if path.startswith("/api/v1/tasks"):
         return "tasks"
+    if path.startswith("/api/v1/batches"):
+        return "batches"
     return "create" if path.endswith("/generate") else "studio"
 
 
