@@ -21,6 +21,7 @@ the uploads' reading batch_intake.py, the results zip and reports batch_report.p
 import base64
 import hashlib
 import json
+import math
 import statistics
 
 import pydantic
@@ -270,9 +271,23 @@ def _cost(live):
     total = {}
     for task in live:
         for unit, value in (task.get("cost") or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total[unit] = total.get(unit, 0) + value
+            number = _number(value)
+            if number is not None:
+                total[unit] = round(total.get(unit, 0) + number, 6)
     return total or None
+
+
+def _number(value):
+    """A charge as a number: providers send numbers or numeric text (Kling's units are "1")."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() else number
 
 
 # ---- acting on a whole batch ----------------------------------------------------------------
