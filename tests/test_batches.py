@@ -4,6 +4,9 @@ the command line, JSON items, and who may see what."""
 import base64
 import csv
 import io
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -298,3 +301,14 @@ def test_flask_batch_run_watch_makes_the_example_folder(app, tmp_path):
     again = runner.invoke(args=["batch", "run", str(EXAMPLE)])
     assert again.exit_code == 0 and "0 new task(s), 3 item(s)" in again.output
     assert len(app.extensions["batch_store"].list()) == 1
+
+
+def test_the_readme_command_in_a_process_of_its_own(tmp_path):
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "BACKUP_DIR": str(tmp_path / "backups"),
+           "DOTENV_PATH": str(tmp_path / "no.env"), "FLASK_APP": ""}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "app:create_app", "batch", "run",
+                           "examples/batch-shots", "--provider", "local", "--model", "local-motion", "--watch",
+                           "--interval", "0.2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 new task(s), 3 item(s)" in done.stdout and "completed (3 completed)" in done.stdout
+    assert len(list((tmp_path / "data" / "outputs").glob("*/video.mp4"))) == 3
