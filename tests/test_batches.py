@@ -5,6 +5,8 @@ import base64
 import csv
 import io
 import os
+import random
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,12 +15,12 @@ from pathlib import Path
 import openpyxl
 import pytest
 from PIL import Image, ImageDraw
-from werkzeug.datastructures import FileStorage
+from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
 import task_query
-from tests.conftest import run_pipeline
-from tests.signin import make_user
+from tests.conftest import ADMIN_PASSWORD, run_pipeline
+from tests.signin import csrf_of, login, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "batch-shots"
@@ -312,3 +314,71 @@ def test_the_readme_command_in_a_process_of_its_own(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 new task(s), 3 item(s)" in done.stdout and "completed (3 completed)" in done.stdout
     assert len(list((tmp_path / "data" / "outputs").glob("*/video.mp4"))) == 3
+
+
+# ---- more ways in, limits, ETA --------------------------------------------------------------
+
+def test_a_dropped_folder_arrives_as_files_named_by_their_relative_paths(app, client):
+    fields = [("name", "folder"), ("provider", "local"), ("model_name", "local-motion")]
+    for path in sorted(EXAMPLE.rglob("*")):
+        if path.is_file():
+            fields.append(("files", FileStorage(io.BytesIO(path.read_bytes()),
+                                                filename=f"batch-shots/{path.relative_to(EXAMPLE).as_posix()}")))
+    fields.append(("files", FileStorage(io.BytesIO(png(7)), filename="batch-shots/../../outside.png")))
+    boundary, body = encode_multipart(MultiDict(fields))
+    resp = client.post("/api/v1/batches", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert resp.status_code == 202 and resp.get_json()["created"] == 3
+    assert resp.get_json()["counts"]["refused"] == 1
+
+
+def test_the_command_refuses_a_symlink_in_the_folder_and_runs_the_rest(app, tmp_path):
+    folder = tmp_path / "shots"
+    shutil.copytree(EXAMPLE, folder)
+    (folder / "05_generated_images" / "Episode-01" / "Episode-01-Shot-004.png").symlink_to("/etc/passwd")
+    out = app.test_cli_runner().invoke(args=["batch", "run", str(folder), "--name", "linked"])
+    assert out.exit_code == 0, out.output
+    assert "3 new task(s), 4 item(s)" in out.output
+    assert "refused 05_generated_images/Episode-01/Episode-01-Shot-004.png: Refused: a symbolic link." in out.output
+
+
+def test_each_item_spends_the_users_quota_and_the_one_over_it_is_refused(app, client):
+    headers = make_user(app, "counted", videos_per_day=2)
+    items = [{"name": f"s{n}", "image": base64.b64encode(png(n)).decode(), "prompt": "zoom in"} for n in range(3)]
+    resp = client.post("/api/v1/batches", json={**SETTINGS, "items": items}, headers=headers)
+    assert resp.status_code == 202 and resp.get_json()["created"] == 2
+    batch = client.get(f"/api/v1/batches/{resp.get_json()['batch_id']}", headers=headers).get_json()
+    assert batch["items"][2]["status"] == "refused" and batch["items"][2]["error"]["code"] == "quota_exceeded"
+
+
+def test_a_batch_upload_may_be_larger_than_a_single_request_from_a_signed_in_browser(tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "d"), "SECRET_KEY": "t",
+                      "MAX_CONTENT_LENGTH": 512 * 1024})
+    browser = login(app, "admin", ADMIN_PASSWORD)
+    noise = random.Random(0).randbytes(2**20)     # 1 MB that does not pack smaller
+    data = shot_zip(extra=[("Series/readme.bin", noise)])
+    boundary, body = encode_multipart({"file": FileStorage(io.BytesIO(data), filename="big.zip"), **SETTINGS})
+    assert len(body) > 512 * 1024
+    resp = browser.post("/api/v1/batches", data=body, content_type=f"multipart/form-data; boundary={boundary}",
+                        headers={"X-CSRFToken": csrf_of(browser)})
+    assert resp.status_code == 202, resp.get_json()
+    # Elsewhere the single-request limit still holds.
+    big = browser.post("/generate", json={"prompt": "x" * (600 * 1024)}, headers={"X-CSRFToken": csrf_of(browser)})
+    assert big.status_code == 413
+
+
+def test_eta_comes_from_the_finished_items(tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "d"), "SECRET_KEY": "t", "LOCAL_MAX_CONCURRENCY": 1})
+    client = app.test_client()
+    batch_id = json_batch(client, count=3)
+    first = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert first["eta_seconds"] is None and first["progress"] == 0 and first["status"] == "running"
+    run_pipeline(app, first["items"][0]["task_id"])
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert batch["counts"]["completed"] == 1 and batch["eta_seconds"] >= 1
+    assert 33 <= batch["progress"] < 100 and batch["finished_at"] is None
