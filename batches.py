@@ -222,7 +222,14 @@ def summary(record, with_items=True):
               "paused": bool(record.get("paused"))}
     if with_items:
         answer["items"] = items
+    _remember_end(record, answer["finished_at"], answer["cost"])
     return answer
+
+
+def _remember_end(record, finished_at, cost):
+    """Keep the finish time and the total cost in the record too, once they change (a retry reopens it)."""
+    if (record.get("finished_at"), record.get("cost")) != (finished_at, cost):
+        _store().update(record["id"], lambda r: r.update(finished_at=finished_at, cost=cost))
 
 
 def _status(record, counts, total):

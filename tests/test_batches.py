@@ -75,6 +75,7 @@ def test_shot_list_zip_reaches_100_percent_with_a_report_and_resumes_without_rep
     batch = run_batch(app, client, made["batch_id"])
     assert batch["progress"] == 100 and batch["status"] == "completed" and batch["eta_seconds"] == 0
     assert batch["counts"]["completed"] == 3 and batch["finished_at"]
+    assert app.extensions["batch_store"].get(made["batch_id"])["finished_at"] == batch["finished_at"]
     assert [i["name"] for i in batch["items"]] == [f"Episode-01/Shot-00{n}" for n in (1, 2, 3)]
     assert batch["items"][0]["prompt"].startswith("Dawn over the harbour") and "Slow zoom in." in \
         batch["items"][0]["prompt"]
@@ -382,3 +383,10 @@ def test_eta_comes_from_the_finished_items(tmp_path, monkeypatch):
     batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert batch["counts"]["completed"] == 1 and batch["eta_seconds"] >= 1
     assert 33 <= batch["progress"] < 100 and batch["finished_at"] is None
+
+
+@pytest.mark.parametrize("path", ["/batches", "/batches/new"])
+def test_the_batch_pages_speak_chinese(client, path):
+    html = client.get(path + "?lang=zh").get_data(as_text=True)
+    assert "批量任务" in html and ("新建批次" in html)
+    assert '"reason.picture_missing": "\\u6b64' in html or "此项没有图片" in html

@@ -32,6 +32,15 @@ $(function () {
     $progress.attr("aria-valuenow", percent).find(".progress-bar").css("width", percent + "%").text(percent + " %");
   }
 
+  /** An item's error: the studio's message, or in another language the translation of its code where known. */
+  function reason(error) {
+    if (!error) {
+      return "";
+    }
+    const key = "reason." + error.code;
+    return data.lang !== "en" && data.strings[key] !== undefined ? data.strings[key] : error.message;
+  }
+
   function countsText(batch) {
     return bt("counts", Object.assign({ total: batch.total }, batch.counts));
   }
@@ -206,7 +215,7 @@ $(function () {
       $card.find(".item-name").text(item.name).attr("title", item.name);
       badge($card.find(".item-status"), "item", item.status);
       $card.find(".item-prompt").text(item.prompt || "").attr("title", item.prompt || "");
-      $card.find(".item-error").text(item.error ? item.error.message : "");
+      $card.find(".item-error").text(reason(item.error)).attr("title", item.error ? item.error.message : null);
       if (item.thumbnail) {
         $card.find(".item-thumb").attr("src", item.thumbnail).removeClass("d-none");
       }
