@@ -102,6 +102,15 @@ class BatchRequest(BatchSettings):
     items: list[BatchItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
+class BatchUpload(BatchSettings):
+    """`POST /api/v1/batches` as multipart: the pictures (a zip, or a folder's files) and the shared settings."""
+
+    file: bytes | None = Field(None, description="A zip in the shot-list or the manifest layout.")
+    files: list[bytes] = Field([], description="A folder's files, each named by its path relative to the folder.")
+    prompts: bytes | None = Field(None, description="A prompts file beside the pictures (.csv, .tsv or "
+                                                    "<Episode>-Video-Prompts.txt).")
+
+
 _FORM_TYPES = {"cfg_scale": float, "n": int, "seed": int, "sound": lambda v: {"true": True, "1": True, "false": False,
                                                                             "0": False}[v.strip().lower()]}
 

@@ -12,7 +12,7 @@ import batch_report
 import batches
 from api.models import V1Batch, V1BatchCreated, V1BatchList, V1BatchRetried
 from api.openapi import documented
-from batch_intake import BatchRequest, BatchSettings
+from batch_intake import BatchRequest, BatchSettings, BatchUpload
 from errors import ValidationError
 from validation import parse_body
 
@@ -47,7 +47,8 @@ def _settings_error(exc):
 
 
 @bp.post("")
-@documented("Create a batch, or add to the batch of that name", request=BatchRequest, responses={202: V1BatchCreated})
+@documented("Create a batch, or add to the batch of that name", request=BatchRequest, form=BatchUpload,
+            responses={202: V1BatchCreated})
 @access.limited("generate")
 def create_batch():
     """JSON with the shared settings and `items` ([{name, image (Base64 or URL), prompt}]), or multipart:
