@@ -120,8 +120,13 @@ def report_csv(record, found, items):
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS[1:])
     for values, _task in rows(record, found, items):
-        writer.writerow(["" if v is None else v for v in values[1:]])
+        writer.writerow([_inert("" if v is None else v) for v in values[1:]])
     return "\ufeff" + buffer.getvalue()
+
+
+def _inert(value):
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a tab/CR) gets a leading '."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def _thumbnail_png(data_dir, task):
@@ -148,7 +153,9 @@ def report_xlsx(data_dir, record, found, items):
     import xlsxwriter
 
     buffer = io.BytesIO()
-    book = xlsxwriter.Workbook(buffer, {"in_memory": True, "strings_to_urls": False})
+    # People's prompts are text, never formulas or links (a prompt "=HYPERLINK(...)" stays words).
+    book = xlsxwriter.Workbook(buffer, {"in_memory": True, "strings_to_urls": False, "strings_to_formulas": False,
+                                        "strings_to_numbers": False})
     sheet = book.add_worksheet("Batch")
     bold, wrap = book.add_format({"bold": True}), book.add_format({"text_wrap": True, "valign": "top"})
     sheet.write_row(0, 0, COLUMNS, bold)

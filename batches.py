@@ -87,6 +87,7 @@ def submit(settings, items):
     record = _batch_for(settings, model["id"], shared)
     live = {e["key"] for e in record["items"] if e.get("key") and _live(e.get("task_id"))}
     entries, created = [], 0
+    _unique_names(items)
     for number, item in enumerate(items, 1):
         entry = _submit_item(record, item, live)
         if entry is not None:
@@ -95,6 +96,15 @@ def submit(settings, items):
         if number % CHECKPOINT_EVERY == 0:
             record, entries = _merge(record["id"], entries), []
     return _merge(record["id"], entries), created
+
+
+def _unique_names(items):
+    """Two items of one upload never share a name (it is how an entry is replaced): `a`, `a (2)` ..."""
+    seen = {}
+    for item in items:
+        count = seen[item.name] = seen.get(item.name, 0) + 1
+        if count > 1:
+            item.name = f"{item.name} ({count})"
 
 
 def _live(task_id):

@@ -390,3 +390,18 @@ def test_the_batch_pages_speak_chinese(client, path):
     html = client.get(path + "?lang=zh").get_data(as_text=True)
     assert "批量任务" in html and ("新建批次" in html)
     assert '"reason.picture_missing": "\\u6b64' in html or "此项没有图片" in html
+
+
+def test_report_cells_are_text_never_formulas_and_names_stay_apart(app, client):
+    picture = base64.b64encode(png(1)).decode()
+    resp = client.post("/api/v1/batches", json={**SETTINGS, "name": "formulas", "items": [
+        {"name": "same", "image": picture, "prompt": "=HYPERLINK(\"http://evil\",\"x\")"},
+        {"name": "same", "image": picture, "prompt": "+1+1"}]})
+    batch_id = resp.get_json()["batch_id"]
+    batch = client.get(f"/api/v1/batches/{batch_id}").get_json()
+    assert [i["name"] for i in batch["items"]] == ["same", "same (2)"] and resp.get_json()["created"] == 2
+    sheet = openpyxl.load_workbook(io.BytesIO(client.get(f"/api/v1/batches/{batch_id}/report.xlsx").data)).active
+    assert sheet.cell(2, 3).data_type == "s" and sheet.cell(2, 3).value.startswith("=HYPERLINK")
+    text = client.get(f"/api/v1/batches/{batch_id}/report.csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert rows[1][1].startswith("'=HYPERLINK") and rows[2][1] == "'+1+1"
