@@ -207,8 +207,12 @@ def item_view(entry, task):
 
 
 def _thumbnail(task):
+    """The result's thumbnail, else (before there is one) the item's own picture; both served by /media."""
     output = next((o for o in task.get("outputs") or [] if o.get("thumbnail_url")), None)
-    return output["thumbnail_url"] if output else None
+    if output:
+        return output["thumbnail_url"]
+    given = next((i for i in task.get("inputs") or [] if i.get("path")), None)
+    return "/media/" + given["path"] if given else None
 
 
 def batch_tasks(record):
