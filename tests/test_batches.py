@@ -264,7 +264,8 @@ def test_pause_holds_queued_items_resume_sends_them_cancel_stops_the_rest(app, c
     paused = client.post(f"/api/v1/batches/{batch_id}/pause").get_json()
     assert paused["status"] == "paused"
     # Before a result exists, an item shows its own picture.
-    assert client.get(paused["items"][0]["thumbnail"]).status_code == 200
+    with client.get(paused["items"][0]["thumbnail"]) as shown:
+        assert shown.status_code == 200 and shown.mimetype == "image/png"
     task_query.dispatch(store, providers)
     assert {store.get(i["task_id"])["status"] for i in paused["items"]} == {"queued"}
     assert client.post("/api/v1/batches", json={**SETTINGS, "name": "held", "items": [
