@@ -1,5 +1,7 @@
 """A batch against the local Kling server: one shot fails at the provider, retry-failed re-runs it alone."""
 
+import base64
+
 import pytest
 
 import providers.http
@@ -64,3 +66,23 @@ def test_one_shot_failing_at_the_provider_is_retried_alone(app, fake):
     # Nothing left to retry: no new task.
     assert client.post(f"/api/v1/batches/{batch_id}/retry-failed").get_json()["created"] == 0
     assert len(store) == before + 1
+
+
+def test_json_items_may_give_their_pictures_as_urls(tmp_path, monkeypatch, fake):
+    from tests.test_batches import png
+
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "d"), "SECRET_KEY": "t", "ALLOW_PRIVATE_URLS": True})
+    client = app.test_client()
+    url, _ = fake.publish(png(3), "image/png", ".png")
+    resp = client.post("/api/v1/batches", json={"name": "by url", "provider": "local", "items": [
+        {"name": "fetched", "image": url, "prompt": "zoom in"},
+        {"name": "gone", "image": fake.base_url + "/files/nothing.png", "prompt": "zoom in"}]})
+    assert resp.status_code == 202 and resp.get_json()["created"] == 1
+    items = client.get(f"/api/v1/batches/{resp.get_json()['batch_id']}").get_json()["items"]
+    assert items[0]["status"] == "queued" and items[1]["status"] == "refused"
+    assert items[1]["error"]["field"] == "items.1.image"
+    # The same picture again, by Base64 this time: the same item, so no new task.
+    again = client.post("/api/v1/batches", json={"name": "by url", "provider": "local", "items": [
+        {"name": "fetched", "image": base64.b64encode(png(3)).decode(), "prompt": "zoom in"}]})
+    assert again.get_json()["created"] == 0
