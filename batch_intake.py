@@ -288,6 +288,10 @@ def items_from_tree(tree, refusals, field="file"):
     items = refusals + items
     if not items:
         raise ValidationError("The upload holds no items.", code="no_items", field=field)
+    if all(item.error for item in items):
+        reasons = "; ".join(f"{i.name}: {i.error['message']}" for i in items[:3])
+        raise ValidationError(f"No item of the upload can be used ({reasons}{'; ...' if len(items) > 3 else ''}).",
+                              code="no_usable_items", field=field, status=422)
     if len(items) > MAX_ITEMS:
         raise PayloadTooLarge(f"The upload holds {len(items)} items; at most {MAX_ITEMS} are taken.",
                               code="too_many_items", field=field)

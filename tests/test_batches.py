@@ -224,6 +224,18 @@ def test_hostile_members_are_refused_one_by_one_and_nothing_is_written_outside(a
     assert not list(Path(app.config["DATA_DIR"]).rglob("evil*")) and not Path("/tmp/evil-absolute.png").exists()
 
 
+def test_an_upload_of_nothing_but_refusals_is_a_4xx(app, client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../x/Episode-01-Shot-001.png", png(1))
+        archive.writestr("07_video_prompts/Episode-01-Video-Prompts.txt", "Shot-001: no picture left")
+    resp = upload(client, buffer.getvalue())
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["code"] == "no_usable_items" and error["field"] == "file"
+    assert "Refused: a path with '..'" in error["message"]
+    assert app.extensions["batch_store"].list() == []
+
+
 def test_a_bomb_by_member_count_is_refused_whole(app, client):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
