@@ -16,6 +16,7 @@ import click
 from flask import g
 
 import batch_intake
+import batch_progress
 import batch_report
 import batches
 import scheduler
@@ -66,7 +67,7 @@ def _submit(directory, settings):
         record, created = batches.submit(batch_intake.BatchSettings(**settings), items)
     except AppError as exc:
         raise click.ClickException(exc.message) from None
-    summary = batches.summary(record)
+    summary = batch_progress.summary(record)
     click.echo(f"Batch {record['id']} ({record['name']}): {created} new task(s), {summary['total']} item(s).")
     for item in summary["items"]:
         if item["status"] == "refused":
@@ -88,7 +89,7 @@ def _watch(app, batch_id, interval):
                     task_query.dispatch(store, providers)
                     task_query.poll(store, providers)
                     task_query.download(store, providers)
-                summary = batches.summary(app.extensions["batch_store"].get(batch_id))
+                summary = batch_progress.summary(app.extensions["batch_store"].get(batch_id))
                 done = summary["total"] - summary["counts"]["queued"] - summary["counts"]["processing"]
                 bar.update(done - shown)
                 shown = done
@@ -105,6 +106,6 @@ def _watch(app, batch_id, interval):
 def _write_results(app, batch_id, path):
     record = app.extensions["batch_store"].get(batch_id)
     with open(path, "wb") as f:
-        for chunk in batch_report.stream_results(app.config["DATA_DIR"], record, batches.batch_tasks(record)):
+        for chunk in batch_report.stream_results(app.config["DATA_DIR"], record, batch_progress.batch_tasks(record)):
             f.write(chunk)
     click.echo(f"Results written to {path}.")

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, request
 
 import access
 import batch_intake
+import batch_progress
 import batch_report
 import batches
 from api.models import V1Batch, V1BatchCreated, V1BatchList, V1BatchRetried
@@ -67,7 +68,7 @@ def create_batch():
         settings = parse_body(BatchRequest)
         items = batch_intake.json_items(settings)
     record, created = batches.submit(settings, items)
-    answer = batches.summary(record, with_items=False)
+    answer = batch_progress.summary(record, with_items=False)
     return {"batch_id": record["id"], "status": answer["status"], "counts": answer["counts"], "created": created}, 202
 
 
@@ -76,13 +77,13 @@ def create_batch():
 def list_batches():
     """Yours, newest first (the admin sees everyone's)."""
     records = current_app.extensions["batch_store"].list(owner=access.visible_owner())
-    return {"batches": [batches.summary(r, with_items=False) for r in records]}
+    return {"batches": [batch_progress.summary(r, with_items=False) for r in records]}
 
 
 @bp.get("/<batch_id>")
 @documented("A batch with its items", responses={200: V1Batch})
 def get_batch(batch_id):
-    return batches.summary(batches.batch_or_404(batch_id))
+    return batch_progress.summary(batches.batch_or_404(batch_id))
 
 
 @bp.post("/<batch_id>/retry-failed")
@@ -97,19 +98,19 @@ def retry_failed(batch_id):
 @bp.post("/<batch_id>/pause")
 @documented("Pause a batch: queued items are not sent", responses={200: V1Batch})
 def pause(batch_id):
-    return batches.summary(batches.set_paused(batches.batch_or_404(batch_id), True))
+    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), True))
 
 
 @bp.post("/<batch_id>/resume")
 @documented("Resume a paused batch", responses={200: V1Batch})
 def resume(batch_id):
-    return batches.summary(batches.set_paused(batches.batch_or_404(batch_id), False))
+    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), False))
 
 
 @bp.post("/<batch_id>/cancel")
 @documented("Cancel every item that has not finished", responses={200: V1Batch})
 def cancel(batch_id):
-    return batches.summary(batches.cancel(batches.batch_or_404(batch_id)))
+    return batch_progress.summary(batches.cancel(batches.batch_or_404(batch_id)))
 
 
 def _download_name(record, ext):
@@ -122,14 +123,14 @@ def _download_name(record, ext):
 def results_zip(batch_id):
     """Every saved result of the completed items, e.g. `Episode-01-Shot-003.mp4`; streamed."""
     record = batches.batch_or_404(batch_id)
-    chunks = batch_report.stream_results(current_app.config["DATA_DIR"], record, batches.batch_tasks(record))
+    chunks = batch_report.stream_results(current_app.config["DATA_DIR"], record, batch_progress.batch_tasks(record))
     return Response(chunks, mimetype="application/zip",
                     headers={"Content-Disposition": _download_name(record, "zip")})
 
 
 def _report_parts(batch_id):
     record = batches.batch_or_404(batch_id)
-    return record, batches.batch_tasks(record), batches.summary(record)["items"]
+    return record, batch_progress.batch_tasks(record), batch_progress.summary(record)["items"]
 
 
 @bp.get("/<batch_id>/report.xlsx")
