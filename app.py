@@ -64,6 +64,7 @@ def _prepare_data_dir(app):
 def _register_features(app):
     """Every feature module's blueprint and hooks, in the order they must see requests."""
     import auth
+    import batches
     import downloads
     import error_pages
     import health
@@ -77,18 +78,20 @@ def _register_features(app):
     import video_extend
     import wan_protocol
     import webhooks
+    from api import batches as api_batches
     from api import image_service, openapi, v1
 
     downloads.configure(app.config)     # where result links may point: public, or a configured provider
     # signed_inputs: task inputs at signed, expiring URLs, for providers that fetch them (wan_server).
-    for module in (health, video_extend, image_generate, task_query, signed_inputs, v1, image_service, openapi,
-                   wan_protocol):
+    for module in (health, video_extend, image_generate, task_query, signed_inputs, v1, api_batches, image_service,
+                   openapi, wan_protocol):
         app.register_blueprint(module.bp)
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)
     task_backup.init_app(app)
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
     app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
+    batches.init_app(app)           # before auth: a batch upload's size limits apply before its form is read
     auth.init_app(app)
     webhooks.init_app(app)
     error_pages.init_app(app)      # JSON for API clients, pages for browsers

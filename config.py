@@ -48,6 +48,7 @@ class Settings(BaseModel):
     METRICS_TOKEN: str | None = None                # /metrics wants `Bearer <this>`; unset: loopback only
     WAN_PROTOCOL_PROVIDER: str = "local"            # where /video/submit (the Wan I2V protocol) sends tasks
     WAN_PROTOCOL_MODEL: str = "local-motion"
+    BATCH_MAX_UPLOAD_MB: int = Field(1024, ge=1)    # a batch upload (zip or folder), unpacked size included
     TESTING: bool = False
 
     KLING_ACCESS_KEY: str | None = None

@@ -157,6 +157,8 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
         now = clock()
         if task is None or task["status"] != QUEUED or not _due(task, now) or storyboards.is_storyboard(task):
             continue
+        if task.get("paused"):          # its batch is paused (batches.py)
+            continue
         provider = providers.get(task["provider"])
         if provider is None or not provider.configured():
             _fail(store, task_id, "provider_not_configured",

@@ -143,6 +143,9 @@ class Task(BaseModel):
     cancel_note: str | None = None      # why stopping it at the provider did not work
     download_error: str | None = None   # the latest problem saving the results
     webhook: TaskWebhook | None = None  # the delivery of its end to callback_url or the owner's webhook
+    batch_id: str | None = None      # the batch this task belongs to (batches.py)
+    batch_item: str | None = None    # the item's name in its batch, e.g. "Episode-01/Shot-003"
+    paused: bool | None = None       # held queued by its paused batch: dispatch leaves it alone (batches.py)
 
 
 class IllegalMove(Conflict):
@@ -242,8 +245,8 @@ def new_task_id(moment=None):
 
 
 def create_task(store, data_dir, *, kind, provider, model, params, images, owner=None, retry_of=None,
-                task_id=None, callback_url=None, batch_id=None, storyboard_id=None, scene_index=None,
-                scene_task_ids=None):
+                task_id=None, callback_url=None, batch_id=None, batch_item=None, storyboard_id=None,
+                scene_index=None, scene_task_ids=None):
     """Store the input pictures as files and the task record; returns the record.
 
     `images` maps a role ("first", "tail", "reference") to a `media.DecodedImage` or to an
@@ -264,8 +267,8 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
             "created_at": iso(now), "updated_at": iso(now), "submitted_at": None,
             "finished_at": None, "owner": owner, "retry_of": retry_of, "callback_url": callback_url,
         }
-        extra = {"batch_id": batch_id, "storyboard_id": storyboard_id, "scene_index": scene_index,
-                 "scene_task_ids": scene_task_ids}
+        extra = {"batch_id": batch_id, "batch_item": batch_item, "storyboard_id": storyboard_id,
+                 "scene_index": scene_index, "scene_task_ids": scene_task_ids}
         record.update({name: value for name, value in extra.items() if value is not None})
         store.create(record)
     except BaseException as exc:

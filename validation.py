@@ -143,7 +143,7 @@ def queue_task(kind, provider, model, params, pictures, *, callback_url=None, pr
     """The one way a checked request becomes a task, for every route and API shape: the user's
     limits, the pictures decoded and fitted to the provider's byte limit, `prepare(params, images)`
     (a model's last settings that depend on the pictures), then the create under the quota lock.
-    `fields` are more record fields for tasks.create_task (a storyboard scene's, storyboards.py)."""
+    `fields` are more record fields for tasks.create_task (a batch item's, a storyboard scene's)."""
     import access
     import tasks
 

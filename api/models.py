@@ -224,3 +224,76 @@ class V1Health(BaseModel):
     status: Literal["ok", "unavailable"]
     ready: bool
     checks: dict[str, str]
+
+
+# ---- batches (api/batches.py) ---------------------------------------------------------------
+
+class V1BatchCounts(BaseModel):
+    queued: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+    refused: int = Field(description="Items refused before they became tasks (bad picture, prompt too long ...).")
+
+
+class V1BatchItemError(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class V1BatchItem(BaseModel):
+    name: str = Field(description='The item\'s name, e.g. "Episode-01/Shot-003".')
+    task_id: str | None
+    status: Literal["queued", "processing", "completed", "failed", "cancelled", "refused"]
+    error: V1BatchItemError | None
+    prompt: str | None = None
+    progress: int | None = None
+    thumbnail: str | None = None
+    outputs: list[str] = []
+
+
+class V1BatchSummary(BaseModel):
+    batch_id: str
+    name: str
+    kind: Literal["video", "image"]
+    provider: str
+    model: str
+    settings: dict
+    status: Literal["running", "paused", "cancelled", "completed", "completed_with_errors"]
+    counts: V1BatchCounts
+    total: int
+    progress: int = Field(description="Percent of the items finished (items in flight count with their progress).")
+    eta_seconds: int | None = Field(description="From the median time of finished items; null before one finished.")
+    created_at: str
+    finished_at: str | None
+    cost: dict | None = Field(description="The providers' charges summed per unit.")
+    paused: bool
+
+
+class V1Batch(V1BatchSummary):
+    """A batch with its items."""
+
+    items: list[V1BatchItem]
+
+
+class V1BatchList(BaseModel):
+    batches: list[V1BatchSummary]
+
+
+class V1BatchCreated(BaseModel):
+    """The batch made (or added to): `created` tasks are new, the rest were done or in flight already."""
+
+    batch_id: str
+    status: str
+    counts: V1BatchCounts
+    created: int
+
+
+class V1BatchRetried(BaseModel):
+    """Tasks made for the failed and cancelled items; `refused` ones could not be retried."""
+
+    batch_id: str
+    created: int
+    refused: list[dict]

@@ -39,11 +39,12 @@ value the chosen model does not allow, 429 rate or quota limit, 507 disk full.
 _ARG = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
-def documented(summary, *, request=None, responses, query=None, idempotent=False, public=False):
-    """Attach a route's models for the document (the document is built from these, not written)."""
+def documented(summary, *, request=None, responses, query=None, idempotent=False, public=False, form=None):
+    """Attach a route's models for the document (the document is built from these, not written);
+    `form` is the model of a multipart body the route also takes."""
     def mark(view):
         view.openapi = {"summary": summary, "doc": view.__doc__, "request": request, "responses": responses,
-                        "query": query, "idempotent": idempotent, "public": public}
+                        "query": query, "idempotent": idempotent, "public": public, "form": form}
         return view
     return mark
 
@@ -61,9 +62,8 @@ def document(app):
     routes = list(_documented_routes(app))
     models = {ErrorBody}
     for *_, meta, _args in routes:
-        models.update(m for m in meta["responses"].values() if m is not None)
-        if meta["request"] is not None:
-            models.add(meta["request"])
+        models.update(m for m in meta["responses"].values() if m is not None and not isinstance(m, str))
+        models.update(m for m in (meta["request"], meta["form"]) if m is not None)
     ordered = sorted(models, key=lambda m: m.__name__)
     # Requests as they are validated, answers as they are serialised.
     keys, schemas = models_json_schema([(m, "serialization" if m not in _requests(routes) else "validation")
@@ -85,7 +85,7 @@ def document(app):
 
 
 def _requests(routes):
-    return {meta["request"] for *_, meta, _args in routes if meta["request"] is not None}
+    return {m for *_, meta, _args in routes for m in (meta["request"], meta["form"]) if m is not None}
 
 
 def _json(ref):
@@ -103,6 +103,8 @@ def _operation(path, method, meta, args, refs):
         operation["parameters"] = parameters
     if meta["request"] is not None:
         operation["requestBody"] = {"required": True, "content": _json(refs[meta["request"]])}
+    if meta["form"] is not None:
+        operation["requestBody"]["content"]["multipart/form-data"] = {"schema": {"$ref": refs[meta["form"]]}}
     for status, model in meta["responses"].items():
         operation["responses"][str(status)] = _response(status, model, meta, refs)
     operation["responses"]["default"] = {"description": "An error.", "content": _json(refs[ErrorBody])}
@@ -130,6 +132,8 @@ def _parameters(meta, args):
 
 
 def _response(status, model, meta, refs):
+    if isinstance(model, str):      # a file of this media type (batch results and reports)
+        return {"description": "A file.", "content": {model: {"schema": {"type": "string", "format": "binary"}}}}
     answer = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else
               ("No content." if model is None else model.__name__)}
     if model is not None:
@@ -144,6 +148,8 @@ def _response(status, model, meta, refs):
 def _tag(path):
     if path.startswith("/api/v1/tasks"):
         return "tasks"
+    if path.startswith("/api/v1/batches"):
+        return "batches"
     return "create" if path.endswith("/generate") else "studio"
 
 

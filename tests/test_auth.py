@@ -31,6 +31,11 @@ ROUTE_RULES = {
     "image_service.service_result": "user", "image_service.service_status": "user",
     "webhooks.make_secret": "user", "wan_protocol.submit": "user/generate", "wan_protocol.status": "user",
     "wan_protocol.cancel": "user",
+    "batches.list_page": "user", "batches.new_page": "user", "batches.detail_page": "user",
+    "api_batches.create_batch": "user/generate", "api_batches.list_batches": "user", "api_batches.get_batch": "user",
+    "api_batches.retry_failed": "user/generate", "api_batches.pause": "user", "api_batches.resume": "user",
+    "api_batches.cancel": "user", "api_batches.results_zip": "user", "api_batches.report_xlsx": "user",
+    "api_batches.report_csv": "user",
     "api_v1.health_check": "public", "openapi.docs": "public", "openapi.openapi_json": "public",
     "health.healthz": "public", "health.readyz": "public", "auth.login": "public", "auth.login_link": "public",
     "signed_inputs.signed_input": "public",   # one task input at a signed, expiring URL (test_provider_wan_server.py)
@@ -38,7 +43,7 @@ ROUTE_RULES = {
     "static": "public",
 }
 SAMPLE_ARGS = {"task_id": "20261122T000000000Z-abcdef", "subpath": "outputs/x/video.mp4", "key_id": "k1",
-               "user_id": "someone", "token": "t" * 20, "filename": "x.css"}
+               "user_id": "someone", "token": "t" * 20, "filename": "x.css", "batch_id": "b20261122T000000000Z-abcdef"}
 
 
 @pytest.fixture

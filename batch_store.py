@@ -1,0 +1,67 @@
+"""Where batch records are kept: one JSON file per batch under `DATA_DIR/batches/`.
+
+Its own module so that a PostgreSQL backend can stand beside it behind the same small interface
+(`create`, `get`, `update`, `list`, `find`). A record is small (settings and, per item, a name, a
+key, a task id and a refusal), because the tasks are the truth about progress: counts, ETA and cost
+are computed from the task records (batches.py). Writes replace the file atomically
+(fileio.atomic_write) under one lock file, so readers never see half a record and two processes
+changing one batch never lose each other's change.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from fileio import atomic_write, locked
+
+BATCH_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+class BatchStore:
+    """Batch records as JSON files; ids are tasks.new_task_id() ids prefixed `b`."""
+
+    def __init__(self, data_dir):
+        self.dir = Path(data_dir) / "batches"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = self.dir / ".lock"
+
+    def _path(self, batch_id):
+        return self.dir / f"{batch_id}.json" if BATCH_ID.fullmatch(batch_id or "") else None
+
+    def get(self, batch_id):
+        """The record, or None (also for an id that could not be a batch's)."""
+        path = self._path(batch_id)
+        try:
+            return json.loads(path.read_text()) if path else None
+        except FileNotFoundError:
+            return None
+
+    def create(self, record):
+        with locked(self._lock):
+            atomic_write(self._path(record["id"]), json.dumps(record, ensure_ascii=False))
+        return record
+
+    def update(self, batch_id, change):
+        """Apply `change(record)` (a function that edits it in place) under the lock; the new record."""
+        with locked(self._lock):
+            record = self.get(batch_id)
+            if record is None:
+                raise KeyError(batch_id)
+            change(record)
+            atomic_write(self._path(batch_id), json.dumps(record, ensure_ascii=False))
+        return record
+
+    def list(self, owner=None):
+        """Every record (of `owner` when given), newest first."""
+        records = []
+        for name in sorted(os.listdir(self.dir), reverse=True):
+            if name.endswith(".json"):
+                record = self.get(name[:-5])
+                if record and (owner is None or record.get("owner") == owner):
+                    records.append(record)
+        return records
+
+    def find(self, owner, name):
+        """The owner's newest batch of this name, or None."""
+        return next((r for r in self.list(owner) if r.get("name") == name), None)
