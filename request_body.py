@@ -154,6 +154,16 @@ class StudioRequest(Request):
 
 # ---- multipart/form-data as a request model's body
 
+class _TakesFile:
+    """The mark of a request model field that takes a picture file (validation.Picture)."""
+
+    def __repr__(self):
+        return "TAKES_FILE"
+
+
+TAKES_FILE = _TakesFile()
+
+
 def _mentions(annotation, wanted):
     """Whether a type annotation is or contains `wanted` (through unions, Annotated, Optional)."""
     if annotation is wanted:
@@ -161,15 +171,21 @@ def _mentions(annotation, wanted):
     return any(_mentions(arg, wanted) for arg in typing.get_args(annotation) if not isinstance(arg, str | int))
 
 
+def _marked(field):
+    return TAKES_FILE in field.metadata or _mentions(field.annotation, TAKES_FILE)
+
+
 @functools.cache
 def file_fields(schema):
     """The fields of a request model that take a picture file (media.Upload), in their order."""
-    return tuple(name for name, field in schema.model_fields.items() if _mentions(field.annotation, media.Upload))
+    return tuple(name for name, field in schema.model_fields.items() if _marked(field))
 
 
 @functools.cache
 def _text_fields(schema):
-    return frozenset(name for name, field in schema.model_fields.items() if _mentions(field.annotation, str))
+    """The fields whose form value is their text: text fields, and picture fields given as text."""
+    return frozenset(name for name, field in schema.model_fields.items()
+                     if _mentions(field.annotation, str) or _marked(field))
 
 
 def form_body(schema):

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import pydantic
 from flask import current_app, request
-from pydantic import AfterValidator, ConfigDict, InstanceOf
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import AfterValidator, ConfigDict, PlainValidator
+from pydantic_core import PydanticCustomError
 
 import media
 import request_body
@@ -51,9 +51,20 @@ def _printable(value):
 
 
 Text = Annotated[str, AfterValidator(_printable)]
+
+
+def _picture(value):
+    if isinstance(value, media.Upload):
+        return value
+    if type(value) is not str:
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return _printable(value)
+
+
 # A picture field: Base64 text, a data: URI or a URL in JSON and form fields, or a multipart file
-# part's bytes (media.Upload). The upload is left out of the JSON schema: JSON cannot carry one.
-Picture = Text | SkipJsonSchema[InstanceOf[media.Upload]]
+# part's bytes (media.Upload). One validator rather than a union, so an error names the field
+# alone; the JSON schema says string, as JSON cannot carry an upload.
+Picture = Annotated[object, PlainValidator(_picture, json_schema_input_type=str), request_body.TAKES_FILE]
 
 
 def parse_body(schema):
