@@ -22,6 +22,7 @@ the body:
 """
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -194,8 +195,8 @@ def form_body(schema):
         raise ValidationError("A multipart/form-data body needs the boundary= parameter of its Content-Type.",
                               code="invalid_multipart")
     form, files = request.form, request.files       # parsed once (the CSRF check may have read it)
-    if request.form_error:
-        raise ValidationError(f"The multipart/form-data body is malformed: {request.form_error}",
+    if request.form_error or not (form or files):
+        raise ValidationError(f"The multipart/form-data body is malformed: {request.form_error or 'it has no parts'}",
                               code="invalid_multipart")
     body = {}
     for name, values in form.lists():
@@ -211,6 +212,18 @@ def form_body(schema):
         if data or parts[0].filename:           # an empty file input sends a part with neither
             body[name] = media.Upload(data, parts[0].filename or "")
     return body
+
+
+def form_digest():
+    """What identifies a parsed multipart body (its raw bytes are gone once the form is read): the
+    fields and the files' names and contents, in a canonical order. For idempotency keys."""
+    digest = hashlib.sha256()
+    for name, value in sorted(request.form.items(multi=True)):
+        digest.update(json.dumps(["field", name, value]).encode())
+    for name, upload in sorted(request.files.items(multi=True), key=lambda item: item[0]):
+        digest.update(json.dumps(["file", name, upload.filename]).encode())
+        digest.update(hashlib.sha256(upload.stream.getvalue()).digest())
+    return digest.hexdigest().encode()
 
 
 def _only_once(name, values, body):

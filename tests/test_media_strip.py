@@ -20,7 +20,6 @@ from errors import ValidationError
 from tests.conftest import b64, picture
 
 
-
 def srgb_icc():
     from PIL import ImageCms
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -192,7 +191,8 @@ def test_png_text_exif_and_time_go_and_colour_and_transparency_stay():
     Image.fromarray(rgba, "RGBA").save(out, "PNG", pnginfo=info, icc_profile=srgb_icc(), dpi=(300, 300))
     exif = Image.Exif()
     exif[0x010F] = "secret-exif"
-    original = with_chunks(out.getvalue(), chunk(b"eXIf", exif.tobytes()[6:]), chunk(b"tIME", b"\x07\xea\x0c\x01\0\0\0"),
+    original = with_chunks(out.getvalue(), chunk(b"eXIf", exif.tobytes()[6:]),
+                           chunk(b"tIME", b"\x07\xea\x0c\x01\0\0\0"),
                            chunk(b"gAMA", struct.pack(">I", 45455)), chunk(b"sBIT", b"\x08\x08\x08\x08"))
     assert {"tEXt", "zTXt", "iTXt", "eXIf", "tIME", "pHYs"}.issubset(png_chunks(original))
     image = media.check_image_bytes(original, "image")
