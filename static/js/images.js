@@ -294,7 +294,7 @@ $(function () {
       advancedPayload(body);
     }
     if (picture.value()) {
-      body.image = picture.value().dataUrl;
+      body.image = picture.value().file;
       if (page.shown("image_fidelity")) {
         body.image_fidelity = Number($fidelity.val());
       }
