@@ -257,7 +257,7 @@ window.Studio.upload = (function ($, S) {
         $row.find(".progress-bar").css("width", percent + "%");
         $row.find(".upload-progress-text").text(loaded >= total && total
           ? t("upload_waiting")
-          : t("upload_progress", { sent: S.formatBytes(loaded), total: S.formatBytes(total), percent: percent }));
+          : t("upload_progress", { sent: S.formatBytes(loaded), total: S.formatBytes(total) }) + " · " + percent + " %");
       },
     };
   }
