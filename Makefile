@@ -31,6 +31,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/store_bench.py
 	$(PY) bench/render_bench.py
 	$(PY) bench/poll_bench.py
+	$(PY) bench/upload_bench.py
 
 # Screenshots of every page in test-artifacts/ (opt-in: the browser tests check the pages without them).
 screenshots: $(VENV)/.dev

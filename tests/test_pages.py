@@ -367,7 +367,7 @@ def test_errors_are_shown_next_to_their_field(open_page, pictures):
     page.unroute("**/generate")
     page.route("**/generate", lambda route: route.abort())
     page.click("#video-form .submit-button")
-    expect(page.locator("#video-form .form-alerts .alert")).to_contain_text("did not answer")
+    expect(page.locator("#video-form .form-alerts .alert")).to_contain_text("The connection failed")
 
 
 def test_api_calls_carry_the_sessions_csrf_token(open_page, studio, pictures):
@@ -381,9 +381,10 @@ def test_api_calls_carry_the_sessions_csrf_token(open_page, studio, pictures):
         page.click("#video-form .submit-button")
     sent = answered.value.request
     assert sent.headers["x-csrftoken"] == token and answered.value.status == 202     # the server took it
-    assert sent.headers["content-type"] == "application/json"
-    body = json.loads(sent.post_data)
-    assert body["image"].startswith("data:image/png;base64,") and body["provider"] == "local"
+    # The pages upload pictures as multipart/form-data file parts (tests/test_upload_pages.py).
+    assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
+    body = sent.post_data_buffer
+    assert b'name="image"; filename="first.png"' in body and b'name="provider"\r\n\r\nlocal\r\n' in body
     expect(page.locator("#video-results .task-card").first).to_have_attribute("data-status", "succeeded",
                                                                                timeout=LONG)
 
