@@ -279,8 +279,6 @@ _PNG_KEEP = _PNG_CRITICAL | {b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT
 
 def _kept(raw, spans):
     """raw itself when the spans cover all of it, else the spans joined (one copy)."""
-    if len(spans) == 1 and spans[0] == (0, len(raw)):
-        return raw
     view = memoryview(raw)
     merged = []
     for start, end in spans:

@@ -7,7 +7,9 @@ console errors, uncaught exceptions or dialogs.
 
 import hashlib
 import io
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from tests.browser import LiveStudio, PageProblems, launch_chromium
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, picture
 
 expect.set_options(timeout=10_000)
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ZONE = '[data-field="{}"] .dropzone'
 ALERT = '[data-field="{}"] .field-alert .alert'
 
@@ -151,6 +154,9 @@ def test_a_9_mb_upload_over_a_slow_line_shows_progress_and_arrives_as_sent(open_
         expect(progress).to_be_visible()
         expect(progress.locator(".progress")).to_have_attribute("aria-valuenow", re.compile(r"^[1-9]\d?$"))
         expect(progress.locator(".upload-progress-text")).to_contain_text("Uploading")
+        if os.environ.get("STUDIO_SCREENSHOTS"):
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#video-form").screenshot(path=str(ARTIFACTS / "upload-progress-1280.png"))
     assert answered.value.status == 202
     sent = answered.value.request
     assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
