@@ -34,6 +34,7 @@ STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
+_LONGEST_URL = 8192            # a picture URL longer than this is Base64 (or refused as such)
 # Printable ASCII and the three line characters: what is left after deleting these is refused.
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 
@@ -58,7 +59,9 @@ def _picture(value):
         return value
     if type(value) is not str:
         raise PydanticCustomError("string_type", "Input should be a valid string")
-    return _printable(value)
+    # A long value can only be Base64, whose strict decoder refuses every character outside its
+    # alphabet (media.decode_image): a second scan of megabytes here would find nothing more.
+    return value if len(value) > _LONGEST_URL else _printable(value)
 
 
 # A picture field: Base64 text, a data: URI or a URL in JSON and form fields, or a multipart file
