@@ -97,12 +97,16 @@ def drop(page, selector, path, mime):
 
 
 def paste(page, selector, path):
-    """Ctrl/Cmd+V of a copied picture: a paste event with the picture in its clipboardData."""
-    page.focus(selector)
+    """Ctrl/Cmd+V of a copied picture: a paste event with the picture in its clipboardData, sent
+    where the browser sends it, to the focused element (the body when nothing has the focus)."""
+    page.evaluate("(selector) => document.activeElement && document.activeElement.blur()", selector)
+    if selector != "body":
+        page.focus(selector)
     page.evaluate("""([selector, bytes]) => {
         const transfer = new DataTransfer();
         transfer.items.add(new File([new Uint8Array(bytes)], "image.png", { type: "image/png" }));
-        document.activeElement.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+        const target = document.activeElement || document.body;
+        target.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
     }""", [selector, list(path.read_bytes())])
 
 
@@ -137,6 +141,10 @@ def test_paste_works_in_every_drop_zone(open_page, files):
         paste(page, ZONE.format(field), files["small"])
         expect(page.locator(ZONE.format(field))).to_have_class(re.compile("has-picture"))
         expect(page.locator(f'[data-field="{field}"] .dz-name')).to_have_text("image.png")
+    # With the focus on no field, a paste fills the first empty zone.
+    page.locator('[data-field="image"] .dz-remove').click()
+    paste(page, "body", files["small"])
+    expect(page.locator(ZONE.format("image"))).to_have_class(re.compile("has-picture"))
     page, _ = open_page("/images")
     paste(page, ZONE.format("image"), files["small"])
     expect(page.locator(ZONE.format("image"))).to_have_class(re.compile("has-picture"))

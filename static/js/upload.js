@@ -80,6 +80,24 @@ window.Studio.upload = (function ($, S) {
 
   // ---- the drop zone ------------------------------------------------------------------------
 
+  const zones = [];      // every drop zone of the page, in page order
+
+  /** A picture pasted with the focus outside any field goes to the zone under the pointer, else
+   * to the first visible, enabled zone that has no picture yet. */
+  function pasteAnywhere(event) {
+    const target = event.target;
+    if (event.isDefaultPrevented() || $(target).closest("input, textarea, select, [contenteditable], .dropzone").length) {
+      return;
+    }
+    const file = fileOf(event.originalEvent.clipboardData);
+    const zone = zones.find((z) => z.open() && z.$zone.is(":hover")) || zones.find((z) => z.open());
+    if (file && zone) {
+      event.preventDefault();
+      zone.take(file);
+    }
+  }
+  $(document).on("paste", pasteAnywhere);
+
   /**
    * A drop zone for one picture ($field is its .field element). onChange(value) after every
    * change; value() is {file, dataUrl, name, bytes, width, height} or null.
@@ -188,7 +206,8 @@ window.Studio.upload = (function ($, S) {
         take(file);
       }
     });
-    // Ctrl/Cmd+V while the zone has the focus (a click or Tab puts it there).
+    // Ctrl/Cmd+V while the zone has the focus (a click or Tab puts it there); a paste elsewhere on
+    // the page is handed to a zone by pasteAnywhere below.
     $zone.on("paste", (event) => {
       const file = fileOf(event.originalEvent.clipboardData);
       if (!disabled && file) {
@@ -196,6 +215,7 @@ window.Studio.upload = (function ($, S) {
         take(file);
       }
     });
+    zones.push({ $zone: $zone, take: take, open: () => !disabled && !value && $zone.is(":visible") });
     $zone.find(".dz-remove").on("click", (event) => {
       event.stopPropagation();
       S.clearFieldError($field);
