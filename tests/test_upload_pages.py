@@ -204,3 +204,11 @@ def test_a_failed_connection_is_named_as_such(open_page, files):
     expect(alert).to_contain_text("The connection failed")
     expect(alert).to_contain_text("Check your network")
     expect(page.locator("#video-form .submit-button")).to_be_enabled()
+
+    # A proxy's own 413 page (HTML, not the studio's JSON) still gets a message that says what to do.
+    problems.allow("status of 413")
+    page.unroute("**/generate")
+    page.route("**/generate", lambda route: route.fulfill(status=413, content_type="text/html",
+                                                          body="<html>413 Request Entity Too Large</html>"))
+    page.click("#video-form .submit-button")
+    expect(alert).to_contain_text("send smaller pictures")

@@ -292,7 +292,9 @@ window.Studio.upload = (function ($, S) {
     if (body && body.error && body.error.message) {
       return { code: body.error.code, message: body.error.message, field: body.error.field, status: xhr.status };
     }
-    return { code: "http_" + xhr.status, message: t("server_error"), status: xhr.status };
+    // A proxy in front of the studio (nginx) answers an oversized body with its own HTML page.
+    const message = xhr.status === 413 ? t("upload_too_large") : t("server_error");
+    return { code: "http_" + xhr.status, message: message, status: xhr.status };
   }
 
   /**
