@@ -32,6 +32,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/render_bench.py
 	$(PY) bench/poll_bench.py
 	$(PY) bench/batch_bench.py
+	$(PY) bench/upload_bench.py
 
 # Screenshots of every page in test-artifacts/ (opt-in: the browser tests check the pages without them).
 screenshots: $(VENV)/.dev

@@ -29,6 +29,7 @@ from flask import current_app, request
 
 import access
 import fileio
+import request_body
 from errors import Conflict, ValidationError
 from tasks import iso, parse_iso, utcnow
 
@@ -59,9 +60,15 @@ def idempotent(view):
 def _request_hash():
     # The same JSON in other spacing or key order is the same request (malformed JSON is a 400 here,
     # as in the view).
+    if request.mimetype == "multipart/form-data":       # the form may be read already (CSRF)
+        return _digest(request_body.form_digest())
     parsed = request.get_json(silent=True)
     body = (request.get_data(cache=True) if parsed is None
             else json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode())
+    return _digest(body)
+
+
+def _digest(body):
     return hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
 
 

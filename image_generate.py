@@ -21,6 +21,7 @@ import media
 from errors import ValidationError
 from validation import (
     STRICT,
+    Picture,
     Text,
     check_prompts,
     check_seed_and_prompt_extend,
@@ -60,7 +61,7 @@ _VERSION_UUID = re.compile(r"[0-9a-f]{32}")     # Liblib model version ids (the 
 class ImageRequest(BaseModel):
     model_config = STRICT
 
-    image: Text | None = None
+    image: Picture | None = None
     prompt: Text | None = Field(None, max_length=2500)
     negative_prompt: Text | None = Field(None, max_length=2500)
     provider: Text = "local"

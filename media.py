@@ -1,17 +1,23 @@
-"""Media files: checking uploaded pictures, writing files atomically, H.264 MP4 output, thumbnails.
+"""Media files: checking uploaded pictures, stripping their metadata, writing files atomically,
+H.264 MP4 output, thumbnails.
 
-Uploads arrive as Base64 (raw or `data:` URI) and are refused here, with the field named, unless
-they are a JPEG, PNG, WebP, BMP or HEIC picture of sane size and shape; the format is decided by
-the bytes, never by the declared type, and size and shape by the header before any pixel is
-decoded. Providers take JPEG or PNG, so WebP, BMP and HEIC are converted (to PNG when the picture
-has transparency, else JPEG), and `fit_image` re-encodes a picture over a provider's byte limit
-(JPEG quality steps, then smaller scales) rather than refusing it; both are recorded on the
-picture (`converted`, `reencoded`) and so on the task's input entry. Videos are written as
-browser-playable MP4 (H.264, yuv420p, moov atom first) through PyAV's bundled libx264. Every file
-this module writes appears under its final name only once it is complete (`.part` + fsync +
-rename), so a crash never leaves a half-written picture or clip behind.
-`probe_media` is how the pipeline verifies that a downloaded result really is a readable picture
-or video before calling a task succeeded.
+Uploads arrive as bytes (a multipart file part) or as Base64 (raw or `data:` URI) and are refused
+here, with the field named, unless they are a JPEG, PNG, WebP, BMP or HEIC picture of sane size and
+shape; the format is decided by the bytes, never by the declared type, and size and shape by the
+header before any pixel is decoded. Every picture is decoded once in full, so a damaged one is
+refused. A JPEG or PNG then reaches the provider as the person sent it: its metadata is stripped
+losslessly by walking its segments or chunks (`strip_jpeg`, `strip_png`: EXIF, XMP, comments and
+text go; the colour profile and what else decides the colours stay), never by re-encoding its
+pixels. The exception is a picture whose EXIF orientation is not 1: it is re-encoded upright
+(recorded as `rotated`), or the provider would see it sideways. Providers take JPEG or PNG, so
+WebP, BMP and HEIC are converted (to PNG when the picture has transparency, else JPEG), and
+`fit_image` re-encodes a picture over a provider's byte limit (JPEG quality steps, then smaller
+scales) rather than refusing it; both are recorded on the picture (`converted`, `reencoded`) and so
+on the task's input entry. Videos are written as browser-playable MP4 (H.264, yuv420p, moov atom
+first) through PyAV's bundled libx264. Every file this module writes appears under its final name
+only once it is complete (`.part` + fsync + rename), so a crash never leaves a half-written picture
+or clip behind. `probe_media` is how the pipeline verifies that a downloaded result really is a
+readable picture or video before calling a task succeeded.
 """
 
 import base64
@@ -20,7 +26,9 @@ import hashlib
 import io
 import logging
 import os
+import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,15 +99,23 @@ class DecodedImage:
     sha256: str
     converted: str | None = None    # e.g. "webp->jpeg" when the upload was in another format
     reencoded: dict | None = None   # {"quality", "scale", "bytes_before"} when fitted to a byte limit
+    rotated: int | None = None      # the EXIF orientation (2-8) applied by re-encoding the picture upright
 
     def record(self):
         """What the task's input entry keeps about this picture (tasks.py documents the fields)."""
         entry = {"width": self.width, "height": self.height, "sha256": self.sha256}
-        if self.converted:
-            entry["converted"] = self.converted
-        if self.reencoded:
-            entry["reencoded"] = self.reencoded
+        for name in ("converted", "reencoded", "rotated"):
+            if getattr(self, name):
+                entry[name] = getattr(self, name)
         return entry
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A picture sent as a file part of a multipart/form-data request: its bytes as they came."""
+
+    data: bytes
+    filename: str = ""
 
 
 # (offset, magic bytes, format): how each format a person may upload starts.
@@ -128,76 +144,237 @@ def image_limits():
     return {"max_bytes": MAX_IMAGE_BYTES, "max_pixels": MAX_PIXELS, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT}
 
 
+def _invalid(field):
+    """A 400/422 ValidationError naming `field`."""
+    def invalid(message, code="invalid_image", status=400):
+        return ValidationError(message, code=code, field=field, status=status)
+    return invalid
+
+
 def decode_image(data, field, *, label=None, min_side=MIN_SIDE):
     """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`.
     `min_side` is the smallest side the chosen model takes (the studio's MIN_SIDE by default)."""
     label = label or _FIELD_LABELS.get(field, field)
-
-    def invalid(message, code="invalid_image", status=400):
-        return ValidationError(message, code=code, field=field, status=status)
-
+    invalid = _invalid(field)
     if not isinstance(data, str) or not data.strip():
         raise invalid(f"{label} must be a Base64 string or a data: URI holding a picture (JPG, PNG, WebP, BMP, HEIC)")
-    payload = data.strip()
-    if payload.startswith("data:"):
-        header, comma, payload = payload.partition(",")
-        if not comma or not header.endswith(";base64"):
+    text = data.strip()             # the same string, not a copy, when there is nothing to strip
+    start = 0
+    if text.startswith("data:"):
+        comma = text.find(",")
+        if comma == -1 or not text[:comma].endswith(";base64"):
             raise invalid(f"{label} is a data: URI without ';base64,' data")
-    if len(payload) > _MAX_BASE64_CHARS:
-        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
-    compact = "".join(payload.split())
-    padding = len(compact) - len(compact.rstrip("="))
-    if len(compact) * 3 // 4 - padding > MAX_IMAGE_BYTES:
+        start = comma + 1
+    if len(text) - start > _MAX_BASE64_CHARS:
         raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
     try:
-        raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        raw = _base64_bytes(text, start)
     except (binascii.Error, ValueError):
         raise invalid(f"{label} is not valid Base64") from None
     return check_image_bytes(raw, field, label=label, min_side=min_side)
 
 
+def _base64_bytes(text, start):
+    """The bytes of the Base64 in text[start:]: straight from the string when it is one clean run
+    (what browsers and scripts send), else with line breaks dropped and padding restored."""
+    encoded = text.encode("ascii")          # UnicodeEncodeError is a ValueError: not Base64
+    try:
+        return binascii.a2b_base64(memoryview(encoded)[start:], strict_mode=True)
+    except binascii.Error:
+        compact = b"".join(encoded[start:].split())     # at most _MAX_BASE64_CHARS: checked before
+        return base64.b64decode(compact + b"=" * (-len(compact) % 4), validate=True)
+
+
 def check_image_bytes(raw, field, *, label=None, min_side=MIN_SIDE):
-    """Check picture bytes (from Base64 or a fetched URL) and re-encode them without metadata."""
+    """Check picture bytes (an upload's, decoded Base64 or a fetched URL's) and return them as a
+    DecodedImage: a JPEG or PNG with its metadata stripped losslessly (or re-encoded upright when
+    its EXIF orientation says so), any other accepted format converted."""
     label = label or _FIELD_LABELS.get(field, field)
-
-    def invalid(message, code="invalid_image", status=400):
-        return ValidationError(message, code=code, field=field, status=status)
-
+    invalid = _invalid(field)
     if not raw:
         raise invalid(f"{label} is empty")
     if len(raw) > MAX_IMAGE_BYTES:
         raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
-
     fmt = sniff_format(raw[:64])
     if fmt not in _UPLOAD_PLUGINS:
         found = f" (this looks like {_FORMAT_NAMES[fmt]})" if fmt in _FORMAT_NAMES else ""
         raise invalid(f"{label} must be a JPG, PNG, WebP, BMP or HEIC picture{found}",
                       code="unsupported_image_format")
     name = _FORMAT_NAMES.get(fmt, fmt.upper())
+    stripped = None
+    if fmt in _STRIPPERS:
+        try:
+            stripped = _STRIPPERS[fmt](raw)     # the structure first: cheaper than a decode
+        except ValueError as exc:
+            raise invalid(f"{label} is a damaged {name} file ({exc})") from None
     try:
         img = _UPLOAD_PLUGINS[fmt](io.BytesIO(raw))
     except _PIL_ERRORS:
         raise invalid(f"{label} is a damaged {name} file (its header cannot be read)") from None
     with img:
-        # Size and shape come from the header: a picture refused for them is never decoded (a
-        # 1 × 50,000,000 px PNG is 95 KB of file and seconds of decoding). EXIF rotation only
-        # swaps the sides, which changes neither the smaller side nor the ratio's bounds.
-        width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise PayloadTooLarge(
-                f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
-                f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
-                code="image_too_many_pixels", field=field)
-        _check_shape(width, height, label, invalid, min_side)
+        _check_header(img, label, field, invalid, min_side)
         try:
-            img.load()
+            img.load()      # every pixel decoded once: a picture that does not decode is refused
         except _PIL_ERRORS:
             raise invalid(f"{label} is a truncated or damaged {name} file") from None
-        target = fmt if fmt in PROVIDER_FORMATS else ("png" if _has_alpha(img) else "jpeg")
-        raw = _reencode(img, target)
-        width, height = Image.open(io.BytesIO(raw)).size
+        return _provider_picture(img, fmt, stripped, label, invalid, min_side)
+
+
+def _check_header(img, label, field, invalid, min_side):
+    """Size and shape from the header: a picture refused for them is never decoded (a 1 × 50,000,000
+    px PNG is 95 KB of file and seconds of decoding). EXIF rotation only swaps the sides, which
+    changes neither the smaller side nor the ratio's bounds."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise PayloadTooLarge(
+            f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
+            f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
+            code="image_too_many_pixels", field=field)
     _check_shape(width, height, label, invalid, min_side)
-    return _decoded(raw, target, width, height, converted=None if target == fmt else f"{fmt}->{target}")
+
+
+def _provider_picture(img, fmt, stripped, label, invalid, min_side):
+    """The decoded upload as what providers take: the stripped bytes of a JPEG or PNG, unless its
+    orientation needs a re-encode; a WebP, BMP or HEIC converted."""
+    orientation = _orientation(img)
+    if stripped is not None and orientation == 1:
+        return _decoded(stripped, fmt, img.width, img.height)
+    target = fmt if fmt in PROVIDER_FORMATS else ("png" if _has_alpha(img) else "jpeg")
+    upright = ImageOps.exif_transpose(img)
+    raw = _reencode(upright, target, img.info.get("icc_profile"))
+    _check_shape(upright.width, upright.height, label, invalid, min_side)
+    return _decoded(raw, target, upright.width, upright.height,
+                    converted=None if target == fmt else f"{fmt}->{target}",
+                    rotated=orientation if orientation != 1 else None)
+
+
+def _orientation(img):
+    """The EXIF orientation (1 = upright; anything out of the 1-8 range counts as upright)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except _PIL_ERRORS:
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+# ---- lossless metadata stripping
+#
+# JPEG: what is kept decides how the pixels look (tables, frames, scans, restart intervals) plus
+# APP0 JFIF, APP2 ICC_PROFILE (the colour profile) and APP14 Adobe (it says whether the data is
+# YCbCr or RGB/CMYK); every other APPn (EXIF and XMP in APP1, Photoshop's IPTC in APP13, MPF's
+# second pictures in APP2 ...) and COM goes, as do bytes after EOI (phones append whole videos).
+# PNG: the critical chunks plus transparency and the colour chunks are kept; text, EXIF, times and
+# every other ancillary chunk go. Both walkers refuse a file whose structure is broken (ValueError
+# with the reason), and return the very same bytes object when nothing is to be dropped.
+
+_JPEG_KEEP_APP = {0xE0: (b"JFIF\0",), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
+_JPEG_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}       # TEM, RST0-7
+_JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}    # SOF0-15 (not DHT, JPG, DAC)
+# In scan data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else is
+# the next segment's marker (after any fill bytes).
+_JPEG_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CRITICAL = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
+_PNG_KEEP = _PNG_CRITICAL | {b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT", b"cICP", b"mDCV", b"cLLI"}
+
+
+def _kept(raw, spans):
+    """raw itself when the spans cover all of it, else the spans joined (one copy)."""
+    view = memoryview(raw)
+    merged = []
+    for start, end in spans:
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    if merged == [(0, len(raw))]:
+        return raw
+    return b"".join(view[start:end] for start, end in merged)
+
+
+def strip_jpeg(raw):
+    """A JPEG's bytes without its metadata segments (see above); ValueError when it is malformed."""
+    if raw[:2] != b"\xff\xd8":
+        raise ValueError("no start-of-image marker")
+    spans, pos, seen = [(0, 2)], 2, set()
+    while True:
+        marker, start, pos = _jpeg_marker(raw, pos)
+        seen.add(marker)
+        if marker == 0xD9:                              # EOI: what follows is not the picture
+            spans.append((start, pos))
+            break
+        end = pos if marker in _JPEG_NO_LENGTH else _jpeg_segment_end(raw, marker, pos)
+        if _keep_jpeg_segment(raw, marker, pos):
+            spans.append((start, end))
+        pos = end
+    if not seen & _JPEG_FRAMES or 0xDA not in seen:
+        raise ValueError("no frame or no scan before the end-of-image marker")
+    return _kept(raw, spans)
+
+
+def _jpeg_marker(raw, pos):
+    """(marker, where its 0xFF is, where its segment starts) for the marker at `pos`."""
+    if pos >= len(raw) or raw[pos] != 0xFF:
+        raise ValueError(f"truncated, or no marker at byte {pos}")
+    while pos < len(raw) and raw[pos] == 0xFF:       # fill bytes may precede a marker
+        pos += 1
+    if pos >= len(raw):
+        raise ValueError("truncated after a marker")
+    return raw[pos], pos - 1, pos + 1
+
+
+def _jpeg_segment_end(raw, marker, pos):
+    if pos + 2 > len(raw):
+        raise ValueError("truncated segment length")
+    length = int.from_bytes(raw[pos:pos + 2], "big")
+    if length < 2 or pos + length > len(raw):
+        raise ValueError(f"segment 0x{marker:02X} runs past the end of the file")
+    end = pos + length
+    if marker == 0xDA:                                  # SOS: the scan's data follows its header
+        found = _JPEG_SCAN_END.search(raw, end)
+        if found is None:
+            raise ValueError("scan data runs to the end without an end-of-image marker")
+        end = found.end() - 2
+    return end
+
+
+def _keep_jpeg_segment(raw, marker, pos):
+    if marker == 0xFE:                                  # COM
+        return False
+    if 0xE0 <= marker <= 0xEF:
+        body = raw[pos + 2:pos + 16]
+        return any(body.startswith(tag) for tag in _JPEG_KEEP_APP.get(marker, ()))
+    return True
+
+
+def strip_png(raw):
+    """A PNG's bytes without its metadata chunks (see above); ValueError when it is malformed."""
+    if raw[:8] != _PNG_SIGNATURE:
+        raise ValueError("no PNG signature")
+    spans, pos, view, seen = [(0, 8)], 8, memoryview(raw), []
+    while not seen or seen[-1] != b"IEND":
+        if pos + 12 > len(raw):
+            raise ValueError("truncated before the IEND chunk")
+        length, kind = struct.unpack_from(">I4s", raw, pos)
+        end = pos + 12 + length
+        if not kind.isalpha() or end > len(raw):
+            raise ValueError(f"chunk at byte {pos} is malformed or runs past the end of the file")
+        if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(raw[end - 4:end], "big"):
+            raise ValueError(f"chunk {kind.decode()} fails its checksum")
+        if kind[0:1].isupper() and kind not in _PNG_CRITICAL:
+            raise ValueError(f"unknown critical chunk {kind.decode()}")
+        if not seen and kind != b"IHDR":
+            raise ValueError("the first chunk is not IHDR")
+        seen.append(kind)
+        if kind in _PNG_KEEP:
+            spans.append((pos, end))
+        pos = end
+    if b"IDAT" not in seen:
+        raise ValueError("no image data")
+    return _kept(raw, spans)
+
+
+_STRIPPERS = {"jpeg": strip_jpeg, "png": strip_png}
 
 
 def _decoded(raw, fmt, width, height, **notes):
@@ -253,14 +430,13 @@ def _check_shape(width, height, label, invalid, min_side=MIN_SIDE):
                       code="image_bad_aspect_ratio", status=422)
 
 
-def _reencode(img, fmt):
-    """The picture upright and re-encoded in its own format, with no EXIF, GPS or other metadata:
-    what people upload is passed on to providers, and phone photos carry their location."""
-    upright = ImageOps.exif_transpose(img)
-    # Pillow writes back what `info` holds (a JPEG's COM comment, XMP, ICC, a PNG's text chunks):
-    # start from nothing but the pixels, keeping only a PNG's transparency, which is picture data.
+def _reencode(upright, fmt, icc_profile=None):
+    """An (already upright) picture re-encoded in `fmt` with no EXIF, GPS or other metadata but its
+    colour profile: what people upload is passed on to providers, and phone photos carry their location."""
+    # Pillow writes back what `info` holds (a JPEG's COM comment, XMP, a PNG's text chunks): start
+    # from nothing but the pixels, keeping only a PNG's transparency, which is picture data.
     kept = {"transparency": upright.info["transparency"]} if fmt == "png" and "transparency" in upright.info else {}
-    upright = upright.copy() if upright is img else upright
+    upright = upright.copy()
     upright.info = kept
     if fmt == "jpeg":
         upright = upright.convert("RGB") if upright.mode not in ("RGB", "L") else upright
@@ -270,6 +446,8 @@ def _reencode(img, fmt):
         if upright.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
             upright = upright.convert("RGBA" if _has_alpha(upright) else "RGB")
         options = {"compress_level": 6}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
     out = io.BytesIO()
     upright.save(out, "JPEG" if fmt == "jpeg" else "PNG", **options)
     return out.getvalue()

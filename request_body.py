@@ -7,6 +7,13 @@ the body:
 - A chunked body has no Content-Length, so werkzeug can only cap it while reading; its cap stops
   quietly at MAX_CONTENT_LENGTH and hands the view a truncated body (then a confusing 400). Here
   one byte past the cap is a 413 at once.
+- A multipart/form-data body (what the pages send pictures as) is parsed once, in memory (no
+  temporary files, so nothing is left behind whatever fails), with at most MAX_FORM_PARTS parts;
+  a malformed body is remembered (`form_error`) rather than silently read as an empty form, and
+  `form_body` turns it into the same dict a JSON body gives: the text fields as they are for text
+  fields of the request model and as JSON values for the others (`n=2`, `sound=true`,
+  `loras=[...]`), file parts as `media.Upload` for the model's picture fields only. Every refusal
+  names its field.
 - JSON is parsed strictly: nesting deeper than MAX_JSON_DEPTH (Python's parser recurses and dies
   of RecursionError at about 1,000), NaN/Infinity, numbers that overflow to infinity, duplicate
   keys and text that is not UTF-8 are refused. The refusal is a ValidationError (400,
@@ -14,20 +21,27 @@ the body:
   `get_json(silent=True)`: a malformed body never turns into "no body".
 """
 
+import functools
+import hashlib
+import io
 import json
 import math
 import re
+import typing
 
 import numpy as np
-from flask import Request
+from flask import Request, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
 
-from errors import ValidationError
+import media
+from errors import PayloadTooLarge, ValidationError
 
 MAX_JSON_DEPTH = 64
+# The generate forms have about 25 fields and two pictures: more parts is not a person's request.
+MAX_FORM_PARTS = 64
 
 # A JSON string, written so the regex engine never backtracks ("unrolled loop").
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -103,7 +117,10 @@ class StrictJSONProvider(DefaultJSONProvider):
 
 
 class StudioRequest(Request):
-    """Flask's request with the streamed-body cap above."""
+    """Flask's request with the streamed-body cap and the form parsing above."""
+
+    max_form_parts = MAX_FORM_PARTS
+    form_error = None       # why a multipart body could not be parsed, when it could not
 
     @cached_property
     def stream(self):
@@ -111,3 +128,116 @@ class StudioRequest(Request):
         if self.content_length is None and cap is not None and "wsgi.input_terminated" in self.environ:
             return _CappedStream(self.environ["wsgi.input"], cap)
         return get_input_stream(self.environ, max_content_length=cap)
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        # In memory: the body is capped by MAX_CONTENT_LENGTH anyway, and a picture is checked from
+        # bytes; a temporary file would be written, read back and left to clean up.
+        return io.BytesIO()
+
+    def make_form_data_parser(self):
+        parser = super().make_form_data_parser()
+        parser.silent = False           # a malformed body is an error, not an empty form
+        return parser
+
+    def _load_form_data(self):
+        if "form" in self.__dict__:
+            return
+        try:
+            super()._load_form_data()
+        except ValueError as exc:
+            self.form_error = str(exc)[:200] or "it cannot be parsed"
+            self.__dict__.update(form=self.parameter_storage_class(), files=self.parameter_storage_class())
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"The form has more than {self.max_form_parts} parts, or a text field over "
+                f"{self.max_form_memory_size} bytes: send pictures as files.", code="payload_too_large") from None
+
+
+# ---- multipart/form-data as a request model's body
+
+class _TakesFile:
+    """The mark of a request model field that takes a picture file (validation.Picture)."""
+
+    def __repr__(self):
+        return "TAKES_FILE"
+
+
+TAKES_FILE = _TakesFile()
+
+
+def _mentions(annotation, wanted):
+    """Whether a type annotation is or contains `wanted` (through unions, Annotated, Optional)."""
+    if annotation is wanted:
+        return True
+    return any(_mentions(arg, wanted) for arg in typing.get_args(annotation) if not isinstance(arg, str | int))
+
+
+def _marked(field):
+    return TAKES_FILE in field.metadata or _mentions(field.annotation, TAKES_FILE)
+
+
+@functools.cache
+def file_fields(schema):
+    """The fields of a request model that take a picture file (media.Upload), in their order."""
+    return tuple(name for name, field in schema.model_fields.items() if _marked(field))
+
+
+@functools.cache
+def _text_fields(schema):
+    """The fields whose form value is their text: text fields, and picture fields given as text."""
+    return frozenset(name for name, field in schema.model_fields.items()
+                     if _mentions(field.annotation, str) or _marked(field))
+
+
+def form_body(schema):
+    """The multipart/form-data body as the dict a JSON body would be, for `schema` to validate."""
+    if not request.mimetype_params.get("boundary"):
+        raise ValidationError("A multipart/form-data body needs the boundary= parameter of its Content-Type.",
+                              code="invalid_multipart")
+    form, files = request.form, request.files       # parsed once (the CSRF check may have read it)
+    if request.form_error or not (form or files):
+        raise ValidationError(f"The multipart/form-data body is malformed: {request.form_error or 'it has no parts'}",
+                              code="invalid_multipart")
+    body = {}
+    for name, values in form.lists():
+        _only_once(name, values, body)
+        body[name] = _form_value(schema, name, values[0])
+    pictures = file_fields(schema)
+    for name, parts in files.lists():
+        _only_once(name, parts, body)
+        if name not in pictures:
+            raise ValidationError(f"'{name}' cannot be a file: only {', '.join(pictures)} take one.",
+                                  code="unexpected_file", field=name)
+        data = parts[0].stream.getvalue()
+        if data or parts[0].filename:           # an empty file input sends a part with neither
+            body[name] = media.Upload(data, parts[0].filename or "")
+    return body
+
+
+def form_digest():
+    """What identifies a parsed multipart body (its raw bytes are gone once the form is read): the
+    fields and the files' names and contents, in a canonical order. For idempotency keys."""
+    digest = hashlib.sha256()
+    for name, value in sorted(request.form.items(multi=True)):
+        digest.update(json.dumps(["field", name, value]).encode())
+    for name, upload in sorted(request.files.items(multi=True), key=lambda item: item[0]):
+        digest.update(json.dumps(["file", name, upload.filename]).encode())
+        digest.update(hashlib.sha256(upload.stream.getvalue()).digest())
+    return digest.hexdigest().encode()
+
+
+def _only_once(name, values, body):
+    if len(values) > 1 or name in body:
+        raise ValidationError(f"'{name}' is sent more than once.", code="duplicate_field", field=name)
+
+
+def _form_value(schema, name, text):
+    """A form field's text as the value its model field takes: text for a text field (and for a
+    field the model does not have, which it then refuses by name), else the JSON value it spells."""
+    if name not in schema.model_fields or name in _text_fields(schema):
+        return text
+    try:
+        return current_app.json.loads(text)
+    except ValidationError:
+        raise ValidationError(f"{name}: '{text[:40]}' is not a value this field takes (a number, true/false, "
+                              "or JSON for a list or an object).", code="invalid_field", field=name) from None

@@ -106,9 +106,10 @@ class Task(BaseModel):
     provider: str
     model: str
     params: dict
-    # [{role, path, width, height, sha256, converted?, reencoded?}]: `converted` says an upload was
-    # turned into what providers take ("webp->jpeg", "bmp->png", "heic->jpeg"); `reencoded` says it
-    # was made smaller to fit the provider's byte limit: {"quality", "scale", "bytes_before"}.
+    # [{role, path, width, height, sha256, converted?, reencoded?, rotated?}]: `converted` says an upload
+    # was turned into what providers take ("webp->jpeg", "bmp->png", "heic->jpeg"); `reencoded` says it
+    # was made smaller to fit the provider's byte limit: {"quality", "scale", "bytes_before"};
+    # `rotated` is the EXIF orientation (2-8) applied by re-encoding it upright (else it is as sent).
     inputs: list[dict]
     status: TaskStatus
     provider_task_id: str | None = None

@@ -17,6 +17,7 @@ import storyboards
 from errors import ValidationError
 from validation import (
     STRICT,
+    Picture,
     Text,
     check_prompts,
     check_seed_and_prompt_extend,
@@ -32,8 +33,8 @@ bp = Blueprint("video_extend", __name__)
 class VideoRequest(BaseModel):
     model_config = STRICT
 
-    image: Text | None = None
-    image_tail: Text | None = None
+    image: Picture | None = None
+    image_tail: Picture | None = None
     prompt: Text | None = Field(None, max_length=2500)
     negative_prompt: Text | None = Field(None, max_length=2500)
     provider: Text = "local"

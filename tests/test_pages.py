@@ -8,6 +8,7 @@ filters and actions, settings reused, hostile prompts shown as text, paging over
 Every browser test fails on a console error, an uncaught exception or a dialog.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -367,7 +368,7 @@ def test_errors_are_shown_next_to_their_field(open_page, pictures):
     page.unroute("**/generate")
     page.route("**/generate", lambda route: route.abort())
     page.click("#video-form .submit-button")
-    expect(page.locator("#video-form .form-alerts .alert")).to_contain_text("did not answer")
+    expect(page.locator("#video-form .form-alerts .alert")).to_contain_text("The connection failed")
 
 
 def test_api_calls_carry_the_sessions_csrf_token(open_page, studio, pictures):
@@ -381,9 +382,11 @@ def test_api_calls_carry_the_sessions_csrf_token(open_page, studio, pictures):
         page.click("#video-form .submit-button")
     sent = answered.value.request
     assert sent.headers["x-csrftoken"] == token and answered.value.status == 202     # the server took it
-    assert sent.headers["content-type"] == "application/json"
-    body = json.loads(sent.post_data)
-    assert body["image"].startswith("data:image/png;base64,") and body["provider"] == "local"
+    # The pages upload pictures as multipart/form-data file parts (tests/test_upload_pages.py).
+    assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
+    task = studio.store.get(answered.value.json()["task_id"])      # Playwright hides a body with files
+    assert task["provider"] == "local"
+    assert task["inputs"][0]["sha256"] == hashlib.sha256(pictures["first"].read_bytes()).hexdigest()
     expect(page.locator("#video-results .task-card").first).to_have_attribute("data-status", "succeeded",
                                                                                timeout=LONG)
 

@@ -1,7 +1,8 @@
 /*
  * What every page of the studio shares: the api() wrapper (JSON in and out, CSRF header, the
  * {"error": {code, message, field}} shape shown as a Bootstrap alert next to its field), the
- * translated strings, the provider/model picker, the picture drop zone and task helpers.
+ * translated strings, the provider/model picker and task helpers (the picture drop zones and the
+ * upload of a form with its pictures are upload.js's, on the generate pages).
  * User text is always inserted with .text(), never as HTML.
  */
 window.Studio = (function ($) {
@@ -264,7 +265,7 @@ window.Studio = (function ($) {
   /**
    * The generate forms' submit: check in the browser first (the server stays the judge), send,
    * then hand the new task to `show`, which returns the element to scroll into view.
-   * options: {$form, $submit, endpoint, ready, check, payload, show}.
+   * options: {$form, $submit, endpoint, ready, check, payload, show, send (default: api, as JSON)}.
    */
   function submitTask(options) {
     const $form = options.$form;
@@ -280,7 +281,7 @@ window.Studio = (function ($) {
         return;
       }
       busy(options.$submit, true);
-      api({ url: url(options.endpoint), method: "POST", data: options.payload(), scope: $form })
+      (options.send || api)({ url: url(options.endpoint), method: "POST", data: options.payload(), scope: $form })
         .then((answer) => {
           toast(t("queued_toast"), "success");
           return getTask(answer.task_id, false).then((task) => {
@@ -445,186 +446,6 @@ window.Studio = (function ($) {
     update();
   }
 
-  // ---- pictures -------------------------------------------------------------------------
-
-  function readAsDataUrl(blob) {
-    return new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(reader.result);
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(blob);
-    });
-  }
-
-  function imageSize(src) {
-    return new Promise((resolve, reject) => {
-      const img = new Image();
-      img.onload = () => resolve({ width: img.naturalWidth, height: img.naturalHeight });
-      img.onerror = () => reject(new Error("unreadable"));
-      img.src = src;
-    });
-  }
-
-  /** The server's picture checks (media.decode_image), run before sending; null when fine. */
-  function checkPicture(file, size, label) {
-    const limits = pageData.limits || {};
-    const type = (file.type || "").toLowerCase();
-    // WebP and BMP are converted by the server (media.py); HEIC is left to the phone, which hands
-    // the page a JPEG when the input does not list HEIC.
-    const byName = /\.(jpe?g|png|webp|bmp)$/i.test(file.name || "");
-    if (type ? ["image/jpeg", "image/png", "image/webp", "image/bmp"].indexOf(type) === -1 : !byName) {
-      return t("image_type", { label: label });
-    }
-    if (limits.max_bytes && file.size > limits.max_bytes) {
-      return t("image_bytes", { label: label });
-    }
-    if (!size) {
-      return null;
-    }
-    const values = { label: label, w: size.width, h: size.height, min: limits.min_side, max: limits.max_aspect };
-    if (limits.min_side && Math.min(size.width, size.height) < limits.min_side) {
-      return t("image_small", values);
-    }
-    const ratio = size.width / size.height;
-    if (limits.max_aspect && (ratio > limits.max_aspect || ratio < 1 / limits.max_aspect)) {
-      return t("image_aspect", values);
-    }
-    if (limits.max_pixels && size.width * size.height > limits.max_pixels) {
-      return t("image_pixels", { label: label, max: Math.round(limits.max_pixels / 1e6) });
-    }
-    return null;
-  }
-
-  /**
-   * A drop zone for one picture ($field is its .field element). onChange(value) after every
-   * change; value() is {dataUrl, name, bytes, width, height} or null.
-   */
-  function dropzone($field, onChange) {
-    const $zone = $field.find(".dropzone");
-    const $input = $zone.find('input[type="file"]');
-    const label = $field.find(".form-label").first().contents().first().text().trim();
-    let value = null;
-    let disabled = false;
-
-    function show(state) {
-      $zone.find(".dropzone-empty").toggleClass("d-none", state !== "empty");
-      $zone.find(".dropzone-loading").toggleClass("d-none", state !== "loading");
-      $zone.find(".dropzone-preview").toggleClass("d-none", state !== "preview");
-      $zone.toggleClass("has-picture", state === "preview");
-    }
-    function set(next) {
-      value = next;
-      if (next) {
-        $zone.find(".dropzone-preview img").attr("src", next.dataUrl);
-        $zone.find(".dz-name").text(next.name);
-        $zone.find(".dz-size").text(t("size", { w: next.width, h: next.height }) + " · " + formatBytes(next.bytes));
-        show("preview");
-      } else {
-        $zone.find(".dropzone-preview img").removeAttr("src");
-        $input.val("");
-        show("empty");
-      }
-      onChange(value);
-    }
-    function fail(message) {
-      set(null);
-      showError({ field: $field.data("field"), message: message }, $field.parent());
-    }
-    async function take(file) {
-      clearFieldError($field);
-      const early = checkPicture(file, null, label);
-      if (early) {
-        fail(early);
-        return false;
-      }
-      show("loading");
-      try {
-        const dataUrl = await readAsDataUrl(file);
-        const size = await imageSize(dataUrl);
-        const problem = checkPicture(file, size, label);
-        if (problem) {
-          fail(problem);
-          return false;
-        }
-        set({ dataUrl: dataUrl, name: file.name || "", bytes: file.size, width: size.width, height: size.height });
-        return true;
-      } catch (err) {
-        fail(t("image_unreadable", { label: label }));
-        return false;
-      }
-    }
-    /** Load a picture the studio serves (a result, or an earlier task's input). */
-    async function takeUrl(source) {
-      clearFieldError($field);
-      show("loading");
-      try {
-        const response = await fetch(source, { credentials: "same-origin" });
-        if (!response.ok) {
-          throw new Error("HTTP " + response.status);
-        }
-        const blob = await response.blob();
-        const name = decodeURIComponent(new URL(source, window.location.href).pathname.split("/").pop() || "");
-        return await take(new File([blob], name, { type: blob.type }));
-      } catch (err) {
-        fail(t("image_load_failed"));
-        return false;
-      }
-    }
-
-    $zone.on("click", (event) => {
-      if (!disabled && !$(event.target).closest(".dz-remove").length && event.target !== $input[0]) {
-        $input[0].click();
-      }
-    });
-    $zone.on("keydown", (event) => {
-      if (!disabled && (event.key === "Enter" || event.key === " ")) {
-        event.preventDefault();
-        $input[0].click();
-      }
-    });
-    $input.on("change", () => {
-      if ($input[0].files && $input[0].files[0]) {
-        take($input[0].files[0]);
-      }
-    });
-    $zone.on("dragenter dragover", (event) => {
-      event.preventDefault();
-      if (!disabled) {
-        $zone.addClass("dragging");
-      }
-    });
-    $zone.on("dragleave dragend", () => $zone.removeClass("dragging"));
-    $zone.on("drop", (event) => {
-      event.preventDefault();
-      $zone.removeClass("dragging");
-      const files = event.originalEvent.dataTransfer && event.originalEvent.dataTransfer.files;
-      if (!disabled && files && files[0]) {
-        take(files[0]);
-      }
-    });
-    $zone.find(".dz-remove").on("click", (event) => {
-      event.stopPropagation();
-      clearFieldError($field);
-      set(null);
-    });
-
-    return {
-      value: () => value,
-      clear: () => set(null),
-      takeUrl: takeUrl,
-      /** Disable the zone (with a note saying why), or enable it again. */
-      setDisabled(isDisabled, note) {
-        disabled = isDisabled;
-        $zone.toggleClass("disabled", isDisabled).attr("aria-disabled", isDisabled ? "true" : null)
-          .attr("tabindex", isDisabled ? "-1" : "0");
-        $field.find(".dz-note").text(note || "");
-      },
-      note(text) {
-        $field.find(".dz-note").text(text || "");
-      },
-    };
-  }
-
   // ---- page plumbing ----------------------------------------------------------------------
 
   function queryParam(name) {
@@ -632,8 +453,9 @@ window.Studio = (function ($) {
   }
 
   $(function () {
-    // A dismissed or resolved problem should not linger: editing a field clears its alert.
-    $(document).on("input change", ".field.has-error :input", function () {
+    // A dismissed or resolved problem should not linger: editing a field clears its alert. Not a
+    // file input: its own change handler has just checked the picture and may have shown the alert.
+    $(document).on("input change", ".field.has-error :input:not([type=file])", function () {
       clearFieldError($(this).closest(".field"));
     });
   });
@@ -644,7 +466,7 @@ window.Studio = (function ($) {
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
     isActive: isActive, taskNote: taskNote, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
     mediaUrl: mediaUrl, studioMediaPath: studioMediaPath, getTask: getTask, cancelTask: cancelTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
-    segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue, dropzone: dropzone,
+    segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue,
     queryParam: queryParam, ACTIVE: ACTIVE,
   };
 }(jQuery));

@@ -196,7 +196,7 @@ window.Studio.generatePage = (function ($, S) {
 
     S.submitTask({
       $form: $form, $submit: options.$submit, endpoint: options.endpoint, ready: model,
-      check: options.check, payload: options.payload,
+      check: options.check, payload: options.payload, send: S.upload.send,
       show: (task) => {
         recent.add(task, true);
         return options.recent.focus(recent.entry(task.id).$element);

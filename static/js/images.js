@@ -295,7 +295,7 @@ $(function () {
       page.addModelFields(body);
     }
     if (picture.value()) {
-      body.image = picture.value().dataUrl;
+      body.image = picture.value().file;
       if (page.shown("image_fidelity")) {
         body.image_fidelity = Number($fidelity.val());
       }

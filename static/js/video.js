@@ -216,10 +216,10 @@ $(function () {
       body.sound = $sound.prop("checked");
     }
     if (first.value()) {
-      body.image = first.value().dataUrl;
+      body.image = first.value().file;
     }
     if (tail.value()) {
-      body.image_tail = tail.value().dataUrl;
+      body.image_tail = tail.value().file;
     }
     if (m.cfg_scale) {
       body.cfg_scale = Number($cfg.val());
