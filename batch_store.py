@@ -8,9 +8,11 @@ are computed from the task records (batches.py). Writes replace the file atomica
 changing one batch never lose each other's change.
 """
 
+import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from fileio import atomic_write, locked
@@ -61,6 +63,18 @@ class BatchStore:
                 if record and (owner is None or record.get("owner") == owner):
                     records.append(record)
         return records
+
+    @contextmanager
+    def adding(self, owner, name):
+        """Held while items are added to the owner's batch `name`: two uploads into one named batch
+        (or two creating it) take turns, so neither queues an item the other is queuing. A batch
+        without a name is always new and needs no turn."""
+        if not name:
+            yield
+            return
+        digest = hashlib.sha256(f"{owner}\0{name}".encode()).hexdigest()[:32]
+        with locked(self.dir / f".adding-{digest}.lock"):
+            yield
 
     def find(self, owner, name):
         """The owner's newest batch of this name, or None."""

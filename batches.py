@@ -81,18 +81,19 @@ def submit(settings, items):
             raise ValidationError(f"A {settings.kind} batch takes no '{field}'.", code="unsupported_value",
                                   field=field, status=422)
     _, model = provider_and_model(settings.provider, settings.model_name, settings.kind)
-    record = _batch_for(settings, model["id"], shared)
-    live = {e["key"] for e in record["items"] if e.get("key") and _live(e.get("task_id"))}
-    entries, created = [], 0
     _unique_names(items)
-    for number, item in enumerate(items, 1):
-        entry = _submit_item(record, item, live)
-        if entry is not None:
-            entries.append(entry)
-            created += bool(entry["task_id"])
-        if number % CHECKPOINT_EVERY == 0:
-            record, entries = _merge(record["id"], entries), []
-    return _merge(record["id"], entries), created
+    with _store().adding(access.owner_id(), settings.name):     # what is live is decided and acted on in one turn
+        record = _batch_for(settings, model["id"], shared)
+        live = {e["key"] for e in record["items"] if e.get("key") and _live(e.get("task_id"))}
+        entries, created = [], 0
+        for number, item in enumerate(items, 1):
+            entry = _submit_item(record, item, live)
+            if entry is not None:
+                entries.append(entry)
+                created += bool(entry["task_id"])
+            if number % CHECKPOINT_EVERY == 0:
+                record, entries = _merge(record["id"], entries), []
+        return _merge(record["id"], entries), created
 
 
 def _unique_names(items):

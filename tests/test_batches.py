@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openpyxl
@@ -114,6 +115,16 @@ def test_the_same_folder_with_one_more_shot_makes_one_task(app, client):
     assert again["batch_id"] == made["batch_id"] and again["created"] == 1
     batch = client.get(f"/api/v1/batches/{made['batch_id']}").get_json()
     assert batch["total"] == 4 and batch["items"][3]["name"] == "Episode-01/Shot-004"
+
+
+def test_the_same_zip_sent_twice_at_once_makes_each_task_once(app):
+    data = shot_zip()
+    clients = [app.test_client() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: upload(c, data).get_json(), clients))
+    assert len({a["batch_id"] for a in answers}) == 1, answers      # one batch of that name, not four
+    assert sum(a["created"] for a in answers) == 3, answers
+    assert len(app.extensions["task_store"]) == 3
 
 
 def test_refused_items_are_listed_while_the_others_run(app, client):
