@@ -28,6 +28,8 @@ class Settings(BaseModel):
     APP_PORT: int = Field(5000, ge=1, le=65535)
     DATA_DIR: str = "data"
     BACKUP_DIR: str = "backups"
+    DATABASE_URL: str | None = None                 # postgresql://...: tasks in PostgreSQL; unset: JSON files
+    MEDIA_DIR: str | None = None                    # inputs and outputs (may be a shared volume); unset: DATA_DIR
     SECRET_KEY: str | None = None                   # generated and kept in DATA_DIR when unset
     POLL_INTERVAL_SECONDS: float = Field(5, gt=0)
     BACKUP_INTERVAL_MINUTES: int = Field(60, ge=1)

@@ -130,6 +130,7 @@ class PgTaskStore:
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.conninfo, min_size=1, max_size=self.pool_max, open=True, timeout=CONNECT_TIMEOUT,
+                    check=ConnectionPool.check_connection,     # a restarted server left broken ones
                     kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "row_factory": tuple_row},
                     name="tasks")
             return self._pool

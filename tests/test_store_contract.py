@@ -19,8 +19,9 @@ import pytest
 import task_backup
 from task_store import TaskStore
 from task_store_pg import PgTaskStore
-from tests.pg_server import pg_server, pg_url  # noqa: F401 - fixtures
 from tests.test_task_store import _check_listing, _task, plain
+
+pytest_plugins = ["tests.pg_server"]     # pg_server, pg_url: a throwaway PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 
