@@ -269,3 +269,31 @@ class PgTaskStore:
                 os.fsync(f.fileno())
             return count
         return self._run(copy)
+
+    # ---- claims (several nodes sharing the pipeline: pg_pipeline.py) ------------------------
+
+    def claim(self, statuses, node, lease_seconds, limit, since=None):
+        """Claim for `node` (or renew) up to `limit` tasks in `statuses` that no other node holds
+        an unexpired claim on, its own first, then the oldest; returns the claimed ids, oldest
+        first. Rows another transaction has locked are skipped, never waited for."""
+        args = {"statuses": list(statuses), "node": node, "lease": float(lease_seconds), "limit": limit,
+                "since": since}
+        rows = self._run(lambda c: c.execute(
+            "UPDATE tasks SET claimed_by = %(node)s, claim_until = now() + make_interval(secs => %(lease)s) "
+            "WHERE id IN (SELECT id FROM tasks WHERE status = ANY(%(statuses)s) "
+            "AND (%(since)s::text IS NULL OR id >= %(since)s) "
+            "AND (claimed_by IS NULL OR claimed_by = %(node)s OR claim_until < now()) "
+            "ORDER BY claimed_by IS DISTINCT FROM %(node)s, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "RETURNING id", args).fetchall())
+        return sorted(r[0] for r in rows)
+
+    def release_claims(self, node):
+        """Give up every claim `node` holds (a node stopping cleanly hands its tasks on at once)."""
+        return self._run(lambda c: c.execute(
+            "UPDATE tasks SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = %s", (node,)).rowcount)
+
+    def claims(self):
+        """{task id: node} of every claim that has not expired."""
+        rows = self._run(lambda c: c.execute(
+            "SELECT id, claimed_by FROM tasks WHERE claimed_by IS NOT NULL AND claim_until >= now()").fetchall())
+        return dict(rows)
