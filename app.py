@@ -39,6 +39,10 @@ def create_app(config=None):
     app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"], app.config["DATABASE_URL"])
     app.extensions["providers"] = build_providers(app.config)
     _register_features(app)
+    if app.config["DATABASE_URL"]:
+        import pg_limits
+
+        pg_limits.install(app)      # the quota ledger and the rate limits in PostgreSQL too
 
     # A `flask ...` command (backup, ...) is a tool, not a studio: it never runs the pipeline.
     import click

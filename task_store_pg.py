@@ -147,6 +147,15 @@ class PgTaskStore:
                 raise StoreUnavailable(exc) from exc
             raise
 
+    def run(self, work):
+        """`work(conn)` on a connection of this store's pool: for the other PostgreSQL stores
+        (pg_limits.py) that share it; database failures become StoreUnavailable."""
+        return self._run(work)
+
+    def pool(self):
+        """This process's connection pool (opened on first use)."""
+        return self._connections()
+
     def close(self):
         """Close this process's pool (never the parent's)."""
         self._after_fork()

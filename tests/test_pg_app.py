@@ -128,3 +128,15 @@ def test_a_copy_that_comes_out_different_fails(tmp_path, pg_url):
     with pytest.raises(store_cli.CopyMismatch, match="source 5 tasks"):
         store_cli.copy_store(source, Lossy(tmp_path / "json"), work_dir=tmp_path)
     source.close()
+
+
+def test_a_postgresql_studio_keeps_its_ledger_and_rate_limits_there(tmp_path, monkeypatch, pg_url):
+    from pg_limits import PgLedger, PgRateLimiter
+
+    app = _app(tmp_path, monkeypatch, pg_url)
+    assert isinstance(app.extensions["ledger"], PgLedger)
+    assert isinstance(app.extensions["rate_limiter"], PgRateLimiter)
+    with app.test_request_context():
+        assert app.test_client().get("/api/tasks").status_code == 200
+    assert not (tmp_path / "data" / "ratelimits.json").exists()
+    app.extensions["task_store"].close()
