@@ -183,7 +183,10 @@ class PgTaskStore:
             total = conn.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]
             if offset >= total or limit <= 0:
                 return [], total
-            rows = conn.execute(f"SELECT record FROM tasks WHERE {where} ORDER BY id DESC OFFSET %s LIMIT %s",
+            # The ids first (the skipped rows are read from an index, not fetched whole), then
+            # only the records of the page.
+            rows = conn.execute(f"SELECT record FROM tasks WHERE id IN (SELECT id FROM tasks WHERE {where} "
+                                "ORDER BY id DESC OFFSET %s LIMIT %s) ORDER BY id DESC",
                                 [*args, offset, limit]).fetchall()
             return [r[0] for r in rows], total
         return self._run(page)
