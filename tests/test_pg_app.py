@@ -140,3 +140,32 @@ def test_a_postgresql_studio_keeps_its_ledger_and_rate_limits_there(tmp_path, mo
         assert app.test_client().get("/api/tasks").status_code == 200
     assert not (tmp_path / "data" / "ratelimits.json").exists()
     app.extensions["task_store"].close()
+
+
+def test_a_forked_child_opens_its_own_pool_and_leaves_the_parents_alone(tmp_path, pg_url):
+    import os
+
+    store = PgTaskStore(pg_url, tmp_path, migrate=False)
+    store.create({"id": "t1", "n": 0})
+    assert store.get("t1")["n"] == 0          # the parent's pool is open and has a connection
+
+    def backend(conn):
+        return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    session = store.run(backend)
+    pid = os.fork()
+    if pid == 0:                              # the child: use the store, drop it, leave at once
+        try:
+            store.update("t1", {"n": 1})
+            code = 0 if store.get("t1")["n"] == 1 else 1
+            store.close()
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # Had the child closed the parent's connections, their sessions would have ended.
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (session,)).fetchone()[0] == 1
+    assert store.get("t1")["n"] == 1
+    store.update("t1", {"n": 2})
+    store.close()
