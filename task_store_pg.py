@@ -285,24 +285,41 @@ class PgTaskStore:
     # ---- claims (several nodes sharing the pipeline: pg_pipeline.py) ------------------------
 
     def claim(self, statuses, node, lease_seconds, limit, since=None):
-        """Claim for `node` (or renew) up to `limit` tasks in `statuses` that no other node holds
-        an unexpired claim on, its own first, then the oldest; returns the claimed ids, oldest
-        first. Rows another transaction has locked are skipped, never waited for."""
+        """Claim for `node` (or renew) tasks in `statuses` that no other node holds an unexpired
+        claim on, its own first, then the oldest; returns the claimed ids, oldest first.
+
+        A node takes at most its fair share — the tasks in `statuses` divided by the nodes that
+        claimed within a lease — and at most `limit`; what it held beyond that expires and goes
+        to the others. Rows another transaction has locked are skipped, never waited for."""
         args = {"statuses": list(statuses), "node": node, "lease": float(lease_seconds), "limit": limit,
-                "since": since}
-        rows = self._run(lambda c: c.execute(
-            "UPDATE tasks SET claimed_by = %(node)s, claim_until = now() + make_interval(secs => %(lease)s) "
-            "WHERE id IN (SELECT id FROM tasks WHERE status = ANY(%(statuses)s) "
-            "AND (%(since)s::text IS NULL OR id >= %(since)s) "
-            "AND (claimed_by IS NULL OR claimed_by = %(node)s OR claim_until < now()) "
-            "ORDER BY claimed_by IS DISTINCT FROM %(node)s, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            "RETURNING id", args).fetchall())
-        return sorted(r[0] for r in rows)
+                "since": since, "window": max(float(lease_seconds), 1.0)}
+
+        def claim(conn):
+            with conn.transaction():
+                conn.execute("INSERT INTO pipeline_nodes (node, seen) VALUES (%(node)s, now()) "
+                             "ON CONFLICT (node) DO UPDATE SET seen = now()", args)
+                live, total = conn.execute(
+                    "SELECT (SELECT count(*) FROM pipeline_nodes WHERE seen > now() - make_interval(secs => "
+                    "%(window)s)), (SELECT count(*) FROM tasks WHERE status = ANY(%(statuses)s) "
+                    "AND (%(since)s::text IS NULL OR id >= %(since)s))", args).fetchone()
+                args["limit"] = min(limit, -(-total // max(live, 1)))
+                return conn.execute(
+                    "UPDATE tasks SET claimed_by = %(node)s, claim_until = now() + make_interval(secs => %(lease)s) "
+                    "WHERE id IN (SELECT id FROM tasks WHERE status = ANY(%(statuses)s) "
+                    "AND (%(since)s::text IS NULL OR id >= %(since)s) "
+                    "AND (claimed_by IS NULL OR claimed_by = %(node)s OR claim_until < now()) "
+                    "ORDER BY claimed_by IS DISTINCT FROM %(node)s, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+                    "RETURNING id", args).fetchall()
+        return sorted(r[0] for r in self._run(claim))
 
     def release_claims(self, node):
         """Give up every claim `node` holds (a node stopping cleanly hands its tasks on at once)."""
-        return self._run(lambda c: c.execute(
-            "UPDATE tasks SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = %s", (node,)).rowcount)
+        def release(conn):
+            with conn.transaction():
+                conn.execute("DELETE FROM pipeline_nodes WHERE node = %s", (node,))
+                return conn.execute("UPDATE tasks SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = %s",
+                                    (node,)).rowcount
+        return self._run(release)
 
     def claims(self):
         """{task id: node} of every claim that has not expired."""

@@ -53,16 +53,31 @@ def test_an_expired_lease_is_taken_over_and_a_release_hands_tasks_on(pg_url, tmp
     for i in range(5):
         a.create(_task(i) | {"status": "submitted"})
     ids = sorted(_task(i)["id"] for i in range(5))
-    assert a.claim(["submitted"], "a", 30, 10) == ids
-    assert b.claim(["submitted"], "b", 30, 10) == []        # all held by a
-    assert a.claim(["submitted"], "a", -1, 10) == ids       # a renews with a lease already run out
-    assert b.claim(["submitted"], "b", 30, 2) == ids[:2]    # as if a had died: b takes them over
-    assert a.claim(["submitted"], "a", 30, 10) == ids[2:]
-    assert a.release_claims("a") == 3
+    assert a.claim(["submitted"], "a", 30, 10) == ids       # the only node: all of them
+    assert a.claim(["submitted"], "a", -1, 10) == ids       # renewed with a lease already run out (a "died")
+    assert b.claim(["submitted"], "b", 30, 10) == ids[:3]   # b takes over its fair share of 5 over 2 nodes
+    assert a.claim(["submitted"], "a", 30, 10) == ids[3:]   # a, back, keeps its own; b's are b's
+    assert b.claim(["submitted"], "b", 30, 10) == ids[:3]
+    assert a.release_claims("a") == 2                       # a stops: its tasks and its share go to b
     assert b.claim(["submitted", "running"], "b", 30, 10) == ids
     assert a.claim(["submitted"], "a", 30, 10) == [] and a.claim(["queued"], "a", 30, 10) == []
     a.close()
     b.close()
+
+
+def test_nodes_take_fair_shares_and_shed_what_is_beyond_theirs(pg_url, tmp_path):
+    a, b, c = _stores(pg_url, tmp_path, 3)
+    for i in range(12):
+        a.create(_task(i) | {"status": "running"})
+    ids = sorted(_task(i)["id"] for i in range(12))
+    assert a.claim(["running"], "a", -1, 100) == ids        # alone, and (for the test) expiring at once
+    assert b.claim(["running"], "b", 30, 100) == ids[:6]    # two nodes: six each
+    assert c.claim(["running"], "c", 30, 100) == ids[6:10]  # three nodes: four each, from what is free
+    assert a.claim(["running"], "a", 30, 100) == ids[10:]   # a keeps the rest (up to its share)
+    assert sorted(b.claims().items()) == sorted(
+        [(i, "b") for i in ids[:6]] + [(i, "c") for i in ids[6:10]] + [(i, "a") for i in ids[10:]])
+    for store in (a, b, c):
+        store.close()
 
 
 def test_one_cluster_leader_and_leadership_passes_when_its_session_ends(pg_url, tmp_path):
@@ -112,7 +127,13 @@ def test_two_nodes_share_the_work_and_survive_a_killed_leader(pg_url, tmp_path):
             assert resp.status_code == 202, resp.text
             ids.append(resp.json()["task_id"])
         # Both nodes hold claims on tasks in flight before the leader is killed.
-        wait_for(lambda: {n.split(":")[0] for n in store.claims().values()} == {"a", "b"}, 60, "claims on both nodes")
+        try:
+            wait_for(lambda: {n.split(":")[0] for n in store.claims().values()} == {"a", "b"}, 60,
+                     "claims on both nodes")
+        except AssertionError:
+            for name in nodes:
+                print(name, (tmp_path / name / "studio.log").read_text()[-3000:])
+            raise
         leader = wait_for(lambda: _leader(pg_url), 30, "a cluster leader")
         held = {t for t, n in store.claims().items() if n.startswith(leader + ":")}
         nodes[leader].kill()
