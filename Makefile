@@ -21,9 +21,11 @@ run: $(VENV)/.runtime
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 # The browser tests need Debian's chromium: ensure-chromium installs it when it is missing.
+# The PostgreSQL tests need Debian's postgresql: ensure-postgresql installs it likewise.
 test: $(VENV)/.dev
 	bash scripts/ensure-chromium
 	bash scripts/ensure-nginx
+	bash scripts/ensure-postgresql
 	$(PY) -m pytest -n 2 --dist worksteal; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 

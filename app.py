@@ -36,9 +36,13 @@ def create_app(config=None):
 
     from providers import build_providers
 
-    app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"])
+    app.extensions["task_store"] = _open_store(data_dir, app.config["BACKUP_DIR"], app.config["DATABASE_URL"])
     app.extensions["providers"] = build_providers(app.config)
     _register_features(app)
+    if app.config["DATABASE_URL"]:
+        import pg_limits
+
+        pg_limits.install(app)      # the quota ledger and the rate limits in PostgreSQL too
 
     # A `flask ...` command (backup, ...) is a tool, not a studio: it never runs the pipeline.
     import click
@@ -72,6 +76,7 @@ def _register_features(app):
     import image_generate
     import metrics
     import signed_inputs
+    import store_cli
     import task_backup
     import task_query
     import tasks
@@ -89,6 +94,7 @@ def _register_features(app):
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)
     task_backup.init_app(app)
+    store_cli.init_app(app)         # flask db upgrade, flask store copy
     # The pages read the task statuses from tasks.py (studio-config JSON, the tasks page's filter).
     app.jinja_env.globals["task_statuses"] = {"all": tasks.STATUSES, "active": tasks.ACTIVE, "terminal": tasks.TERMINAL}
     batches.init_app(app)           # before auth: a batch upload's size limits apply before its form is read
@@ -107,9 +113,18 @@ class StartupRefused(RuntimeError):
     """The studio will not start over a task store it cannot read (it would look empty)."""
 
 
-def _open_store(data_dir, backup_dir):
+def _open_store(data_dir, backup_dir, database_url=None):
     """The task store, or StartupRefused naming the newest good backup when the store is damaged
-    or missing while backups exist — never a studio that starts empty over lost data."""
+    or missing while backups exist — never a studio that starts empty over lost data. With
+    `database_url` the store is PostgreSQL, and a database that cannot be reached refuses the
+    start too: falling back to the JSON files would show a studio without its tasks."""
+    if database_url:
+        from task_store_pg import PgTaskStore, StoreUnavailable
+
+        try:
+            return PgTaskStore(database_url, data_dir)
+        except StoreUnavailable as exc:
+            raise StartupRefused(f"Refusing to start: DATABASE_URL is set but {exc.strerror}") from None
     from task_backup import newest_good_backup
     from task_store import StoreCorrupt, TaskStore
 

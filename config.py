@@ -29,6 +29,9 @@ class Settings(BaseModel):
     APP_PORT: int = Field(5000, ge=1, le=65535)
     DATA_DIR: str = "data"
     BACKUP_DIR: str = "backups"
+    DATABASE_URL: str | None = None                 # postgresql://...: tasks in PostgreSQL; unset: JSON files
+    NODE_NAME: str | None = None                    # this node among several on one database; unset: host name
+    PIPELINE_LEASE_SECONDS: float = Field(30, gt=0)     # how long a node's claim on a task lasts unrenewed
     SECRET_KEY: str | None = None                   # generated and kept in DATA_DIR when unset
     POLL_INTERVAL_SECONDS: float = Field(5, gt=0)
     BACKUP_INTERVAL_MINUTES: int = Field(60, ge=1)

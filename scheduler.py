@@ -86,13 +86,18 @@ class Pipeline:
 
     def __init__(self, store, providers, clock=utcnow, *, data_dir, backup_dir, backup_keep=24,
                  backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS,
-                 download_workers=config.DOWNLOAD_WORKERS_PER_PROVIDER):
+                 download_workers=config.DOWNLOAD_WORKERS_PER_PROVIDER, shared=None):
         self.store, self.providers, self.clock, self.monotonic = store, providers, clock, monotonic
+        # On PostgreSQL (pg_pipeline.py) every node runs a pipeline: poll and download work on the
+        # tasks this node claimed, once-only jobs on the cluster leader; one leader per node's DATA_DIR.
+        self.shared = shared
+        self.work_store = store if shared is None else shared.claimed
         self.data_dir, self.backup_dir = str(data_dir), str(backup_dir)
         self.backup_keep, self.backup_minutes = backup_keep, backup_minutes
         self.heartbeat_seconds = heartbeat_seconds
         self.download_workers = download_workers
-        self.lock = LeaderLock(os.path.join(self.data_dir, "scheduler.lock"))
+        lock_name = "scheduler.lock" if shared is None else f"scheduler-{shared.node_name}.lock"
+        self.lock = LeaderLock(os.path.join(self.data_dir, lock_name))
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
         # Dispatch and download are cheap when idle, so they run often to keep the studio responsive;
@@ -139,6 +144,8 @@ class Pipeline:
                     close()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.shared is not None:
+            self.shared.stop()
         self.lock.release()
         if started:
             log.info("task pipeline of pid %d stopped", os.getpid())
@@ -193,6 +200,8 @@ class Pipeline:
         def run():
             if self.stopping.is_set() or not self.claim_leadership():
                 return
+            if self.shared is not None and not self.shared.may_run(job.__name__):
+                return
             try:
                 job()
             except Exception:
@@ -204,10 +213,10 @@ class Pipeline:
         task_query.dispatch(self.store, self.providers, self.clock, stopping=self.stopping)
 
     def _poll(self):
-        task_query.poll(self.store, self.providers, self.clock)
+        task_query.poll(self.work_store, self.providers, self.clock)
 
     def _download(self):
-        task_query.download(self.store, self.providers, self.clock, stopping=self.stopping,
+        task_query.download(self.work_store, self.providers, self.clock, stopping=self.stopping,
                             workers=self.download_workers)
 
     def _storyboards(self):
@@ -229,11 +238,15 @@ class Pipeline:
 
 def start(app):
     """Build and start the app's pipeline, and stop it when the process exits."""
+    import pg_pipeline
+
     settings = app.config
-    pipeline = Pipeline(app.extensions["task_store"], app.extensions["providers"], data_dir=settings["DATA_DIR"],
+    store = app.extensions["task_store"]
+    shared = pg_pipeline.for_store(store, settings["NODE_NAME"], settings["PIPELINE_LEASE_SECONDS"])
+    pipeline = Pipeline(store, app.extensions["providers"], data_dir=settings["DATA_DIR"],
                         backup_dir=settings["BACKUP_DIR"], backup_keep=settings["BACKUP_KEEP"],
                         backup_minutes=settings["BACKUP_INTERVAL_MINUTES"],
-                        download_workers=settings["DOWNLOAD_WORKERS_PER_PROVIDER"])
+                        download_workers=settings["DOWNLOAD_WORKERS_PER_PROVIDER"], shared=shared)
     app.extensions["pipeline"] = pipeline
     _stop_at_exit(pipeline)
     pipeline.start()
