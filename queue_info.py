@@ -110,7 +110,7 @@ class QueueInfo:
         if record["status"] not in (QUEUED, SUBMITTED, RUNNING):
             return {"queue_position": None, "eta_seconds": None}
         lines, medians = self._refresh()
-        median = medians.get((record["provider"], record["model"]))
+        median = medians.get((record["provider"], record.get("model")))   # records from older stores may lack it
         place = lines.positions.get(record["id"]) if record["status"] == QUEUED else None
         if record["status"] != QUEUED:
             started = parse_iso(record.get("submitted_at")) or now
