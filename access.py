@@ -91,9 +91,11 @@ def task_or_404(store, task_id):
 
 
 def units(kind, params):
-    """What a task spends of the daily limit: one video, or n images; a storyboard nothing (its scenes do)."""
+    """What a task spends of the daily limit: one video, or n images. A storyboard reserves one video
+    per scene it makes later itself (those starting from the previous scene's last frame); the
+    scenes queued with it spend their own (storyboards.py moves a reserved unit to each later scene)."""
     if params.get("scenes"):
-        return 0
+        return sum(1 for scene in params["scenes"] if scene.get("first_frame") == "previous_last")
     return int(params.get("n") or 1) if kind == "image" else 1
 
 

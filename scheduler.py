@@ -86,7 +86,7 @@ class Pipeline:
 
     def __init__(self, store, providers, clock=utcnow, *, data_dir, backup_dir, backup_keep=24,
                  backup_minutes=60, monotonic=time.monotonic, heartbeat_seconds=HEARTBEAT_SECONDS,
-                 download_workers=config.DOWNLOAD_WORKERS_PER_PROVIDER, shared=None):
+                 download_workers=config.DOWNLOAD_WORKERS_PER_PROVIDER, shared=None, spent=None):
         self.store, self.providers, self.clock, self.monotonic = store, providers, clock, monotonic
         # On PostgreSQL (pg_pipeline.py) every node runs a pipeline: poll and download work on the
         # tasks this node claimed, once-only jobs on the cluster leader; one leader per node's DATA_DIR.
@@ -96,6 +96,7 @@ class Pipeline:
         self.backup_keep, self.backup_minutes = backup_keep, backup_minutes
         self.heartbeat_seconds = heartbeat_seconds
         self.download_workers = download_workers
+        self.spent = spent          # the studio's ledger: storyboards move reserved units to their scenes
         lock_name = "scheduler.lock" if shared is None else f"scheduler-{shared.node_name}.lock"
         self.lock = LeaderLock(os.path.join(self.data_dir, lock_name))
         self.stopping = threading.Event()
@@ -220,7 +221,7 @@ class Pipeline:
                             workers=self.download_workers)
 
     def _storyboards(self):
-        storyboards.advance(self.store, self.providers, self.clock, stopping=self.stopping)
+        storyboards.advance(self.store, self.providers, self.clock, stopping=self.stopping, spent=self.spent)
 
     def _compact(self):
         task_query.compact_store(self.store)
@@ -246,7 +247,8 @@ def start(app):
     pipeline = Pipeline(store, app.extensions["providers"], data_dir=settings["DATA_DIR"],
                         backup_dir=settings["BACKUP_DIR"], backup_keep=settings["BACKUP_KEEP"],
                         backup_minutes=settings["BACKUP_INTERVAL_MINUTES"],
-                        download_workers=settings["DOWNLOAD_WORKERS_PER_PROVIDER"], shared=shared)
+                        download_workers=settings["DOWNLOAD_WORKERS_PER_PROVIDER"], shared=shared,
+                        spent=app.extensions["ledger"])
     app.extensions["pipeline"] = pipeline
     _stop_at_exit(pipeline)
     pipeline.start()

@@ -179,9 +179,10 @@ def scene_counts(store, parent):
 
 # ---- the pipeline job ---------------------------------------------------------------------
 
-def advance(store, providers, clock=tasks.utcnow, stopping=None):
+def advance(store, providers, clock=tasks.utcnow, stopping=None, spent=None):
     """Move every storyboard in progress on (see the module docstring); `stopping` ends the pass
-    after the storyboard in hand."""
+    after the storyboard in hand. `spent` is the studio's ledger (the JSON one by default)."""
+    spent = spent or ledger.Ledger(store.dir)
     for task_id in store.ids_with_status((QUEUED, tasks.RUNNING)):
         if stopping is not None and stopping.is_set():
             return
@@ -189,22 +190,23 @@ def advance(store, providers, clock=tasks.utcnow, stopping=None):
         if parent is None or not is_storyboard(parent) or parent["status"] not in (QUEUED, tasks.RUNNING):
             continue
         try:
-            _advance_one(store, providers, parent, clock(), stopping)
+            _advance_one(store, providers, parent, clock(), spent, stopping)
         except Exception:           # one broken storyboard must not stop the others
             log.exception("storyboard %s could not be advanced", task_id)
 
 
-def _advance_one(store, providers, parent, now, stopping=None):
+def _advance_one(store, providers, parent, now, spent, stopping=None):
     ids = list(parent["scene_task_ids"])
     scenes = [store.get(task_id) if task_id else None for task_id in ids]
     for index, scene in enumerate(scenes):
         if (scene is None and ids[index]) or (scene is not None and scene["status"] in (FAILED, CANCELLED)):
             _fail(store, parent["id"], index, scene, now)
+            _give_back_reserved(spent, parent)
             return
     for index in range(len(ids)):
         previous = scenes[index - 1] if index else None
         if ids[index] is None and previous is not None and previous["status"] == SUCCEEDED:
-            scenes[index] = _create_chained(store, providers, parent, index, previous, now)
+            scenes[index] = _create_chained(store, providers, parent, index, previous, now, spent)
             ids[index] = scenes[index]["id"]
     done = sum(1 for scene in scenes if scene is not None and scene["status"] == SUCCEEDED)
     if done == len(scenes):
@@ -240,8 +242,15 @@ def _fail(store, parent_id, index, scene, now):
     log.info("storyboard %s failed: scene %d %s", parent_id, index + 1, what)
 
 
-def _create_chained(store, providers, parent, index, previous, now):
-    """The task of a scene that starts from the previous scene's last frame, queued and charged."""
+def _give_back_reserved(spent, parent):
+    """A storyboard that ended early: the units it reserved for scenes never made go back."""
+    if parent.get("owner"):
+        spent.refund(parent["owner"], "video", parent["id"])
+
+
+def _create_chained(store, providers, parent, index, previous, now, spent):
+    """The task of a scene that starts from the previous scene's last frame, queued; its unit moves
+    from the storyboard's reservation (checked against the quota when the storyboard was made)."""
     data_dir = Path(store.dir)
     rgb = video_join.last_frame(data_dir / previous["outputs"][0]["path"])
     buffer = io.BytesIO()
@@ -249,10 +258,10 @@ def _create_chained(store, providers, parent, index, previous, now):
     picture = media.check_image_bytes(buffer.getvalue(), "image", label="the previous scene's last frame")
     provider = providers.get(parent["provider"])
     picture = media.fit_image(picture, getattr(provider, "max_image_bytes", media.PROVIDER_MAX_BYTES))
-    spent = ledger.Ledger(data_dir)
     task_id = tasks.new_task_id()
     with spent.locked():
         if parent.get("owner"):
+            spent.record(parent["owner"], "video", -1, parent["id"], now)
             spent.record(parent["owner"], "video", 1, task_id, now)
         record = tasks.create_task(store, data_dir, kind="video", provider=parent["provider"],
                                    model=parent["model"], params=dict(parent["params"]["scenes"][index]["params"]),

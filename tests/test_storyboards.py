@@ -20,6 +20,7 @@ from tasks import Task, utcnow
 from tests.conftest import b64, picture
 from tests.fakes import sample_mp4
 from tests.fakes.kling import Server
+from tests.signin import make_user
 
 AK, SK = "AK" + "a" * 30, "SK" + "s" * 30
 
@@ -218,3 +219,40 @@ def test_a_bad_picture_in_a_later_scene_leaves_nothing_behind(app, client):
     store = app.extensions["task_store"]
     assert len(store) == 0
     assert sum(entry["count"] for entry in app.extensions["ledger"]._entries(utcnow())) == 0     # spends given back
+
+
+# ---- the daily limit counts every scene ---------------------------------------------------
+
+def _chained_board(client, headers):
+    return client.post("/api/v1/videos/generate", headers=headers, json={
+        "provider": "local", "model_name": "local-motion",
+        "scenes": [{"prompt": "zoom in on the street", "duration": 5, "image": b64(picture(640, 360, seed=1))},
+                   {"prompt": "zoom in closer", "duration": "5", "first_frame": "previous_last"},
+                   {"prompt": "and closer still", "duration": "5", "first_frame": "previous_last"}]})
+
+
+def test_scenes_made_later_are_reserved_against_the_daily_limit_when_the_storyboard_is_made(app, client):
+    two_a_day = make_user(app, "two-a-day", videos_per_day=2)
+    refused = _chained_board(client, two_a_day)
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "quota_exceeded"
+    assert len(app.extensions["task_store"]) == 0
+
+    three_a_day = make_user(app, "three-a-day", videos_per_day=3)
+    made = _chained_board(client, three_a_day)
+    assert made.status_code == 202, made.get_json()
+    user = app.extensions["accounts"].user_by_name("three-a-day")
+    spent = app.extensions["ledger"]
+    assert spent.spent_today(user["id"], "video") == 3
+    assert run_storyboard(app, made.get_json()["task_id"])["status"] == "succeeded"
+    assert spent.spent_today(user["id"], "video") == 3        # each later scene took its reserved unit, no more
+
+
+def test_a_storyboard_that_fails_early_gives_back_what_it_reserved(app, client):
+    headers = make_user(app, "reserver", videos_per_day=3)
+    parent_id = _chained_board(client, headers).get_json()["task_id"]
+    store = app.extensions["task_store"]
+    first = store.get(parent_id)["scene_task_ids"][0]
+    assert client.post(f"/api/tasks/{first}/cancel", headers=headers).status_code == 200
+    assert run_storyboard(app, parent_id)["status"] == "failed"
+    user = app.extensions["accounts"].user_by_name("reserver")
+    assert app.extensions["ledger"].spent_today(user["id"], "video") == 0    # scene 1 refunded, 2 reserved back
