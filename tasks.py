@@ -125,6 +125,7 @@ class Task(BaseModel):
     owner: str | None = None            # the user's immutable id
     retry_of: str | None = None         # the task this one retries
     callback_url: str | None = None     # where the studio POSTs the v1 task body when it ends (webhooks)
+    favourite: bool = False             # starred by its owner in the gallery (a listing filter, favourite=1)
 
     problem: TaskProblem | None = None  # shown while the task waits on trouble
     problems: int = 0                   # consecutive failed calls, for the backoff and the retry cap
