@@ -42,7 +42,6 @@ from errors import (
 from fileio import disk_nearly_full
 from providers import base
 from redact import redact_url
-from validation import STRICT, parse_body
 from tasks import (
     ACTIVE,
     CANCELLED,
@@ -58,6 +57,7 @@ from tasks import (
     parse_iso,
     utcnow,
 )
+from validation import STRICT, parse_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("task_query", __name__)

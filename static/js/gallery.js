@@ -371,8 +371,9 @@ $(function () {
 
   $("#lightbox-prev").on("click", () => step(-1));
   $("#lightbox-next").on("click", () => step(1));
-  $lightbox.on("keydown", (event) => {
-    if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+  // On the document: the keys work from the moment the lightbox opens, before it has the focus.
+  $(document).on("keydown", (event) => {
+    if (current >= 0 && (event.key === "ArrowRight" || event.key === "ArrowLeft")) {
       if ($(event.target).is("video") && zoom.scale === 1 && event.target.controls && document.activeElement === event.target) {
         return;     // the player's own seek keys
       }
@@ -415,12 +416,13 @@ $(function () {
       applyZoom();
     }
   });
-  stage.addEventListener("pointerup", (event) => {
+  // The stage holds the pointer while dragging, so the end of a press is told by `moved`, not its target.
+  stage.addEventListener("pointerup", () => {
     if (!zoom.dragging) {
       return;
     }
     zoom.dragging = null;
-    if (!zoom.moved && $(event.target).is("#lightbox-media img")) {
+    if (!zoom.moved) {
       setZoom(zoom.scale > 1 ? 1 : 2);
     }
   });
