@@ -214,6 +214,20 @@ def test_on_a_phone_the_filters_fold_away(open_page, studio):  # noqa: F811
     expect(page.locator(".filters-toggle")).to_be_hidden()
 
 
+def test_the_admin_goes_from_the_tasks_page_to_a_users_limits_and_spending(open_page, studio):  # noqa: F811
+    accounts = studio.app.extensions["accounts"]
+    user = accounts.create_user("limited", "correct horse battery staple", images_per_day=4)
+    page, _ = open_page("/tasks")
+    expect(page.locator("#quota-left")).to_contain_text("images without limit")
+    page.click("#manage-users")
+    row = page.locator(f'#user-list tr[data-user="{user["id"]}"]')
+    expect(row).to_contain_text("0 images, 0 videos")                   # spent today
+    row.locator('[data-limit="images_per_day"]').fill("7")
+    row.locator(".save-limits").click()
+    expect(page.locator("#toasts")).to_contain_text("Limits of limited saved.")
+    assert accounts.user(user["id"])["limits"]["images_per_day"] == 7
+
+
 # ---- screenshots (opt-in) -------------------------------------------------------------------------
 
 SIZES = [(1280, 800), (390, 844)]

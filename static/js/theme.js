@@ -20,6 +20,7 @@
   function apply(choice) {
     const mode = choice === "auto" ? (dark.matches ? "dark" : "light") : choice;
     document.documentElement.setAttribute("data-bs-theme", mode);
+    document.documentElement.classList.toggle("dark-mode", mode === "dark");    // Swagger UI's own dark mode (/docs)
     document.documentElement.setAttribute("data-theme-choice", choice);
     document.querySelectorAll("[data-theme-value]").forEach((button) => {
       const on = button.getAttribute("data-theme-value") === choice;
