@@ -260,7 +260,19 @@ def test_screenshots_in_both_modes_and_languages(browser, studio, results):  # n
                 page.goto(studio.url("/gallery"))
                 tiles(page).first.locator(".g-open").click()
                 expect(page.locator("#lightbox-media img")).to_be_visible()
+                page.wait_for_timeout(400)      # the dialog's fade
                 shoot(page, f"gallery-lightbox-{scheme}-{lang}-{width}x{height}")
+                page.keyboard.press("Escape")
+                expect(page.locator("#lightbox")).to_be_hidden()
+                page.click("#select-mode")
+                for index in (0, 3):
+                    tiles(page).nth(index).locator(".g-open").click()
+                shoot(page, f"gallery-selected-{scheme}-{lang}-{width}x{height}")
+                page.click("#compare")
+                expect(page.locator("#compare-grid .compare-cell")).to_have_count(3)
+                expect(page.locator("#compare-modal")).to_have_class(re.compile(r"\bshow\b"))
+                page.wait_for_timeout(400)      # the dialog's fade
+                shoot(page, f"gallery-compare-{scheme}-{lang}-{width}x{height}")
                 context.close()
                 context = browser.new_context(**options)
                 page = context.new_page()

@@ -417,13 +417,17 @@ $(function () {
     }
   });
   // The stage holds the pointer while dragging, so the end of a press is told by `moved`, not its target.
-  stage.addEventListener("pointerup", () => {
+  // A swipe across an unzoomed picture pages, as the arrow keys do.
+  stage.addEventListener("pointerup", (event) => {
     if (!zoom.dragging) {
       return;
     }
+    const dx = event.clientX - zoom.dragging.startX;
     zoom.dragging = null;
     if (!zoom.moved) {
       setZoom(zoom.scale > 1 ? 1 : 2);
+    } else if (zoom.scale === 1 && Math.abs(dx) > 60) {
+      step(dx < 0 ? 1 : -1);
     }
   });
 
