@@ -257,6 +257,12 @@ def test_screenshots_in_both_modes_and_languages(browser, studio, results):  # n
                     page.goto(studio.url(path))
                     expect(page.locator(ready).first).to_be_visible(timeout=LONG)
                     shoot(page, f"{name}-{scheme}-{lang}-{width}x{height}")
+                if width < 768:         # the folded navigation, with the colour and language toggles
+                    page.goto(studio.url("/tasks"))
+                    page.click(".navbar-toggler")
+                    expect(page.locator("#theme-toggle")).to_be_visible()
+                    page.wait_for_timeout(400)
+                    shoot(page, f"menu-{scheme}-{lang}-{width}x{height}")
                 page.goto(studio.url("/gallery"))
                 tiles(page).first.locator(".g-open").click()
                 expect(page.locator("#lightbox-media img")).to_be_visible()
