@@ -156,6 +156,52 @@ def test_the_colour_mode_follows_the_system_and_the_toggle(browser, studio, sche
         context.close()
 
 
+def test_compared_videos_play_pause_and_seek_together(open_page, results, studio):  # noqa: F811
+    second = make_task(studio, "video", prompt="second video", duration="10")
+    studio.wait_for(second)
+    try:
+        page, _ = open_page("/gallery?kind=video")
+        expect(tiles(page)).to_have_count(2)
+        page.click("#select-mode")
+        tiles(page).nth(0).locator(".g-open").click()
+        tiles(page).nth(1).locator(".g-open").click()
+        page.click("#compare")
+        videos = page.locator("#compare-grid video")
+        expect(videos).to_have_count(2)
+
+        def every(condition):
+            page.wait_for_function("() => [...document.querySelectorAll('#compare-grid video')]"
+                                   f".every((v) => {condition})")
+
+        every("v.readyState >= 2")
+        page.click("#compare-play")
+        every("!v.paused && v.currentTime > 0.3")
+        videos.nth(0).evaluate("v => v.pause()")                    # one paused: both pause
+        every("v.paused")
+        videos.nth(1).evaluate("v => { v.currentTime = 2; }")       # one sought: both there
+        every("Math.abs(v.currentTime - 2) < 0.2")
+    finally:
+        assert studio.app.test_client().delete(f"/api/tasks/{second}").status_code == 204
+
+
+def test_bulk_delete_removes_the_selected_tasks(open_page, results, studio):  # noqa: F811
+    doomed = [make_task(studio, "image", prompt=f"doomed {i}", n=1) for i in range(2)]
+    for task_id in doomed:
+        studio.wait_for(task_id)
+    page, _ = open_page("/gallery?q=doomed")
+    expect(tiles(page)).to_have_count(2)
+    page.click("#select-mode")
+    page.click("#select-all")
+    expect(page.locator("#selection-count")).to_have_text("2 selected")
+    page.click("#delete-selected")
+    expect(page.locator("#bulk-delete-title")).to_have_text("Delete 2 tasks?")
+    page.click("#bulk-delete-ok")
+    expect(page.locator("#toasts")).to_contain_text("2 tasks deleted.")
+    expect(page.locator("#gallery")).to_contain_text("No results match these filters")
+    assert [studio.store.get(task_id) for task_id in doomed] == [None, None]
+    assert all(studio.store.get(task_id) for task_id in results)
+
+
 # ---- the tasks page ----------------------------------------------------------------------------
 
 def test_a_link_to_a_deleted_task_says_so(open_page, studio):  # noqa: F811
