@@ -46,6 +46,8 @@ class Settings(BaseModel):
     METRICS_TOKEN: str | None = None                # /metrics wants `Bearer <this>`; unset: loopback only
     WAN_PROTOCOL_PROVIDER: str = "local"            # where /video/submit (the Wan I2V protocol) sends tasks
     WAN_PROTOCOL_MODEL: str = "local-motion"
+    ZIP_MAX_TASKS: int = Field(100, ge=1)          # tasks in one gallery download (POST /api/tasks/download.zip)
+    ZIP_MAX_MB: int = Field(2048, ge=1)             # their result files together
     TESTING: bool = False
 
     KLING_ACCESS_KEY: str | None = None

@@ -5,7 +5,8 @@ tasks page's filters). `POST /api/tasks/download.zip` {"task_ids": [...]} stream
 tasks' result files. Every file is found through its task's record, exactly as /media serves it
 (task_query.listed_files / open_listed): only the caller's own tasks (the admin's: any), never a
 path from the request. Caps on the number of tasks and on the total size keep one request from
-tying up the disk and the worker; the names inside are the ones /media gives as attachment.
+tying up the disk and the worker (ZIP_MAX_TASKS, ZIP_MAX_MB in config.py); the names inside are
+the ones /media gives as attachment.
 """
 
 import time
@@ -23,8 +24,6 @@ from validation import STRICT, Text, parse_body
 
 bp = Blueprint("gallery", __name__)
 
-ZIP_MAX_TASKS = 100                 # tasks in one zip
-ZIP_MAX_BYTES = 2 * 1024 ** 3       # their result files together, before the zip's few bytes per file
 _CHUNK = 1024 * 1024
 
 
@@ -43,8 +42,9 @@ class ZipRequest(BaseModel):
 def download_zip():
     """A zip of the result files of the given tasks (the caller's own; any unknown id is a 404)."""
     ids = list(dict.fromkeys(parse_body(ZipRequest).task_ids))     # each task once, in the order given
-    if len(ids) > ZIP_MAX_TASKS:
-        raise PayloadTooLarge(f"At most {ZIP_MAX_TASKS} tasks fit in one download; {len(ids)} were chosen.",
+    most = current_app.config["ZIP_MAX_TASKS"]
+    if len(ids) > most:
+        raise PayloadTooLarge(f"At most {most} tasks fit in one download; {len(ids)} were chosen.",
                               code="too_many_tasks", field="task_ids")
     store = current_app.extensions["task_store"]
     entries = _entries([access.task_or_404(store, task_id) for task_id in ids])
@@ -73,9 +73,10 @@ def _entries(records):
     if not entries:
         raise ValidationError("None of these tasks has a saved result to download.", code="no_results",
                               field="task_ids", status=422)
-    if total > ZIP_MAX_BYTES:
-        raise PayloadTooLarge(f"These results hold {total / 1024 ** 2:.0f} MB; one download takes at most "
-                              f"{ZIP_MAX_BYTES / 1024 ** 2:.0f} MB. Choose fewer.", code="download_too_large",
+    most = current_app.config["ZIP_MAX_MB"] * 1024 ** 2
+    if total > most:
+        raise PayloadTooLarge(f"These results hold {total / 1024 ** 2:.1f} MB; one download takes at most "
+                              f"{most / 1024 ** 2:.0f} MB. Choose fewer.", code="download_too_large",
                               field="task_ids")
     return entries
 
