@@ -154,3 +154,14 @@ def test_the_gallery_page_renders_with_the_tasks_filters(client):
     for name in ('name="q"', 'name="kind"', 'name="provider"', 'name="favourite"'):
         assert name in html and name in tasks_html
     assert 'href="/gallery"' in tasks_html            # in the navigation
+
+
+def test_the_gallery_page_has_no_inline_script_or_style(client):
+    # The CSP allows neither: every script is a file or a JSON block; sizes are set by the script.
+    from tests.test_pages import _Tags
+    parser = _Tags()
+    parser.feed(client.get("/gallery").get_data(as_text=True))
+    for tag, attrs in parser.tags:
+        assert "style" not in attrs and not [name for name in attrs if name.startswith("on")], (tag, attrs)
+        if tag == "script":
+            assert attrs.get("src") or attrs.get("type") == "application/json"

@@ -44,7 +44,7 @@ def tiles(page):
 
 
 def test_the_lightbox_pages_with_the_arrow_keys_and_zooms(open_page, results, studio):  # noqa: F811
-    page, _ = open_page("/gallery")
+    page, _ = open_page("/gallery?q=gallery")        # the results of this module's fixture
     expect(tiles(page)).to_have_count(5)                                # one tile per result
     # True aspect ratio: a 9:16 tile is taller than wide, a 4:3 one wider than tall.
     first = tiles(page).first.bounding_box()
@@ -85,7 +85,7 @@ def test_the_lightbox_pages_with_the_arrow_keys_and_zooms(open_page, results, st
 
 
 def test_bulk_download_saves_a_zip_of_exactly_the_selected_results(open_page, results, studio, tmp_path):  # noqa: F811
-    page, _ = open_page("/gallery")
+    page, _ = open_page("/gallery?q=gallery")        # the results of this module's fixture
     expect(tiles(page)).to_have_count(5)
     page.click("#select-mode")
     page.locator(f'#gallery .g-tile[data-task-id="{results[1]}"] .g-open').first.click()
@@ -200,6 +200,32 @@ def test_bulk_delete_removes_the_selected_tasks(open_page, results, studio):  # 
     expect(page.locator("#gallery")).to_contain_text("No results match these filters")
     assert [studio.store.get(task_id) for task_id in doomed] == [None, None]
     assert all(studio.store.get(task_id) for task_id in results)
+
+
+def test_more_results_come_as_the_end_scrolls_into_view(open_page, results, studio):  # noqa: F811
+    """35 copies of a finished picture task (files and all): 30 at first, the rest on scrolling."""
+    data_dir = Path(studio.app.config["DATA_DIR"])
+    model = studio.store.get(results[0])
+    start = utcnow() - timedelta(days=100)
+    for i in range(35):
+        task_id = new_task_id(start + timedelta(minutes=i))
+        outputs = []
+        for out in model["outputs"]:
+            folder = data_dir / "outputs" / task_id
+            folder.mkdir(parents=True, exist_ok=True)
+            for url in (out["url"], out["thumbnail_url"]):
+                (folder / url.rsplit("/", 1)[-1]).write_bytes((data_dir / url[len("/media/"):]).read_bytes())
+            rel = f"outputs/{task_id}/{out['path'].rsplit('/', 1)[-1]}"
+            outputs.append({**out, "path": rel, "url": "/media/" + rel,
+                            "thumbnail_url": f"/media/outputs/{task_id}/{out['thumbnail_url'].rsplit('/', 1)[-1]}"})
+        studio.store.create({**model, "id": task_id, "params": {**model["params"], "prompt": f"scroll {i}"},
+                             "inputs": [], "outputs": outputs})
+    page, _ = open_page("/gallery?q=scroll")
+    expect(tiles(page)).to_have_count(30)
+    page.locator("#gallery-more-wrap").scroll_into_view_if_needed()
+    expect(tiles(page)).to_have_count(35)
+    expect(page.locator("#gallery-end")).to_have_text("All 35 results are shown.")
+    expect(page.locator("#gallery-more")).to_be_hidden()
 
 
 # ---- the tasks page ----------------------------------------------------------------------------
