@@ -499,7 +499,9 @@ $(function () {
 
   filter.read(new URLSearchParams(window.location.search));
   filter.providers.then(() => {
-    $gallery.find(".g-tile").length && current >= 0 && show(current);
+    if (current >= 0) {
+      show(current);        // the provider's name, now translated
+    }
   });
   reload();
 });
