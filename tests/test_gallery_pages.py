@@ -118,6 +118,10 @@ def test_a_star_marks_the_task_and_the_favourites_filter_keeps_it(open_page, res
     page.reload()
     expect(tiles(page)).to_have_count(1)
     expect(page.locator("#filter-favourite")).to_be_checked()
+    page.goto(studio.url("/tasks?favourite=1"))                             # the tasks page has the filter too
+    expect(page.locator("#task-list .task-row")).to_have_count(1)
+    expect(page.locator("#task-list .task-row .task-fav")).to_be_visible()
+    page.goto(studio.url("/gallery?favourite=1"))
     tiles(page).locator(".g-star").click()                                  # the star comes off
     expect(tiles(page).locator(".g-star")).to_have_attribute("aria-pressed", "false")
     assert studio.store.get(results[2])["favourite"] is False

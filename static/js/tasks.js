@@ -155,6 +155,7 @@ $(function () {
     $row.find(".task-title").text(prompt || t("no_prompt")).toggleClass("untitled", !prompt).attr("title", prompt)
       .attr("href", "?task=" + encodeURIComponent(task.id));
     $row.find(".task-kind").text(t("kind." + task.kind));
+    $row.find(".task-fav").toggleClass("d-none", !task.favourite);
     $row.find(".task-model").text(providerName(task.provider) + " / " + task.model);
     $row.find(".task-created").attr("datetime", task.created_at).text(S.formatTime(task.created_at));
     S.statusBadge($row.find(".task-status"), task.status).text(statusText(task));
