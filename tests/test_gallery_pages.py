@@ -333,6 +333,12 @@ def test_screenshots_in_both_modes_and_languages(browser, studio, results):  # n
                     page.goto(studio.url(path))
                     expect(page.locator(ready).first).to_be_visible(timeout=LONG)
                     shoot(page, f"{name}-{scheme}-{lang}-{width}x{height}")
+                page.goto(studio.url("/tasks"))
+                page.locator("#task-list .task-row .task-title").first.click()
+                media = page.locator("#task-modal .detail-media img, #task-modal .detail-media video")
+                expect(media.first).to_be_visible()
+                page.wait_for_timeout(400)      # the dialog's fade
+                shoot(page, f"tasks-detail-{scheme}-{lang}-{width}x{height}")
                 if width < 768:         # the folded navigation, with the colour and language toggles
                     page.goto(studio.url("/tasks"))
                     page.click(".navbar-toggler")
