@@ -38,7 +38,7 @@ bench: $(VENV)/.dev
 
 # Screenshots of every page in test-artifacts/ (opt-in: the browser tests check the pages without them).
 screenshots: $(VENV)/.dev
-	STUDIO_SCREENSHOTS=1 $(PY) -m pytest tests/test_pages.py -k screenshots
+	STUDIO_SCREENSHOTS=1 $(PY) -m pytest tests/test_pages.py tests/test_gallery_pages.py -k screenshots
 
 # The reliability fault table against a real studio process (several minutes; not in `make test`).
 soak: $(VENV)/.dev

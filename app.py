@@ -71,6 +71,7 @@ def _register_features(app):
     import batches
     import downloads
     import error_pages
+    import gallery
     import health
     import i18n
     import image_generate
@@ -88,8 +89,8 @@ def _register_features(app):
 
     downloads.configure(app.config)     # where result links may point: public, or a configured provider
     # signed_inputs: task inputs at signed, expiring URLs, for providers that fetch them (wan_server).
-    for module in (health, video_extend, image_generate, task_query, signed_inputs, v1, api_batches, image_service,
-                   openapi, wan_protocol):
+    for module in (health, video_extend, image_generate, task_query, gallery, signed_inputs, v1, api_batches,
+                   image_service, openapi, wan_protocol):
         app.register_blueprint(module.bp)
     metrics.init_app(app)           # before auth: a refused request is timed too
     i18n.init_app(app)

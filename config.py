@@ -52,6 +52,8 @@ class Settings(BaseModel):
     WAN_PROTOCOL_PROVIDER: str = "local"            # where /video/submit (the Wan I2V protocol) sends tasks
     WAN_PROTOCOL_MODEL: str = "local-motion"
     BATCH_MAX_UPLOAD_MB: int = Field(1024, ge=1)    # a batch upload (zip or folder), unpacked size included
+    ZIP_MAX_TASKS: int = Field(100, ge=1)          # tasks in one gallery download (POST /api/tasks/download.zip)
+    ZIP_MAX_MB: int = Field(2048, ge=1)             # their result files together
     TESTING: bool = False
 
     KLING_ACCESS_KEY: str | None = None

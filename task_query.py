@@ -8,8 +8,9 @@ on a bounded pool per provider, verifies them and makes thumbnails. Storyboard t
 (storyboards.py) are never sent to a provider: their scenes are. A task is `succeeded` only when every output is on disk
 and verified. A submit whose outcome is unknown is reconciled, never blindly re-sent.
 
-Routes: `GET /api/tasks`, `GET /api/tasks/<id>`, `POST /api/tasks/<id>/cancel|retry`,
-`DELETE /api/tasks/<id>`, `GET /media/<path>` (Range-capable).
+Routes: `GET /tasks` (the page), `GET /api/tasks`, `GET /api/tasks/<id>`,
+`POST /api/tasks/<id>/cancel|retry|favourite`, `DELETE /api/tasks/<id>`, `GET /media/<path>`
+(Range-capable).
 """
 
 import functools
@@ -26,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import requests
-from flask import Blueprint, current_app, render_template, request, send_file
+from flask import Blueprint, current_app, g, render_template, request, send_file
+from pydantic import BaseModel
 
 import access
 import config
@@ -64,6 +66,7 @@ from tasks import (
     parse_iso,
     utcnow,
 )
+from validation import STRICT, parse_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("task_query", __name__)
@@ -688,17 +691,21 @@ def _task_or_404(task_id):
 @bp.get("/tasks")
 def page():
     """The tasks page; the list is fetched from /api/tasks by the page's script."""
-    return render_template("tasks.html")
+    return render_template("tasks.html", usage=access.usage(g.user))
 
 
-_LIST_ARGS = {"status": 200, "kind": 10, "provider": 64, "q": 500, "offset": 12, "limit": 12}  # name: longest value
+_LIST_ARGS = {"status": 200, "kind": 10, "provider": 64, "q": 500, "favourite": 1, "offset": 12,
+              "limit": 12}  # name: longest value
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 @bp.get("/api/tasks")
 def list_tasks():
-    """Newest first; filters status (comma-separated), kind, provider, q (prompt text); paging."""
+    """Newest first; filters status (comma-separated), kind, provider, q (prompt text), favourite=1
+    (starred only); paging."""
     args = _list_args()
+    if args.get("favourite") not in (None, "", "0", "1"):
+        raise ValidationError("favourite must be 0 or 1.", code="invalid_field", field="favourite")
     statuses = [s for s in args.get("status", "").split(",") if s]
     for status in statuses:
         if status not in tasks.STATUSES:
@@ -709,7 +716,8 @@ def list_tasks():
     offset = _int_arg(args, "offset", 0, 0, 10**9)
     limit = _int_arg(args, "limit", 50, 1, 200)
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
-                                text=args.get("q") or None, owner=access.visible_owner(), offset=offset,
+                                text=args.get("q") or None, owner=access.visible_owner(),
+                                favourite=True if args.get("favourite") == "1" else None, offset=offset,
                                 limit=limit)
     return {"tasks": [_for_client(t) for t in page], "total": total, "offset": offset, "limit": limit}
 
@@ -794,6 +802,25 @@ def retry_task(task_id):
     return {"task_id": record["id"], "status": record["status"]}, 202
 
 
+class FavouriteRequest(BaseModel):
+    model_config = STRICT
+    favourite: bool
+
+
+@bp.post("/api/tasks/<task_id>/favourite")
+def favourite_task(task_id):
+    """Star a task (or take the star off): {"favourite": true|false}; only its owner may."""
+    task = _task_or_404(task_id)
+    if task.get("owner") != access.owner_id():
+        # The admin sees every task, but a star is the owner's own choice.
+        raise NotFound(f"No task '{task_id}'.")
+    wanted = parse_body(FavouriteRequest).favourite
+    try:
+        return _for_client(_store().update(task_id, {"favourite": wanted}))
+    except KeyError:            # deleted meanwhile
+        raise NotFound(f"No task '{task_id}'.") from None
+
+
 @bp.delete("/api/tasks/<task_id>")
 def delete_task(task_id):
     """Delete a finished task: its record, its pictures and its results."""
@@ -809,7 +836,7 @@ def delete_task(task_id):
 _MEDIA_PATH = re.compile(r"(inputs|outputs)/([0-9A-Za-z-]{1,64})/([A-Za-z0-9][A-Za-z0-9_-]{0,99}\.[a-z0-9]{1,5})")
 
 
-def _listed_files(task):
+def listed_files(task):
     """Every file a task's record lists, as paths relative to DATA_DIR: inputs, outputs, thumbnails."""
     listed = {entry.get("path") for entry in task.get("inputs") or []}
     for out in task.get("outputs") or []:
@@ -822,7 +849,7 @@ def _listed_files(task):
     return listed
 
 
-def _open_listed(data_dir, folder, task_id, rel):
+def open_listed(data_dir, folder, task_id, rel):
     """The listed file opened for reading, or NotFound; never through a symlink or out of the task folder."""
     task_dir = os.path.join(os.path.realpath(data_dir), folder, task_id)
     path = os.path.join(data_dir, rel)
@@ -867,9 +894,9 @@ def media_file(subpath):
         raise NotFound("No such file.")
     folder, task_id, name = match.groups()
     task = _task_or_404(task_id)          # the task's owner (or the admin) only
-    if subpath not in _listed_files(task):
+    if subpath not in listed_files(task):
         raise NotFound("No such file.")
-    fh, info = _open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
+    fh, info = open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
     try:
         mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         response = send_file(fh, mimetype=mimetype, download_name=download_name(task, subpath, name),

@@ -44,7 +44,7 @@ from fileio import fsync_dir
 log = logging.getLogger(__name__)
 
 
-FILTER_FIELDS = ("status", "kind", "provider", "owner")
+FILTER_FIELDS = ("status", "kind", "provider", "owner", "favourite")
 
 
 @dataclass(slots=True)
@@ -54,6 +54,7 @@ class _Entry:
     kind: str
     provider: str
     owner: str | None
+    favourite: bool     # starred by its owner (tasks.Task.favourite)
     text: str           # lower-cased prompt, for text search
 
 
@@ -67,7 +68,7 @@ def _entry(record, line):
     owner = record.get("owner")
     return _Entry(line, _text(record.get("status")), _text(record.get("kind")),
                   _text(record.get("provider")), owner if isinstance(owner, str) else None,
-                  _text(prompt).lower())
+                  record.get("favourite") is True, _text(prompt).lower())
 
 
 class StoreCorrupt(Exception):
@@ -135,14 +136,15 @@ class TaskStore:
             return len(self._entries)
 
     def list(self, *, status=None, kind=None, provider=None, text=None, owner=None, since=None,
-             offset=0, limit=50):
+             favourite=None, offset=0, limit=50):
         """Newest-first page of records matching every given filter, and the total that match.
 
         `status` may be one value or a collection of values; `since` keeps ids >= it (ids sort
-        by creation time, so that means "created since").
+        by creation time, so that means "created since"); `favourite=True` keeps the starred ones.
         """
         wanted = {"status": {status} if isinstance(status, str) else set(status or ()),
-                  "kind": {kind} - {None}, "provider": {provider} - {None}, "owner": {owner} - {None}}
+                  "kind": {kind} - {None}, "provider": {provider} - {None}, "owner": {owner} - {None},
+                  "favourite": {favourite} - {None}}
         needle = text.lower() if text else None
         with self._mutex:
             self._catch_up()

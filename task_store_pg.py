@@ -73,7 +73,7 @@ def _like(needle):
     return f"%{escaped}%"
 
 
-def _where(status, kind, provider, owner, text, since):
+def _where(status, kind, provider, owner, text, since, favourite=None):
     """(SQL condition, parameters) for the listing filters; every given filter must hold."""
     terms, args = [], []
     statuses = [status] if isinstance(status, str) else list(status or ())
@@ -90,6 +90,8 @@ def _where(status, kind, provider, owner, text, since):
     if since:
         terms.append("id >= %s")
         args.append(since)
+    if favourite:           # starred tasks are few: read from the record, no column of its own
+        terms.append("(record->>'favourite') = 'true'")
     return (" AND ".join(terms) or "TRUE"), args
 
 
@@ -175,9 +177,10 @@ class PgTaskStore:
         return self._run(lambda c: c.execute("SELECT count(*) FROM tasks").fetchone()[0])
 
     def list(self, *, status=None, kind=None, provider=None, text=None, owner=None, since=None,
-             offset=0, limit=50):
-        """Newest-first page of records matching every given filter, and the total that match."""
-        where, args = _where(status, kind, provider, owner, text, since)
+             favourite=None, offset=0, limit=50):
+        """Newest-first page of records matching every given filter, and the total that match;
+        `favourite=True` keeps the starred ones."""
+        where, args = _where(status, kind, provider, owner, text, since, favourite)
 
         def page(conn):
             total = conn.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]

@@ -132,6 +132,7 @@ class Task(BaseModel):
     storyboard_id: str | None = None
     scene_index: int | None = None
     scene_task_ids: list[str | None] | None = None
+    favourite: bool = False             # starred by its owner in the gallery (a listing filter, favourite=1)
 
     problem: TaskProblem | None = None  # shown while the task waits on trouble
     problems: int = 0                   # consecutive failed calls, for the backoff and the retry cap

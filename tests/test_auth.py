@@ -22,6 +22,7 @@ ROUTE_RULES = {
     "video_extend.generate": "user/generate", "image_generate.generate_image": "user/generate",
     "task_query.list_tasks": "user", "task_query.get_task": "user", "task_query.delete_task": "user",
     "task_query.cancel_task": "user", "task_query.retry_task": "user/generate", "task_query.media_file": "user",
+    "task_query.favourite_task": "user", "gallery.page": "user", "gallery.download_zip": "user",
     "auth.change_password": "session", "auth.list_keys": "session", "auth.create_key": "session",
     "auth.delete_key": "session", "auth.logout": "session", "webhooks.set_default_url": "session",
     "auth.list_users": "admin", "auth.create_user": "admin", "auth.update_user": "admin", "auth.delete_user": "admin",

@@ -124,4 +124,4 @@ def test_the_account_page_shows_what_is_left_today(app, png_b64):
     make_user(app, "kit", images_per_day=4)
     browser = login(app, "kit")
     page = browser.get("/account").get_data(as_text=True)
-    assert "Left today: 4 images, no limit videos" in page
+    assert "Left today: 4 images, videos without limit" in page

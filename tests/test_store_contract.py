@@ -108,6 +108,16 @@ def test_filters_paging_text_search_and_since(backend):
     assert reader.ids_with_status([]) == []
 
 
+def test_the_favourite_filter_keeps_the_starred_tasks(backend):
+    store = backend.open()
+    for i in range(6):
+        store.create({**_task(i), "favourite": i % 3 == 0})
+    store.update(_task(1)["id"], {"favourite": True})
+    store.update(_task(3)["id"], {"favourite": False})
+    page, total = backend.open().list(favourite=True)
+    assert sorted(r["id"] for r in page) == sorted(_task(i)["id"] for i in (0, 1)) and total == 2
+
+
 def test_text_search_takes_wildcards_literally(backend):
     store = backend.open()
     for i, prompt in enumerate(["100% cat", "1000 cats", "a_b", "axb", "back\\slash"]):

@@ -21,20 +21,11 @@ $(function () {
   let request = 0;              // answers to older requests are dropped
   let detailId = null;
   let detailTask = null;
-  const providerLabels = {};
 
   // ---- filters and the URL ----------------------------------------------------------------
 
-  function filters() {
-    const values = {};
-    $filters.find("input[name], select[name]").each(function () {
-      const value = $.trim($(this).val());
-      if (value) {
-        values[this.name] = value;
-      }
-    });
-    return values;
-  }
+  const filter = S.taskFilters($filters, filtersChanged);
+  const filters = filter.values;
 
   function writeUrl() {
     const params = new URLSearchParams(filters());
@@ -48,21 +39,13 @@ $(function () {
     history.replaceState(null, "", window.location.pathname + (query ? "?" + query : ""));
   }
 
+  /** Filters and page from the URL; returns the task a link asks to open (?task=<id> or #<id>). */
   function readUrl() {
     const params = new URLSearchParams(window.location.search);
-    $filters.find("input[name], select[name]").each(function () {
-      const value = params.get(this.name);
-      if (value === null) {
-        return;
-      }
-      if (this.tagName === "SELECT" && !$(this).find('option[value="' + $.escapeSelector(value) + '"]').length) {
-        $(this).append($("<option>", { value: value }).text(value));
-      }
-      $(this).val(value);
-    });
+    filter.read(params);
     const page = parseInt(params.get("page") || "1", 10);
     offset = page > 1 ? (page - 1) * PAGE_SIZE : 0;
-    return params.get("task");
+    return params.get("task") || decodeURIComponent(window.location.hash.slice(1)) || null;
   }
 
   function filtersChanged() {
@@ -70,23 +53,7 @@ $(function () {
     load();
   }
 
-  let typing = null;
-  $filters.on("input", 'input[name="q"]', () => {
-    clearTimeout(typing);
-    typing = setTimeout(filtersChanged, 300);
-  });
-  $filters.on("change", "select", filtersChanged);
-  $filters.on("submit", (event) => {
-    event.preventDefault();
-    filtersChanged();
-  });
-  function clearFilters() {
-    $filters.find("input[name]").val("");
-    $filters.find("select[name]").val("");
-    filtersChanged();
-  }
-  $("#clear-filters").on("click", clearFilters);
-  $list.on("click", ".clear-filters", clearFilters);
+  $list.on("click", ".clear-filters", filter.clear);
   $list.on("click", ".reload", () => load());
 
   // ---- the list -----------------------------------------------------------------------------
@@ -103,7 +70,6 @@ $(function () {
     const mine = ++request;
     const query = Object.assign({ offset: offset, limit: PAGE_SIZE }, filters());
     $list.attr("aria-busy", "true").addClass("is-loading");
-    $("#clear-filters").prop("disabled", $.isEmptyObject(filters()));
     writeUrl();
     return S.api({ url: S.url("tasks"), data: query, scope: $filters, quiet: true }).then((page) => {
       if (mine !== request) {
@@ -169,9 +135,7 @@ $(function () {
     return input ? S.inputUrl(input) : null;
   }
 
-  function providerName(name) {
-    return providerLabels[name] || name;
-  }
+  const providerName = filter.providerName;
 
   function statusText(task) {
     const progress = (task.status === "running" || task.status === "downloading") && task.progress ? " " + task.progress + " %" : "";
@@ -188,8 +152,10 @@ $(function () {
   function fillRow($row, task) {
     const prompt = task.params.prompt || "";
     $row.attr("data-status", task.status);
-    $row.find(".task-title").text(prompt || t("no_prompt")).toggleClass("untitled", !prompt).attr("title", prompt);
+    $row.find(".task-title").text(prompt || t("no_prompt")).toggleClass("untitled", !prompt).attr("title", prompt)
+      .attr("href", "?task=" + encodeURIComponent(task.id));
     $row.find(".task-kind").text(t("kind." + task.kind));
+    $row.find(".task-fav").toggleClass("d-none", !task.favourite);
     $row.find(".task-model").text(providerName(task.provider) + " / " + task.model);
     $row.find(".task-created").attr("datetime", task.created_at).text(S.formatTime(task.created_at));
     S.statusBadge($row.find(".task-status"), task.status).text(statusText(task));
@@ -250,14 +216,14 @@ $(function () {
     }
   }
 
+  /** A task is gone: drop its row at once, then refill the page from the server (the next task
+   * moves up, the count is the server's; an emptied last page falls back to the one before). */
   function removeRow(id) {
     delete shown[id];
     $list.find('[data-task-id="' + $.escapeSelector(id) + '"]').remove();
     total = Math.max(0, total - 1);
     pager();
-    if (!Object.keys(shown).length) {
-      load();
-    }
+    return load();
   }
 
   // ---- the detail view ------------------------------------------------------------------------
@@ -488,25 +454,26 @@ $(function () {
 
   // ---- start --------------------------------------------------------------------------------------
 
-  S.capabilities().then((caps) => {
-    const $provider = $("#filter-provider");
-    const wanted = $provider.val();
-    caps.providers.forEach((p) => {
-      providerLabels[p.name] = S.tr(p.label || p.name);
-      if (!$provider.find('option[value="' + $.escapeSelector(p.name) + '"]').length) {
-        $provider.append($("<option>", { value: p.name }).text(S.tr(p.label || p.name)));
-      } else {
-        $provider.find('option[value="' + $.escapeSelector(p.name) + '"]').text(S.tr(p.label || p.name));
+  filter.providers.then(() => Object.keys(shown).forEach((id) => updateTask(shown[id])));
+
+  /** A link to a task (?task=<id> or #<id>): open it, or say that it is gone (deleted, or not
+   * the reader's: the server answers both with 404) instead of an empty dialog. */
+  function openLinked(id) {
+    S.getTask(id).then((task) => openDetail(task.id), (error) => {
+      const gone = error.status === 404;
+      S.showError({ message: gone ? S.fmt(data.task_gone, { id: id }) : error.message }, null);
+      $("#page-alerts .alert").attr("id", gone ? "task-gone" : null);
+      if (window.location.hash) {
+        history.replaceState(null, "", window.location.pathname + window.location.search);
       }
+      writeUrl();
     });
-    $provider.val(wanted);
-    Object.keys(shown).forEach((id) => updateTask(shown[id]));
-  });
+  }
 
   const openTask = readUrl();
   load().then(() => {
     if (openTask) {
-      openDetail(openTask);
+      openLinked(openTask);
     }
   });
   setTimeout(refreshActive, REFRESH_MS);
