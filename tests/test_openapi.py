@@ -87,9 +87,10 @@ def test_docs_page_runs_swagger_ui_from_the_studio_with_no_inline_script(app):
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
-    assert [body.strip() for _, body in scripts] == ["", ""]
+    assert [body.strip() for _, body in scripts] == ["", "", ""]
     sources = [re.search(r'src="([^"]+)"', attrs).group(1) for attrs, _ in scripts]
-    assert sources == ["/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js", "/static/js/docs.js"]
+    assert sources == ["/static/js/theme.js", "/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js",
+                       "/static/js/docs.js"]
     for source in sources:
         with app.test_client().get(source) as served:
             assert served.status_code == 200
