@@ -34,14 +34,25 @@ def render_message(template, params=None, translate=None):
     without one. A translation that does not fit its parameters falls back to the English."""
     params = params or {}
     if translate is None:
-        return template % params if params else template
-    shown = {key: translate(value) if key in TRANSLATED_PARAMS and isinstance(value, str) else value
-             for key, value in params.items()}
+        return template % _joined(params, None) if params else template
+    shown = _joined(params, translate)
     try:
         text = translate(template)
         return text % shown if params else text
     except (KeyError, ValueError, TypeError):
         return render_message(template, params)
+
+
+def _joined(params, translate):
+    """The parameters as the template shows them: a list as "a, b", the English texts among them
+    (TRANSLATED_PARAMS) translated."""
+    shown = {}
+    for key, value in params.items():
+        items = value if isinstance(value, list | tuple) else [value]
+        if translate is not None and key in TRANSLATED_PARAMS:
+            items = [translate(item) if isinstance(item, str) else item for item in items]
+        shown[key] = ", ".join(map(str, items)) if isinstance(value, list | tuple) else items[0]
+    return shown
 
 
 class Text:
