@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
 import tasks
 from image_generate import ImageRequest
@@ -30,7 +31,7 @@ DEFAULT_ESTIMATE = {"video": 180, "image": 60}
 def _http_url(value):
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL")
+        raise PydanticCustomError("not_http_url", "must be an http:// or https:// URL")
     return value
 
 
