@@ -17,11 +17,11 @@ that must not depend on a web framework.
 
 import logging
 
-from flask import current_app, jsonify, make_response, render_template, request
+from flask import jsonify, make_response, render_template, request
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
-from errors import N_, AppError, InsufficientStorage, ProviderError, RateLimited
+from errors import N_, AppError, InsufficientStorage, RateLimited
 from i18n import translate
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,13 @@ def as_app_error(exc):
         N_("Something went wrong on the server; it has been logged."), code="internal_error", status=500)
 
 
-def _with_label(error):
-    """A provider failure names its provider by the label the pages show, not its internal name."""
-    if isinstance(error, ProviderError) and error.label is None and error.provider:
-        provider = current_app.extensions.get("providers", {}).get(error.provider)
-        try:
-            error.label = provider.capabilities()["label"] if provider else None
-        except Exception:   # noqa: BLE001 - a table that cannot be built must not hide the error
-            error.label = None
-    return error
-
-
 def _page(error, page):
     """The HTML for `error`: the view's own page when it shows its errors itself, else the error page."""
     try:
         if page is not None:
             return page(error)
         return render_template([f"errors/{error.status}.html", "errors/error.html"], status=error.status,
-                               code=error.code, message=error.to_dict(translate)["error"]["message"])
+                               code=error.code, message=error.localized(translate))
     except Exception:          # noqa: BLE001 - the answer must go out even if the layout cannot render
         log.exception("the error page for a %s could not be rendered", error.status)
         return f"<!doctype html><title>{error.status}</title><p>{escape(error.message)}</p>"
@@ -95,7 +84,7 @@ def render(exc, page=None):
     """
     if isinstance(exc, HTTPException) and exc.response is not None:
         return exc.response             # abort(response): the view already made the answer
-    error = _with_label(as_app_error(exc))
+    error = as_app_error(exc)
     if error.status >= 500 and not isinstance(exc, AppError):
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     response = jsonify(error.to_dict(translate)) if wants_json() else make_response(_page(error, page))

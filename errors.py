@@ -34,7 +34,10 @@ def render_message(template, params=None, translate=None):
     without one. A translation that does not fit its parameters falls back to the English."""
     params = params or {}
     if translate is None:
-        return template % _joined(params, None) if params else template
+        try:
+            return template % _joined(params, None) if params else template
+        except (KeyError, ValueError, TypeError):
+            return template     # a template that does not fit its parameters: shown unfilled, never a crash
     shown = _joined(params, translate)
     try:
         text = translate(template)
@@ -203,10 +206,10 @@ class ProviderError(AppError):
     retryable = False
 
     def __init__(self, message, *, provider=None, http_status=None, provider_code=None,
-                 request_id=None, code=None, retryable=None):
-        super().__init__(message, code=code)
+                 request_id=None, code=None, retryable=None, params=None, provider_message=None):
+        super().__init__(message, code=code, params=params)
         self.provider = provider
-        self.label = None           # the provider's label, for the summary; its name when not set
+        self.provider_message = provider_message    # the provider's own words in the message, if any
         self.http_status = http_status
         self.provider_code = provider_code
         self.request_id = request_id
@@ -214,17 +217,14 @@ class ProviderError(AppError):
             self.retryable = retryable
 
 
-    def summary(self, label=None):
-        """What the reader is told, as a Text: a translated summary by the error's kind; the
-        provider module's own words (`message`, English, often the provider's) go beside it."""
-        template = PROVIDER_SUMMARIES.get(self.code) or PROVIDER_SUMMARIES[type(self).code]
-        return Text(template, label=label or self.label or self.provider or "")
+    def summary(self):
+        """The message as a Text a task keeps, to show in its reader's language."""
+        return Text(self.template, **self.params)
 
     def to_dict(self, translate=None):
-        summary = self.summary()
         body = super().to_dict(translate)
-        body["error"].update(message=render_message(summary.template, summary.params, translate),
-                             provider_message=self.message)
+        if self.provider_message:
+            body["error"]["provider_message"] = self.provider_message
         return body
 
 
@@ -263,20 +263,6 @@ class SubmitOutcomeUnknown(ProviderError):
     """A submit was sent but no answer came back: it must be reconciled, never blindly re-sent."""
 
     code = "submit_outcome_unknown"
-
-
-# The reader's summary of a provider failure, by code (ProviderError.summary).
-PROVIDER_SUMMARIES = {
-    ProviderError.code: N_("%(label)s could not do this."),
-    ProviderAuthError.code: N_("%(label)s refused the studio's API key: check the keys in the settings."),
-    ProviderQuotaError.code: N_("%(label)s says the account has no balance or quota left."),
-    ProviderRateLimited.code: N_("%(label)s is busy (rate limited); the studio tries again later."),
-    ProviderRejected.code: N_("%(label)s refused the request."),
-    ProviderUnavailable.code: N_("%(label)s could not be reached or is unavailable."),
-    ProviderBadResponse.code: N_("%(label)s gave an answer the studio cannot read."),
-    SubmitOutcomeUnknown.code: N_("%(label)s did not confirm the submit; it is not sent again, so it "
-                                  "cannot be charged twice."),
-}
 
 
 # What is wrong with a field, by pydantic's error type (validation.parse_body); `%(field)s` is the

@@ -222,7 +222,7 @@ def _earlier_submit(store, provider, task, journal, now):
     try:
         found = provider.reconcile(task)
     except SubmitOutcomeUnknown as exc:
-        _fail(store, task_id, exc.code, exc.summary(_label(provider)), now, late_check=True,
+        _fail(store, task_id, exc.code, exc.summary(), now, late_check=True,
               provider_message=exc.message)
         raise _NotNow from None
     except ProviderError as exc:
@@ -263,7 +263,7 @@ def _send(store, provider, task, journal, now):
         if exc.retryable:
             _submit_problem(store, provider, task, exc, now, ambiguous=False)
         else:
-            _fail(store, task_id, exc.code, exc.summary(_label(provider)), now, provider_message=exc.message)
+            _fail(store, task_id, exc.code, exc.summary(), now, provider_message=exc.message)
         raise _NotNow from None
     except FileNotFoundError:
         # The picture vanished between the check and the read: nothing was sent.

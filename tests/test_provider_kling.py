@@ -489,7 +489,8 @@ def test_failure_at_kling_reports_its_message(app, client, fake):
     assert task["status"] == "failed" and task["provider_status"] == "failed"
     # Kling's own words are kept beside the studio's summary, which names Kling by its label.
     error = task["error"]
-    assert error["code"] == "kling_task_failed" and error["provider_message"] == "Failure to pass the risk control system"
+    assert error["code"] == "kling_task_failed"
+    assert error["provider_message"] == "Failure to pass the risk control system"
     assert error["template"] == "%(label)s reported that the task failed." and error["retryable"] is False
 
 
