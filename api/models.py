@@ -97,8 +97,10 @@ class ImageServiceRequest(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str
-    message: str
+    message: str = Field(description="In the request's language (Accept-Language, else English).")
     field: str | None = None
+    params: dict | None = Field(None, description="What the message was filled with, for clients that word it.")
+    provider_message: str | None = Field(None, description="A provider's own words, when it said something.")
 
 
 class ErrorBody(BaseModel):
@@ -136,8 +138,10 @@ class V1Result(BaseModel):
 
 class V1TaskError(BaseModel):
     code: str
-    message: str
+    message: str = Field(description="In the request's language (Accept-Language, else English).")
     retryable: bool = False
+    params: dict | None = None
+    provider_message: str | None = Field(None, description="The provider's own words, beside the summary.")
 
 
 class V1Task(BaseModel):

@@ -12,7 +12,7 @@ import math
 import re
 import statistics
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, has_request_context
 
 import access
 import health
@@ -32,6 +32,7 @@ from api.models import (
 )
 from api.openapi import documented
 from errors import N_, ValidationError
+from i18n import translate
 from image_generate import check_image_request, prepare_images
 from validation import parse_body, provider_and_model, queue_task
 from video_extend import check_video_request
@@ -45,7 +46,8 @@ ESTIMATE_SAMPLE = 20            # the most recent succeeded tasks the estimate i
 
 def v1_task(record):
     """A task record as v1 shows it (links without signatures, via tasks.for_client)."""
-    record = tasks.for_client(record)
+    # In the caller's language; a webhook (no request) carries the English.
+    record = tasks.for_client(record, translate=translate if has_request_context() else None)
     outputs = [_v1_output(o, record) for o in record["outputs"]]
     completed = record["status"] == tasks.SUCCEEDED
     result = ({"output_path": outputs[0]["url"] if outputs else None,

@@ -498,10 +498,10 @@ class WanClient:
         else:
             parameters["resolution"] = params["mode"]
             if spec["kind"] == "kf2v":
-                body_input["first_frame_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
-                body_input["last_frame_url"] = self._data_uri(self.input_path(task, "tail"), "last frame")
+                body_input["first_frame_url"] = self._data_uri(self.input_path(task, "first"), N_("first frame"))
+                body_input["last_frame_url"] = self._data_uri(self.input_path(task, "tail"), N_("last frame"))
             else:
-                body_input["img_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
+                body_input["img_url"] = self._data_uri(self.input_path(task, "first"), N_("first frame"))
         if params.get("prompt"):
             body_input["prompt"] = params["prompt"]
         if params.get("negative_prompt"):

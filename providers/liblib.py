@@ -269,7 +269,7 @@ class LiblibProvider(Provider):
         # img2img example and working clients spell it so; only one table writes `templateUUID`.
         with submit_slot(self.data_dir, self.config["LIBLIB_ACCESS_KEY"]):
             response = self.http.submit(path, json=body, auth=self._signer(), task_id=task["id"])
-        data = self._data(response, "submit", submitted=True)
+        data = self._data(response, N_("submit"), submitted=True)
         generate_uuid = data.get("generateUuid") if isinstance(data, dict) else None
         if not generate_uuid:
             raise SubmitOutcomeUnknown(N_("Liblib accepted the submit but returned no task id; it is not sent again "
@@ -310,7 +310,7 @@ class LiblibProvider(Provider):
     def query(self, task):
         response = self.http.request("POST", STATUS_PATH, idempotent=True, auth=self._signer(),
                                      json={"generateUuid": task["provider_task_id"]}, task_id=task["id"])
-        data = self._data(response, "status query", submitted=False)
+        data = self._data(response, N_("status query"), submitted=False)
         if not isinstance(data, dict):
             raise ProviderBadResponse(N_("Liblib's status answer has no data."), provider=self.name)
         status = data.get("generateStatus")
@@ -363,7 +363,7 @@ class LiblibProvider(Provider):
         extension = "png" if path.suffix.lower() == ".png" else "jpg"
         response = self.http.request("POST", UPLOAD_SIGNATURE_PATH, idempotent=True, auth=self._signer(),
                                 json={"name": task["id"], "extension": extension}, task_id=task["id"])
-        data = self._data(response, "upload signature", submitted=False)
+        data = self._data(response, N_("upload signature"), submitted=False)
         try:
             # OSS PostObject: the policy fields in this order, `file` last, no Liblib credentials.
             fields = [("key", data["key"]), ("policy", data["policy"]), ("x-oss-date", data["xOssDate"]),

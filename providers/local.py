@@ -212,7 +212,7 @@ class LocalProvider(Provider):
                                    params={"kind": kind, "model": model})
         path = self.input_path(task, role)
         if path is None or not path.is_file():
-            what = "a first frame" if role == "first" else "a reference picture"
+            what = N_("a first frame") if role == "first" else N_("a reference picture")
             raise ProviderRejected(N_("the local engine needs %(what)s: it does not generate from text"),
                                    provider="local",
                                    params={"what": what})

@@ -115,7 +115,7 @@ class WanServerProvider(Provider):
         if params.get("seed") is not None:
             body["seed"] = params["seed"]
         response = self.http.submit(SUBMIT_PATH, json=body, headers=self._auth(), task_id=task["id"])
-        answer = self._answer(response, "submit", submitted=True)
+        answer = self._answer(response, N_("submit"), submitted=True)
         request_id = answer.get("requestId")
         if not isinstance(request_id, str) or not request_id:
             raise SubmitOutcomeUnknown(N_("The Wan server accepted the submit but gave no requestId; it is not sent "
@@ -125,7 +125,7 @@ class WanServerProvider(Provider):
     def query(self, task):
         response = self.http.request("POST", STATUS_PATH, idempotent=True, headers=self._auth(),
                                      json={"requestId": task["provider_task_id"]}, task_id=task["id"])
-        answer = self._answer(response, "status query", submitted=False)
+        answer = self._answer(response, N_("status query"), submitted=False)
         status = answer.get("status")
         report = ProviderStatus(state=STATES.get(status, State.RUNNING), raw_status=None if status is None
                                 else str(status))
@@ -149,7 +149,7 @@ class WanServerProvider(Provider):
             return False
         response = self.http.request("POST", CANCEL_PATH, idempotent=True, headers=self._auth(),
                                      json={"requestId": task["provider_task_id"]}, task_id=task["id"])
-        answer = self._answer(response, "cancel", submitted=False)
+        answer = self._answer(response, N_("cancel"), submitted=False)
         return answer.get("status") == "Succeed"
 
     def reconcile(self, task):
