@@ -542,9 +542,11 @@ def _download_problem(store, task, outputs, exc, now):
               now)
         return
     if downloads.disk_full(exc):
-        message = "The disk is full: free some space. The result is kept at the provider and saved when there is room."
+        message = Text(N_("The disk is full: free some space. The result is kept at the provider and saved when there "
+                          "is room."))
     else:
-        message = f"Saving the result failed ({type(exc).__name__}: {detail}); retrying."
+        message = Text(N_("Saving the result failed (%(error)s: %(detail)s); retrying."), error=type(exc).__name__,
+                       detail=detail)
     known_expiry = any(o.get("remote_url") and downloads.link_expiry(o["remote_url"], o.get("remote_expires_at"))
                        for o in outputs)
     # A link the server keeps refusing (403/404/410) is gone, whatever its stated expiry;
@@ -558,7 +560,7 @@ def _download_problem(store, task, outputs, exc, now):
 
     def change(record):
         if record["status"] == DOWNLOADING:
-            record.update(outputs=outputs, download_error=message, **_backoff(task, now, 5))
+            record.update(outputs=outputs, **tasks.download_error(message), **_backoff(task, now, 5))
     store.update(task["id"], change)
 
 

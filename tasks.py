@@ -142,7 +142,9 @@ class Task(BaseModel):
     cancel_note: str | None = None      # why stopping it at the provider did not work (English)
     cancel_note_template: str | None = None     # its template and params, for the reader's language
     cancel_note_params: dict | None = None
-    download_error: str | None = None   # the latest problem saving the results
+    download_error: str | None = None   # the latest problem saving the results (English)
+    download_error_template: str | None = None  # its template and params, for the reader's language
+    download_error_params: dict | None = None
     webhook: TaskWebhook | None = None  # the delivery of its end to callback_url or the owner's webhook
 
 
@@ -187,7 +189,7 @@ def downloading(record, outputs, now):
 
 
 def succeeded(record, outputs, now):
-    move(record, SUCCEEDED, now, outputs=outputs, download_error=None, problems=0, next_check_at=None, error=None)
+    move(record, SUCCEEDED, now, outputs=outputs, **download_error(None), problems=0, next_check_at=None, error=None)
 
 
 def fail(record, code, message, now, *, late_check=False, keep_finished=False, provider_message=None):
@@ -301,11 +303,21 @@ def remove_files(data_dir, task_id):
         shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
 
 
+def _text_fields(name, text):
+    """A message the record keeps as `name` (English), `name_template` and `name_params`."""
+    if text is None:
+        return {name: None, f"{name}_template": None, f"{name}_params": None}
+    return {name: str(text), f"{name}_template": text.template, f"{name}_params": text.params}
+
+
 def cancel_note(text):
     """The record fields of a cancel note (an errors.Text), or of none."""
-    if text is None:
-        return {"cancel_note": None, "cancel_note_template": None, "cancel_note_params": None}
-    return {"cancel_note": str(text), "cancel_note_template": text.template, "cancel_note_params": text.params}
+    return _text_fields("cancel_note", text)
+
+
+def download_error(text):
+    """The record fields of the latest problem saving the results (an errors.Text), or of none."""
+    return _text_fields("download_error", text)
 
 
 def for_client(record, disk_full=False, translate=None):
@@ -327,7 +339,8 @@ def _translated(seen, translate):
     for name in ("error", "problem"):
         if seen.get(name):
             seen[name] = {**seen[name], "message": shown_text(seen[name], translate)}
-    if seen.get("cancel_note_template"):
-        seen["cancel_note"] = shown_text({"template": seen["cancel_note_template"],
-                                          "params": seen.get("cancel_note_params")}, translate)
+    for name in ("cancel_note", "download_error"):
+        if seen.get(f"{name}_template"):
+            seen[name] = shown_text({"template": seen[f"{name}_template"], "params": seen.get(f"{name}_params")},
+                                    translate)
     return seen

@@ -18,8 +18,10 @@ from flask.testing import FlaskClient
 import auth
 import providers.http
 import task_query
+import tasks
 from app import create_app
-from errors import render_message
+from errors import Text, render_message
+from i18n import translate
 from tests.conftest import ADMIN_PASSWORD, b64, picture, run_pipeline
 from tests.fakes.kling import Server
 from tests.signin import csrf_of, login, make_user
@@ -241,6 +243,15 @@ def test_a_record_stored_as_plain_text_still_shows(client, app):
                                                            "retryable": False}, "cancel_note": "An old note."})
     task = client.get(f"/api/tasks/{task_id}", headers={"Accept-Language": "zh"}).get_json()
     assert task["error"]["message"] == "Stored long ago." and task["cancel_note"] == "An old note."
+
+
+def test_a_download_problem_is_shown_in_the_readers_language(app):
+    text = Text("Saving the result failed (%(error)s: %(detail)s); retrying.", error="ConnectionError", detail="reset")
+    record = {"status": "downloading", "outputs": [], **tasks.download_error(text)}
+    assert record["download_error"] == "Saving the result failed (ConnectionError: reset); retrying."
+    with app.test_request_context(headers={"Accept-Language": "zh"}):
+        seen = tasks.for_client(record, translate=translate)
+    assert seen["download_error"] == "保存结果失败（ConnectionError：reset）；正在重试。"
 
 
 # ---- punctuation and every catalogue entry
