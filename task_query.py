@@ -451,9 +451,12 @@ def _apply_status(record, status, provider, now):
     if status.state == base.ReportState.SUCCEEDED:
         _reported_success(record, status, now, late)
     elif status.state == base.ReportState.FAILED:
-        tasks.fail(record, status.error_code or "provider_failed", Text(
-            N_("%(label)s reported that the task failed."), label=_label(provider)), now, keep_finished=True,
-            provider_message=status.message)
+        # The studio's words around the provider's reason (kept as it is, and beside as provider_message).
+        reason = Text(N_("%(label)s reported that the task failed: %(reason)s"), label=_label(provider),
+                      reason=status.message) if status.message else Text(
+            N_("%(label)s reported that the task failed."), label=_label(provider))
+        tasks.fail(record, status.error_code or "provider_failed", reason, now, keep_finished=True,
+                   provider_message=status.message)
     elif status.state == base.ReportState.CANCELLED:
         if late:
             record.update(late_check_until=None, next_check_at=None)     # it stays failed

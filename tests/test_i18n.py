@@ -204,11 +204,12 @@ def test_a_provider_failure_is_chinese_beside_the_providers_own_words(kling_app,
     task_id = _kling_task(browser)
     assert run_pipeline(kling_app, task_id, skip_waits=True)["status"] == "failed"
     zh = browser.get(f"/api/tasks/{task_id}").get_json()["error"]
-    assert zh["message"] == "可灵（官方 API）报告任务失败。"
+    assert zh["message"] == "可灵（官方 API）报告任务失败：Failure to pass the risk control system"
     assert zh["provider_message"] == "Failure to pass the risk control system"     # Kling's words, as they were
     assert_chinese(zh, kling_app)
     en = kling_app.test_client().get(f"/api/tasks/{task_id}", headers={"Accept-Language": "en"}).get_json()
-    assert en["error"]["message"] == "Kling (official API) reported that the task failed."
+    assert en["error"]["message"] == ("Kling (official API) reported that the task failed: Failure to pass the risk "
+                                      "control system")
     v1 = browser.get(f"/api/v1/tasks/{task_id}").get_json()["error"]
     assert v1["message"] == zh["message"] and v1["provider_message"] == zh["provider_message"]
 

@@ -491,7 +491,9 @@ def test_failure_at_kling_reports_its_message(app, client, fake):
     error = task["error"]
     assert error["code"] == "kling_task_failed"
     assert error["provider_message"] == "Failure to pass the risk control system"
-    assert error["template"] == "%(label)s reported that the task failed." and error["retryable"] is False
+    assert error["message"] == ("Kling (official API) reported that the task failed: Failure to pass the risk "
+                                "control system")
+    assert error["template"] == "%(label)s reported that the task failed: %(reason)s" and error["retryable"] is False
 
 
 def run_all(app, task_ids, rounds=40):

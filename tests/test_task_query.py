@@ -236,9 +236,9 @@ def test_provider_failure_is_recorded(app, client, monkeypatch):
     task = store.get(task_id)
     # The studio's summary, in words it can translate, beside the provider's own.
     assert task["status"] == "failed" and task["error"] == {
-        "code": "moderated", "message": "Local effects engine reported that the task failed.", "retryable": False,
-        "template": "%(label)s reported that the task failed.", "params": {"label": "Local effects engine"},
-        "provider_message": "moderation"}
+        "code": "moderated", "message": "Local effects engine reported that the task failed: moderation",
+        "retryable": False, "template": "%(label)s reported that the task failed: %(reason)s",
+        "params": {"label": "Local effects engine", "reason": "moderation"}, "provider_message": "moderation"}
 
 
 def test_capabilities_lists_every_provider(client):
