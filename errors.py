@@ -17,10 +17,10 @@ import errno as _errno
 
 DISK_FULL_ERRNOS = (_errno.ENOSPC, _errno.EDQUOT)
 
-# Parameters that are English texts themselves (a provider's label, a picture's role, a kind of
-# result): the renderer translates them too. Every other parameter is shown as it is (numbers,
-# field names, ids, values the user sent).
-TRANSLATED_PARAMS = frozenset({"label", "what", "kind_name"})
+# Parameters that are English texts themselves, marked with N_ where they are written (a provider's
+# label, a picture's role, a call's name): the renderer translates them too. Every other parameter
+# is shown as it is (numbers, field names, ids, values the user sent, a provider's own words).
+TRANSLATED_PARAMS = frozenset({"label", "what"})
 
 
 def N_(text):
@@ -59,7 +59,7 @@ def _joined(params, translate):
 
 
 class Text:
-    """A message a task keeps to show later: an English template, its parameters and its code.
+    """A message a task keeps to show later: an English template and its parameters.
 
     `fields()` is what the record stores: the English `message` (read by webhooks, logs and
     older clients) beside the `template` and `params` the reader's language is made from.

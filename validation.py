@@ -91,7 +91,10 @@ def provider_and_model(provider_id, model_id, kind):
 
 
 def choose(value, allowed, field, what=None):
-    """`value` if allowed (the first allowed value when None), else a 422 naming the choices."""
+    """`value` if allowed (the first allowed value when None), else a 422 naming the choices.
+
+    The message names the field (`what`, the English name callers pass, is not used: a field name
+    reads the same in every language)."""
     if value is None:
         return allowed[0]
     if value not in allowed:
