@@ -37,7 +37,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
 
 import media
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 
 MAX_JSON_DEPTH = 64
 # The generate forms have about 25 fields and two pictures: more parts is not a person's request.
@@ -104,16 +104,16 @@ class StrictJSONProvider(DefaultJSONProvider):
             # UTF-8 only (RFC 8259); json would also guess UTF-16 and UTF-32.
             text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         except UnicodeDecodeError:
-            raise ValidationError("The request body is not valid UTF-8 text.", code="invalid_json") from None
+            raise ValidationError(N_("The request body is not valid UTF-8 text."), code="invalid_json") from None
         if _too_deep(text):
-            raise ValidationError(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels (or is unbalanced).",
-                                  code="invalid_json")
+            raise ValidationError(N_("The JSON body nests deeper than %(max)s levels (or is unbalanced)."),
+                                  code="invalid_json", params={"max": MAX_JSON_DEPTH})
         try:
             return json.loads(text, **{"object_pairs_hook": _refuse_duplicates, "parse_constant": _refuse_constant,
                                        "parse_float": _finite_float, **kwargs})
         except (ValueError, RecursionError) as exc:
-            raise ValidationError(f"The request body is not valid JSON: {str(exc)[:120]}",
-                                  code="invalid_json") from None
+            raise ValidationError(N_("The request body is not valid JSON: %(detail)s"),
+                                  code="invalid_json", params={"detail": str(exc)[:120]}) from None
 
 
 class StudioRequest(Request):
