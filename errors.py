@@ -48,14 +48,22 @@ def render_message(template, params=None, translate=None):
 
 def _joined(params, translate):
     """The parameters as the template shows them: a list as "a, b", the English texts among them
-    (TRANSLATED_PARAMS) translated."""
+    (TRANSLATED_PARAMS) and the messages among them (`_nested`) translated."""
     shown = {}
     for key, value in params.items():
-        items = value if isinstance(value, list | tuple) else [value]
+        items = [_nested(item, translate) for item in (value if isinstance(value, list | tuple) else [value])]
         if translate is not None and key in TRANSLATED_PARAMS:
             items = [translate(item) if isinstance(item, str) else item for item in items]
         shown[key] = ", ".join(map(str, items)) if isinstance(value, list | tuple) else items[0]
     return shown
+
+
+def _nested(item, translate):
+    """A parameter that is a message of its own (`{"template", "params"}`, e.g. the reason a batch
+    item was refused, quoted by the batch's error) rendered in the same language."""
+    if isinstance(item, dict) and "template" in item:
+        return render_message(item["template"], item.get("params"), translate)
+    return item
 
 
 class Text:

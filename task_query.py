@@ -729,7 +729,7 @@ def list_tasks():
     (starred only); paging."""
     args = _list_args()
     if args.get("favourite") not in (None, "", "0", "1"):
-        raise ValidationError("favourite must be 0 or 1.", code="invalid_field", field="favourite")
+        raise ValidationError(N_("favourite must be 0 or 1."), code="invalid_field", field="favourite")
     statuses = [s for s in args.get("status", "").split(",") if s]
     for status in statuses:
         if status not in tasks.STATUSES:
@@ -843,12 +843,12 @@ def favourite_task(task_id):
     task = _task_or_404(task_id)
     if task.get("owner") != access.owner_id():
         # The admin sees every task, but a star is the owner's own choice.
-        raise NotFound(f"No task '{task_id}'.")
+        raise NotFound(N_("No task '%(id)s'."), params={"id": task_id})
     wanted = parse_body(FavouriteRequest).favourite
     try:
         return _for_client(_store().update(task_id, {"favourite": wanted}))
     except KeyError:            # deleted meanwhile
-        raise NotFound(f"No task '{task_id}'.") from None
+        raise NotFound(N_("No task '%(id)s'."), params={"id": task_id}) from None
 
 
 @bp.delete("/api/tasks/<task_id>")

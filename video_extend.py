@@ -71,7 +71,7 @@ class VideoRequest(BaseModel):
 def check_video_request(req):
     """Validate a VideoRequest against its model's table; returns (provider, model, params)."""
     if req.video_config is not None and req.scenes is None:
-        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
+        raise ValidationError(N_("video_config goes with scenes."), code="invalid_field", field="video_config")
     provider, model = provider_and_model(req.provider, req.model_name, "video")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)

@@ -135,10 +135,10 @@ def _apply_seed(req, model, params):
 
 def queue_video(req):
     if req.video_config is not None and req.scenes is None:
-        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
+        raise ValidationError(N_("video_config goes with scenes."), code="invalid_field", field="video_config")
     if req.scenes is not None:              # a storyboard: its size is video_config's resolution
         if req.width is not None or req.height is not None:
-            raise ValidationError("With scenes, give the size as video_config.resolution.", code="invalid_field",
+            raise ValidationError(N_("With scenes, give the size as video_config.resolution."), code="invalid_field",
                                   field="width" if req.width is not None else "height")
         return storyboards.queue_storyboard(req)
     _apply_size(req, "video")
