@@ -2,13 +2,17 @@
 
 A session switched to 中文 provokes the messages the server makes (a validation error per field of
 /generate, /generate_image and the v1 API, a quota refusal, a CSRF failure, a rate limit, a provider
-failure from the local Kling server, a cancel note) and fails on any English sentence in them:
+failure from the local Kling server, a cancel note, a batch upload and its refused items, a gallery
+zip over its cap, a bad storyboard and a failed scene, a malformed multipart body) and fails on any
+English sentence in them:
 three ASCII words in a row, once the message's own data (its parameters, field names, provider
 labels) is set aside. Accept-Language alone picks the language for a caller without a session.
 """
 
+import io
 import json
 import re
+import zipfile
 from html.parser import HTMLParser
 
 import pytest
@@ -17,14 +21,17 @@ from flask.testing import FlaskClient
 
 import auth
 import providers.http
+import storyboards
 import task_query
 import tasks
 from app import create_app
-from errors import Text, render_message
+from errors import N_, Text, render_message
 from i18n import translate
 from tests.conftest import ADMIN_PASSWORD, b64, picture, run_pipeline
 from tests.fakes.kling import Server
 from tests.signin import csrf_of, login, make_user
+from tests.test_batches import SETTINGS, multipart, png, shot_zip
+from tests.test_gallery import make_images, zip_of
 
 CJK = re.compile(r"[\u3400-\u9fff]")
 # Three ASCII words in a row ("is not offered", "the request could"): an English sentence.
@@ -169,6 +176,154 @@ def test_a_rate_limit_is_chinese(app, monkeypatch):
     error = answers[-1].get_json()["error"]
     assert error["code"] == "rate_limited" and "秒后再试" in error["message"]
     assert_chinese(error, app)
+
+
+# ---- batches, gallery zips, storyboards and multipart bodies
+
+def _zip(*members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_a_batch_upload_that_cannot_be_used_is_refused_in_chinese(app):
+    browser = zh_session(app)
+    only_refused = _zip(("../evil.png", png(1)), ("05_generated_images/E/notes.docx", b"PK"),
+                        ("07_video_prompts/E-Video-Prompts.txt", "Shot-001: no picture for this one"))
+    cases = [({"file": (b"this is not a zip", "shots.zip")}, "invalid_zip"),
+             ({"file": (only_refused, "shots.zip")}, "no_usable_items"),
+             ({"file": (_zip(("a.png", png())), "shots.zip")}, "no_layout"),
+             ({"file": (shot_zip(), "shots.zip"), "colour": "blue"}, "unknown_field"),
+             ({"file": (shot_zip(), "shots.zip"), "cfg_scale": "2"}, "invalid_field"),
+             ({}, "file_required")]
+    for fields, code in cases:
+        resp = multipart(browser, {**SETTINGS, **fields})
+        assert 400 <= resp.status_code < 500, resp.get_json()
+        error = resp.get_json()["error"]
+        assert error["code"] == code, error
+        assert_chinese(error, app)
+    # The reasons quoted by "none can be used" are said in Chinese too.
+    assert "已拒绝：路径中含有“..”。" in error_of_upload(browser, only_refused)["message"]
+
+
+def error_of_upload(browser, data):
+    return multipart(browser, {**SETTINGS, "file": (data, "shots.zip")}).get_json()["error"]
+
+
+def test_a_refused_items_reason_is_chinese_in_the_batch_and_english_for_an_english_reader(app):
+    browser = zh_session(app)
+    data = shot_zip(extra=[
+        ("Series/05_generated_images/Episode-02/Episode-02-Shot-001.png", b"this is not a picture at all" * 4),
+        ("Series/05_generated_images/Episode-02/Episode-02-Shot-002.png", png(seed=2)),
+        ("Series/05_generated_images/Episode-02/notes.docx", b"PK"),
+        ("Series/../evil.png", png(3)),
+        ("Series/07_video_prompts/Episode-02-Video-Prompts.txt",
+         f"Shot-001: a prompt\nShot-002: {'x' * 2600}\nShot-003: no picture for this one\n")])
+    resp = multipart(browser, {**SETTINGS, "file": (data, "shots.zip")})
+    assert resp.status_code == 202, resp.get_json()
+    batch_id = resp.get_json()["batch_id"]
+    refused = [i for i in browser.get(f"/api/v1/batches/{batch_id}").get_json()["items"] if i["status"] == "refused"]
+    assert {i["error"]["code"] for i in refused} == {"unsupported_image_format", "prompt_too_long", "picture_missing",
+                                                    "not_a_shot", "unsafe_member"}
+    for item in refused:
+        assert_chinese(item["error"], app)
+    en = app.test_client().get(f"/api/v1/batches/{batch_id}", headers={"Accept-Language": "en"}).get_json()
+    reasons = {i["name"]: i["error"]["message"] for i in en["items"] if i["status"] == "refused"}
+    assert reasons["Episode-02/Shot-003"] == "No picture for Episode-02/Shot-003."
+    assert reasons["Series/../evil.png"] == "Refused: a path with '..'."
+
+
+def test_a_batch_record_stored_as_plain_text_still_shows(app):
+    browser = zh_session(app)
+    resp = multipart(browser, {**SETTINGS, "file": (shot_zip(extra=[("Series/../evil.png", png(3))]), "shots.zip")})
+    batch_id = resp.get_json()["batch_id"]
+
+    def old(record):            # an item refused before reasons had templates
+        record["items"][0]["error"] = {"code": "unsafe_member", "message": "Refused long ago."}
+    app.extensions["batch_store"].update(batch_id, old)
+    item = browser.get(f"/api/v1/batches/{batch_id}").get_json()["items"][0]
+    assert item["error"] == {"code": "unsafe_member", "message": "Refused long ago.", "field": None}
+
+
+def test_a_gallery_zip_over_its_cap_is_refused_in_chinese(app):
+    browser = zh_session(app)
+    ids = [make_images(browser, b64(picture()), app) for _ in range(2)]
+    app.config["ZIP_MAX_TASKS"] = 1
+    too_many = zip_of(browser, ids)
+    app.config["ZIP_MAX_TASKS"], app.config["ZIP_MAX_MB"] = 10, 0
+    too_large = zip_of(browser, ids)
+    assert [too_many.status_code, too_large.status_code] == [413, 413]
+    for resp in (too_many, too_large):
+        assert_chinese(resp.get_json()["error"], app)
+
+
+SCENE = {"prompt": "a street", "duration": "5"}
+STORYBOARD_CASES = [
+    {"scenes": [{**SCENE, "image": b64(picture())}], "prompt": "x"},
+    {"scenes": [{**SCENE, "first_frame": "previous_last"}]},
+    {"scenes": [{**SCENE, "image": b64(picture())}, {**SCENE, "first_frame": "previous_last",
+                                                     "image": b64(picture())}]},
+    {"scenes": [{**SCENE, "image": b64(picture())}], "width": 640},
+    {"scenes": [{**SCENE, "image": b64(picture())}], "video_config": {"resolution": "big"}},
+    {"video_config": {"fps": 24}, "prompt": "x", "image": b64(picture())},
+]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/api/v1/videos/generate"])
+def test_a_bad_storyboard_is_refused_in_chinese(app, roomy_limits, path):
+    browser = zh_session(app)
+    for body in STORYBOARD_CASES:
+        resp = browser.post(path, json={"provider": "local", "model_name": "local-motion", **body})
+        assert 400 <= resp.status_code < 500, (body, resp.get_json())
+        assert_chinese(resp.get_json()["error"], app)
+
+
+def test_a_failed_scene_ends_its_storyboard_in_the_readers_language(app):
+    browser = zh_session(app)
+    resp = browser.post("/generate", json={"provider": "local", "model_name": "local-motion", "scenes": [
+        {**SCENE, "image": b64(picture())}, {**SCENE, "image": b64(picture())}]})
+    assert resp.status_code == 202, resp.get_json()
+    parent_id, store = resp.get_json()["task_id"], app.extensions["task_store"]
+    scene_id = store.get(parent_id)["scene_task_ids"][0]
+    reason = Text(N_("%(label)s reported that the task failed: %(reason)s"), label="Kling (official API)",
+                  reason="risk control")
+    store.update(scene_id, lambda record: tasks.fail(record, "provider_rejected", reason, tasks.utcnow()))
+    storyboards.advance(store, app.extensions["providers"])
+    assert store.get(parent_id)["error"]["message"] == ("Scene 1 failed: Kling (official API) reported that the "
+                                                         "task failed: risk control")
+    error = browser.get(f"/api/v1/tasks/{parent_id}").get_json()["error"]
+    assert error["code"] == "scene_failed"
+    assert error["message"] == "分镜 1 失败：可灵（官方 API）报告任务失败：risk control"
+
+
+MULTIPART = "multipart/form-data; boundary=b0undary"
+MULTIPART_CASES = [
+    (b"\x00\xff" * 500, MULTIPART),
+    (b"", MULTIPART),
+    (b"--b0undary\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n", MULTIPART),
+    (b"--b0undary\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n--b0undary--\r\n",
+     "multipart/form-data"),
+    (b"".join(b"--b0undary\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n" for _ in range(2))
+     + b"--b0undary--\r\n", MULTIPART),
+    (b"--b0undary\r\nContent-Disposition: form-data; name=\"prompt\"; filename=\"p.txt\"\r\n\r\nx\r\n"
+     b"--b0undary--\r\n", MULTIPART),
+    (b"--b0undary\r\nContent-Disposition: form-data; name=\"cfg_scale\"\r\n\r\nhalf\r\n--b0undary--\r\n",
+     MULTIPART),
+]
+
+
+def test_a_malformed_multipart_body_is_refused_in_chinese(app, roomy_limits):
+    browser = zh_session(app)
+    seen = set()
+    for data, content_type in MULTIPART_CASES:
+        resp = browser.post("/generate", data=data, content_type=content_type)
+        assert 400 <= resp.status_code < 500, (data[:80], resp.get_json())
+        error = resp.get_json()["error"]
+        assert_chinese(error, app)
+        seen.add(error["code"])
+    assert seen == {"invalid_multipart", "duplicate_field", "unexpected_file", "invalid_field"}
 
 
 # ---- provider failures and cancel notes, from the local Kling server
