@@ -23,7 +23,7 @@ from flask import current_app, g
 import metrics
 import tasks
 from clock import utcnow
-from errors import NotFound, QuotaExceeded, ValidationError
+from errors import N_, NotFound, QuotaExceeded, ValidationError
 
 # Output sizes that the model tables state only in words: a Wan resolution tier ("720P"), a
 # Kling label ("std 720p / pro 1080p", or "(720p)"). Heights, turned into the long side of 16:9.
@@ -86,7 +86,7 @@ def may_access(task):
 def task_or_404(store, task_id):
     task = store.get(task_id)
     if task is None or not may_access(task):
-        raise NotFound(f"No task '{task_id}'.")
+        raise NotFound(N_("No task '%(id)s'."), params={"id": task_id})
     return task
 
 
@@ -118,13 +118,14 @@ def check_request_limits(kind, model, params, user=None):
     too_long = kind == "video" and limits.get("max_duration") is not None and duration \
         and int(float(duration)) > limits["max_duration"]
     if too_long:
-        raise ValidationError(f"Your account allows videos of at most {limits['max_duration']} s.",
-                              code="limit_exceeded", field="duration", status=403)
+        raise ValidationError(N_("Your account allows videos of at most %(max)s s."), code="limit_exceeded",
+                              field="duration", status=403, params={"max": limits["max_duration"]})
     side = output_side(model, params)
     if limits.get("max_resolution") is not None and side and side > limits["max_resolution"]:
-        raise ValidationError(f"Your account allows results of at most {limits['max_resolution']} px on the long "
-                              f"side; this setting makes {side} px.", code="limit_exceeded",
-                              field="mode" if params.get("mode") else "size", status=403)
+        raise ValidationError(N_("Your account allows results of at most %(max)s px on the long side; this "
+                                 "setting makes %(side)s px."), code="limit_exceeded",
+                              field="mode" if params.get("mode") else "size", status=403,
+                              params={"max": limits["max_resolution"], "side": side})
 
 
 def usage(user, now=None):
@@ -156,8 +157,9 @@ def create_within_limits(store, kind, params, create, now=None):
         if limits.get("max_in_flight") is not None:
             _, in_flight = store.list(owner=user["id"], status=list(tasks.ACTIVE), limit=1)
             if in_flight >= limits["max_in_flight"]:
-                raise QuotaExceeded(f"You have {in_flight} tasks in progress, the most your account allows at once; "
-                                    "wait for one to finish.", code="too_many_in_flight")
+                raise QuotaExceeded(N_("You have %(count)d tasks in progress, the most your account allows at "
+                                       "once; wait for one to finish."), code="too_many_in_flight",
+                                    params={"count": in_flight})
         # Spend first, under the id the task will have: if the disk is full nothing is created,
         # and if the create fails the spend is given back.
         task_id = tasks.new_task_id()
@@ -172,6 +174,8 @@ def create_within_limits(store, kind, params, create, now=None):
 def _quota_exceeded(kind, limit, used, now):
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     hours, minutes = divmod(int((midnight + timedelta(days=1) - now).total_seconds()) // 60, 60)
-    what = "videos" if kind == "video" else "images"
-    return QuotaExceeded(f"Your daily limit of {limit} {what} is reached ({used} used today). It resets at "
-                         f"00:00 UTC, in {hours} h {minutes} min.")
+    template = (N_("Your daily limit of %(limit)d videos is reached (%(used)d used today). It resets at 00:00 "
+                   "UTC, in %(hours)d h %(minutes)d min.") if kind == "video" else
+                N_("Your daily limit of %(limit)d images is reached (%(used)d used today). It resets at 00:00 "
+                   "UTC, in %(hours)d h %(minutes)d min."))
+    return QuotaExceeded(template, params={"limit": limit, "used": used, "hours": hours, "minutes": minutes})

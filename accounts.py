@@ -24,7 +24,7 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from errors import Conflict, NotFound, ValidationError
+from errors import N_, Conflict, NotFound, ValidationError
 from fileio import atomic_write, locked
 
 ADMIN = "admin"
@@ -58,17 +58,18 @@ def check_password_policy(password, username="", field="password"):
     password = password if isinstance(password, str) else ""
     problem = None
     if len(password) < MIN_PASSWORD:
-        problem = f"A password needs at least {MIN_PASSWORD} characters."
+        problem = N_("A password needs at least %(min)d characters.")
     elif not password.strip():
-        problem = "A password cannot be only spaces."
+        problem = N_("A password cannot be only spaces.")
     elif any(ord(c) < 32 or ord(c) == 127 for c in password):
-        problem = "A password cannot contain control characters."
+        problem = N_("A password cannot contain control characters.")
     elif len(set(password)) < 4:
-        problem = "A password needs at least 4 different characters."
+        problem = N_("A password needs at least %(different)d different characters.")
     elif password.lower() in _COMMON_PASSWORDS or (username and username.lower() in password.lower()):
-        problem = "This password is too easy to guess (a common password, or the user name): choose another."
+        problem = N_("This password is too easy to guess (a common password, or the user name): choose another.")
     if problem:
-        raise ValidationError(problem, code="weak_password", field=field, status=422)
+        raise ValidationError(problem, code="weak_password", field=field, status=422,
+                              params={"min": MIN_PASSWORD, "different": 4})
 
 
 class Accounts:
@@ -140,12 +141,12 @@ class Accounts:
         username = (username or "").strip().lower() if isinstance(username, str) else ""
         if (not username or not username.isascii() or len(username) > 32
                 or not username.replace("-", "").replace("_", "").isalnum()):
-            raise ValidationError("A user name is 1–32 letters, digits, '-' or '_'.", code="invalid_field",
+            raise ValidationError(N_("A user name is 1–32 letters, digits, '-' or '_'."), code="invalid_field",
                                   field="username")
         check_password_policy(password, username)
         with self._edit() as data:
             if any(u["username"] == username for u in data["users"].values()):
-                raise Conflict(f"There is already a user '{username}'.")
+                raise Conflict(N_("There is already a user '%(name)s'."), params={"name": username})
             user = self._new_user(username, password, role, limits)
             data["users"][user["id"]] = user
             return public(user)
@@ -161,7 +162,7 @@ class Accounts:
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
-                raise NotFound(f"No user '{user_id}'.")
+                raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
             user["limits"].update({k: v for k, v in limits.items() if k in LIMITS})
             return public(user)
 
@@ -171,7 +172,7 @@ class Accounts:
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
-                raise NotFound(f"No user '{user_id}'.")
+                raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
             check_password_policy(password, user["username"], field="new_password")
             user["password_hash"] = generate_password_hash(password, method=PASSWORD_METHOD)
             _end_sessions(data, user_id, keep=digest(keep_session) if keep_session else None)
@@ -203,7 +204,7 @@ class Accounts:
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
-                raise NotFound(f"No user '{user_id}'.")
+                raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
             user.update(webhook_url=url or None, webhook_url_set_at=time.time() if url else None)
             return public(user)
 
@@ -213,7 +214,7 @@ class Accounts:
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
-                raise NotFound(f"No user '{user_id}'.")
+                raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
             user["webhook_secret"] = secret
         return secret
 
@@ -257,9 +258,9 @@ class Accounts:
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
-                raise NotFound(f"No user '{user_id}'.")
+                raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
             if "admin" in record["scopes"] and user["role"] != "admin":
-                raise ValidationError("Only the admin's keys can have the admin scope.", code="invalid_field",
+                raise ValidationError(N_("Only the admin's keys can have the admin scope."), code="invalid_field",
                                       field="scopes", status=422)
             data["api_keys"].append(record)
         return key, public(record)
@@ -271,7 +272,7 @@ class Accounts:
         with self._edit() as data:
             kept = [k for k in data["api_keys"] if not (k["id"] == key_id and k["user_id"] == user_id)]
             if len(kept) == len(data["api_keys"]):
-                raise NotFound("No such key.")
+                raise NotFound(N_("No such key."))
             data["api_keys"] = kept
 
     def user_for_key(self, key):

@@ -35,7 +35,8 @@ from access import admin_only, public, session_only
 from accounts import ADMIN, LIMITS, SCOPES, Accounts
 from error_pages import render as render_error
 from error_pages import wants_json
-from errors import Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
+from errors import N_, Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
+from i18n import translate
 from ledger import Ledger
 from rate_limit import RateLimiter
 from validation import parse_body
@@ -109,7 +110,7 @@ def authenticate():
         return None
     if g.user is None:
         if wants_json():
-            raise LoginRequired("Sign in, or send 'Authorization: Bearer <API key>'.")
+            raise LoginRequired(N_("Sign in, or send 'Authorization: Bearer <API key>'."))
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     _check_rule(rule)
     if not g.via_key and request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -126,7 +127,7 @@ def _identify(use_key):
     if header.startswith("Bearer ") and use_key:
         g.user, g.scopes = accounts.user_for_key(header[len("Bearer "):].strip())
         if g.user is None:
-            raise LoginRequired("The API key is not valid.", code="invalid_api_key")
+            raise LoginRequired(N_("The API key is not valid."), code="invalid_api_key")
         g.via_key = True
     elif session.get("sid"):
         g.user = accounts.session_user(session["sid"])
@@ -139,19 +140,21 @@ def _count_rate_limit():
     if limit:
         wait = current_app.extensions["rate_limiter"].hit(f"{limit}:{g.user['id']}", *RATE_LIMITS[limit])
         if wait:
-            raise RateLimited(f"Too many new tasks in a minute; try again in {wait} s.", wait)
+            raise RateLimited(N_("Too many new tasks in a minute; try again in %(seconds)d s."), wait,
+                              params={"seconds": wait})
 
 
 def _check_rule(rule):
     if rule == "admin" and (g.user["role"] != "admin" or (g.via_key and "admin" not in g.scopes)):
-        raise Forbidden("Only the admin can do this." if g.user["role"] != "admin" else
-                        "This API key lacks the 'admin' scope.", code="forbidden")
+        raise Forbidden(N_("Only the admin can do this.") if g.user["role"] != "admin" else
+                        N_("This API key lacks the '%(scope)s' scope."), code="forbidden", params={"scope": "admin"})
     if rule == "session" and g.via_key:
-        raise Forbidden("API keys cannot do this: sign in on the Account page.", code="session_required")
+        raise Forbidden(N_("API keys cannot do this: sign in on the Account page."), code="session_required")
     if g.via_key:
         needed = "read" if request.method in ("GET", "HEAD", "OPTIONS") else "generate"
         if needed not in g.scopes:
-            raise Forbidden(f"This API key lacks the '{needed}' scope.", code="insufficient_scope")
+            raise Forbidden(N_("This API key lacks the '%(scope)s' scope."), code="insufficient_scope",
+                            params={"scope": needed})
 
 
 def security_headers(response):
@@ -177,12 +180,13 @@ def _sign_in_form():
     """On the sign-in form its errors show on the form again (error_pages.render's `page`), else None."""
     if request.endpoint != "auth.login":
         return None
-    return lambda error: render_template("login.html", error=error.message, next_url=request.values.get("next", ""))
+    return lambda error: render_template("login.html", error=error.localized(translate),
+                                         next_url=request.values.get("next", ""))
 
 
 def _csrf_failed(exc):
     return render_error(ValidationError(
-        _("The security token of this page is missing or expired: reload the page and try again."),
+        N_("The security token of this page is missing or expired: reload the page and try again."),
         code="csrf_failed"), page=_sign_in_form())
 
 
@@ -248,7 +252,7 @@ def login():
     keys = _login_keys(username)
     wait = limiter.attempt(keys)
     if wait:
-        raise RateLimited(_("Too many sign-in attempts. Try again in %(seconds)d s.", seconds=wait), wait)
+        raise RateLimited(N_("Too many sign-in attempts. Try again in %(seconds)d s."), wait, params={"seconds": wait})
     user = current_app.extensions["accounts"].check_password(username, request.form.get("password"))
     if user is None:
         return render_template("login.html", next_url=next_url,
@@ -359,7 +363,7 @@ def change_password():
     body = parse_body(PasswordRequest)
     accounts = current_app.extensions["accounts"]
     if accounts.check_password(g.user["username"], body.current_password) is None:
-        raise ValidationError("The current password is wrong.", code="wrong_password", field="current_password")
+        raise ValidationError(N_("The current password is wrong."), code="wrong_password", field="current_password")
     accounts.set_password(g.user["id"], body.new_password, keep_session=session.get("sid"),
                           revoke_keys=body.revoke_keys or ())
     return {"ok": True}
@@ -395,7 +399,7 @@ def update_user(user_id):
 @admin_only
 def delete_user(user_id):
     if user_id == ADMIN:
-        raise ValidationError("The admin account cannot be deleted.", code="invalid_field", field="username")
+        raise ValidationError(N_("The admin account cannot be deleted."), code="invalid_field", field="username")
     if not current_app.extensions["accounts"].delete_user(user_id):
-        raise NotFound(f"No user '{user_id}'.")
+        raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
     return "", 204

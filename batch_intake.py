@@ -33,8 +33,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+import errors
 import safe_fetch
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 from validation import STRICT, Text
 
 MAX_MEMBERS = 10_000
@@ -58,11 +59,13 @@ class Item:
     load: object = None                 # () -> picture bytes (may raise ValidationError)
     prompt: str | None = None
     negative_prompt: str | None = None
-    error: dict | None = None           # {code, message}
+    error: dict | None = None           # {code, message, template, params}: errors.Text's fields
 
 
-def refused(name, code, message):
-    return Item(name=name, error={"code": code, "message": message})
+def refused(name, code, template, /, **params):
+    """An item refused here: its reason kept as an English template and its parameters (the
+    English `message` too), so the batch shows it in its reader's language (batch_progress.py)."""
+    return Item(name=name, error={"code": code, **errors.Text(template, **params).fields()})
 
 
 # ---- the shared settings and the JSON shape -------------------------------------------------
@@ -120,13 +123,15 @@ def settings_from_form(form):
     values = {}
     for name, value in form.items():
         if name not in BatchSettings.model_fields:
-            raise ValidationError(f"Unknown field '{name[:40]}'.", code="unknown_field", field=name[:40])
+            raise ValidationError(N_("Unknown field '%(field)s'."), code="unknown_field", field=name[:40],
+                                  params={"field": name[:40]})
         if value == "":
             continue
         try:
             values[name] = _FORM_TYPES.get(name, str)(value)
         except (ValueError, KeyError):
-            raise ValidationError(f"{name} has a value of the wrong type.", code="invalid_field", field=name) from None
+            raise ValidationError(N_("%(field)s has a value of the wrong type."), code="invalid_field", field=name,
+                                  params={"field": name}) from None
     return values
 
 
@@ -138,17 +143,19 @@ def json_items(req):
 
 def _json_picture(data, field):
     if data is None:
-        raise ValidationError("The item has no picture.", code="picture_missing", field=field)
+        raise ValidationError(N_("The item has no picture."), code="picture_missing", field=field)
     if safe_fetch.is_url(data):
         try:
             return safe_fetch.fetch(data.strip(), field)
         except ValueError:
-            raise ValidationError(f"{field} is not a valid URL.", code="invalid_url", field=field) from None
+            raise ValidationError(N_("%(field)s is not a valid URL."), code="invalid_url", field=field,
+                                  params={"field": field}) from None
     text = data.split(",", 1)[1] if data.startswith("data:") else data
     try:
         return base64.b64decode(re.sub(r"\s", "", text), validate=True)
     except (binascii.Error, ValueError):
-        raise ValidationError(f"{field} is not valid Base64.", code="invalid_image", field=field) from None
+        raise ValidationError(N_("%(field)s is not valid Base64."), code="invalid_image", field=field,
+                              params={"field": field}) from None
 
 
 # ---- trees: zip, uploaded files, a folder on disk --------------------------------------------
@@ -156,12 +163,12 @@ def _json_picture(data, field):
 def _path_problem(name):
     """Why a member path is refused, or None. Backslashes count as separators (Windows zips)."""
     if _CONTROL.search(name):
-        return "control characters in the name"
+        return N_("Refused: control characters in the name.")
     path = name.replace("\\", "/")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        return "an absolute path"
+        return N_("Refused: an absolute path.")
     if ".." in path.split("/"):
-        return "a path with '..'"
+        return N_("Refused: a path with '..'.")
     return None
 
 
@@ -180,15 +187,15 @@ def zip_tree(fileobj, max_bytes):
         archive = zipfile.ZipFile(fileobj)
         members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        raise ValidationError("file is not a readable zip archive.", code="invalid_zip", field="file") from None
+        raise ValidationError(N_("file is not a readable zip archive."), code="invalid_zip", field="file") from None
     if len(members) > MAX_MEMBERS:
-        raise PayloadTooLarge(f"The zip has {len(members)} members; at most {MAX_MEMBERS} are taken.",
-                              code="too_many_members", field="file")
+        raise PayloadTooLarge(N_("The zip has %(count)s members; at most %(max)s are taken."),
+                              code="too_many_members", field="file", params={"count": len(members), "max": MAX_MEMBERS})
     tree, refusals, total = {}, [], 0
     for info in members:
         problem = _member_problem(info)
         if problem:
-            refusals.append(refused(_display(info.filename), "unsafe_member", f"Refused: {problem}."))
+            refusals.append(refused(_display(info.filename), "unsafe_member", problem, max=MAX_RATIO))
             continue
         path = info.filename.replace("\\", "/")
         if _ignored(path):
@@ -196,8 +203,8 @@ def zip_tree(fileobj, max_bytes):
         total += info.file_size
         tree[path] = partial(_read_member, archive, info)
     if total > max_bytes:
-        raise PayloadTooLarge(f"The zip unpacks to more than {max_bytes // 2**20} MB.", code="upload_too_large",
-                              field="file")
+        raise PayloadTooLarge(N_("The zip unpacks to more than %(mb)s MB."), code="upload_too_large",
+                              field="file", params={"mb": max_bytes // 2**20})
     return tree, refusals
 
 
@@ -206,11 +213,11 @@ def _member_problem(info):
     if problem:
         return problem
     if stat.S_ISLNK(info.external_attr >> 16):
-        return "a symbolic link"
+        return N_("Refused: a symbolic link.")
     if info.flag_bits & 0x1:
-        return "an encrypted member"
+        return N_("Refused: an encrypted member.")
     if info.file_size > RATIO_FREE_BYTES and info.file_size > MAX_RATIO * max(1, info.compress_size):
-        return f"it unpacks to more than {MAX_RATIO} times its packed size"
+        return N_("Refused: it unpacks to more than %(max)s times its packed size.")
     return None
 
 
@@ -220,8 +227,8 @@ def _read_member(archive, info):
         with archive.open(info) as member:
             return member.read(info.file_size + 1)
     except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError) as exc:
-        raise ValidationError(f"The zip member could not be read ({type(exc).__name__}).", code="invalid_zip",
-                              field="file") from None
+        raise ValidationError(N_("The zip member could not be read (%(error)s)."), code="invalid_zip",
+                              field="file", params={"error": type(exc).__name__}) from None
 
 
 def files_tree(storages):
@@ -231,7 +238,7 @@ def files_tree(storages):
         name = storage.filename or ""
         problem = _path_problem(name)
         if problem:
-            refusals.append(refused(_display(name), "unsafe_member", f"Refused: {problem}."))
+            refusals.append(refused(_display(name), "unsafe_member", problem))
             continue
         path = name.replace("\\", "/").removeprefix("./")
         if path and not _ignored(path):
@@ -249,7 +256,7 @@ def dir_tree(root):
             if _ignored(rel):
                 continue
             if os.path.islink(full):
-                refusals.append(refused(_display(rel), "unsafe_member", "Refused: a symbolic link."))
+                refusals.append(refused(_display(rel), "unsafe_member", N_("Refused: a symbolic link.")))
             else:
                 tree[rel] = partial(_read_file, full)
     return tree, refusals
@@ -265,7 +272,7 @@ def add_prompts_file(tree, storage):
     name = posixpath.basename((storage.filename or "").replace("\\", "/"))
     ext = posixpath.splitext(name)[1].lower()
     if ext not in (".csv", ".tsv", ".txt"):
-        raise ValidationError("prompts must be a .csv, .tsv or <Episode>-Video-Prompts.txt file.",
+        raise ValidationError(N_("prompts must be a .csv, .tsv or <Episode>-Video-Prompts.txt file."),
                               code="invalid_prompts", field="prompts")
     tree[name if ext != ".txt" else f"{PROMPTS_DIR}/{name}"] = storage.read
 
@@ -276,33 +283,40 @@ def items_from_tree(tree, refusals, field="file"):
     """The items of a tree in its layout (manifest or shot list); a 422 naming `field` when it has neither."""
     manifests = sorted(p for p in tree if posixpath.splitext(p)[1].lower() in (".csv", ".tsv"))
     if len(manifests) > 1:
-        raise ValidationError(f"Give one manifest, not {len(manifests)}: {', '.join(manifests[:3])}.",
-                              code="invalid_manifest", field=field)
+        raise ValidationError(N_("Give one manifest, not %(count)s: %(names)s."), code="invalid_manifest",
+                              field=field, params={"count": len(manifests), "names": manifests[:3]})
     if manifests:
         items = _manifest_items(tree, manifests[0], field)
     elif any(PROMPT_FILE.match(posixpath.splitext(posixpath.basename(p))[0]) for p in tree if p.endswith(".txt")):
         items = _shot_list_items(tree, field)
     else:
-        raise ValidationError("No manifest (.csv/.tsv with image,prompt) and no <Episode>-Video-Prompts.txt "
-                              "was found.", code="no_layout", field=field)
+        raise ValidationError(N_("No manifest (.csv/.tsv with image,prompt) and no <Episode>-Video-Prompts.txt "
+                                 "was found."), code="no_layout", field=field)
     items = refusals + items
     if not items:
-        raise ValidationError("The upload holds no items.", code="no_items", field=field)
+        raise ValidationError(N_("The upload holds no items."), code="no_items", field=field)
     if all(item.error for item in items):
-        reasons = "; ".join(f"{i.name}: {i.error['message']}" for i in items[:3])
-        raise ValidationError(f"No item of the upload can be used ({reasons}{'; ...' if len(items) > 3 else ''}).",
-                              code="no_usable_items", field=field, status=422)
+        raise ValidationError(N_("None of the %(count)s items of the upload can be used: %(reasons)s"),
+                              code="no_usable_items", field=field, status=422,
+                              params={"count": len(items), "reasons": [_reason(i) for i in items[:3]]})
     if len(items) > MAX_ITEMS:
-        raise PayloadTooLarge(f"The upload holds {len(items)} items; at most {MAX_ITEMS} are taken.",
-                              code="too_many_items", field=field)
+        raise PayloadTooLarge(N_("The upload holds %(count)s items; at most %(max)s are taken."),
+                              code="too_many_items", field=field, params={"count": len(items), "max": MAX_ITEMS})
     return items
+
+
+def _reason(item):
+    """A refused item's name and reason, as a message the error quotes (errors._nested)."""
+    reason = {"template": item.error.get("template") or item.error["message"], "params": item.error.get("params")}
+    return {"template": N_("%(name)s (%(reason)s)"), "params": {"name": item.name, "reason": reason}}
 
 
 def _text(tree, path, field):
     try:
         return tree[path]().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ValidationError(f"{path} is not UTF-8 text.", code="invalid_prompts", field=field) from None
+        raise ValidationError(N_("%(path)s is not UTF-8 text."), code="invalid_prompts", field=field,
+                              params={"path": path}) from None
 
 
 def _manifest_items(tree, manifest, field):
@@ -310,8 +324,9 @@ def _manifest_items(tree, manifest, field):
     reader = csv.DictReader(io.StringIO(text), delimiter="\t" if manifest.lower().endswith(".tsv") else ",")
     columns = {c.strip().lower() for c in reader.fieldnames or []}
     if not {"image", "prompt"} <= columns or columns - MANIFEST_COLUMNS:
-        raise ValidationError(f"{manifest} needs the header image,prompt (and may have name, negative_prompt); "
-                              f"it has: {', '.join(sorted(columns))[:200]}.", code="invalid_manifest", field=field)
+        raise ValidationError(N_("%(path)s needs the header image,prompt (and may have name, negative_prompt); "
+                                 "it has: %(columns)s."), code="invalid_manifest", field=field,
+                              params={"path": manifest, "columns": ", ".join(sorted(columns))[:200]})
     base = posixpath.dirname(manifest)
     items = []
     for number, raw in enumerate(reader, 2):
@@ -320,9 +335,10 @@ def _manifest_items(tree, manifest, field):
         name = row.get("name") or posixpath.splitext(image)[0] or f"row-{number}"
         path = posixpath.normpath(posixpath.join(base, image.replace("\\", "/"))) if image else ""
         if not image:
-            items.append(refused(name, "picture_missing", f"Row {number} names no picture."))
+            items.append(refused(name, "picture_missing", N_("Row %(row)s names no picture."), row=number))
         elif _path_problem(image) or path not in tree:
-            items.append(refused(name, "picture_missing", f"Row {number}: no picture '{image[:200]}' in the upload."))
+            items.append(refused(name, "picture_missing", N_("Row %(row)s: no picture '%(image)s' in the upload."),
+                                 row=number, image=image[:200]))
         else:
             items.append(Item(name=name, load=tree[path], prompt=row.get("prompt"),
                               negative_prompt=row.get("negative_prompt") or None))
@@ -365,15 +381,16 @@ def _shot_list_items(tree, field):
             key = (shot.group("episode").lower(), int(shot.group("shot")))
             pictures.setdefault(key, (f"{shot.group('episode')}/Shot-{shot.group('shot')}", tree[path]))
         elif IMAGES_DIR in path.split("/"):
-            reason = ("not a picture (.png, .jpg, .webp, .bmp, .heic)" if ext.lower() not in PICTURE_EXTS
-                      else "not named <Episode>-Shot-<NNN>")
-            items.append(refused(path[:200], "not_a_shot", f"{posixpath.basename(path)[:100]}: {reason}."))
+            reason = (N_("%(file)s: not a picture (.png, .jpg, .webp, .bmp, .heic).") if ext.lower() not in PICTURE_EXTS
+                      else N_("%(file)s: not named <Episode>-Shot-<NNN>."))
+            items.append(refused(path[:200], "not_a_shot", reason, file=posixpath.basename(path)[:100]))
     for key in sorted(set(pictures) | set(prompts)):
         name, load = pictures.get(key, (names.get(key), None))
         if load is None:
-            items.append(refused(name, "picture_missing", f"No picture for {name}."))
+            items.append(refused(name, "picture_missing", N_("No picture for %(name)s."), name=name))
         elif not prompts.get(key):
-            items.append(refused(name, "prompt_missing", f"No prompt for {name} in its Video-Prompts file."))
+            items.append(refused(name, "prompt_missing", N_("No prompt for %(name)s in its Video-Prompts file."),
+                                 name=name))
         else:
             items.append(Item(name=name, load=load, prompt=prompts[key]))
     return items

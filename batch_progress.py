@@ -14,6 +14,7 @@ from flask import current_app
 
 import tasks
 from api.models import V1_STATUS
+from errors import N_, Text, shown_text
 
 ITEM_STATUSES = ("queued", "processing", "completed", "failed", "cancelled", "refused")
 
@@ -26,16 +27,28 @@ def _tasks():
     return current_app.extensions["task_store"]
 
 
-def item_view(entry, task):
-    """An item as the API shows it: name, task id, status in v1's words (or refused), error, prompt."""
+def _error(error, translate, field=None):
+    """An item's error as the API shows it: `{code, message, field}`, the message in the reader's
+    language when it was kept as a template (a record stored as plain English shows as it was)."""
+    if not error:
+        return None
+    return {"code": error["code"], "message": shown_text(error, translate) if translate else error["message"],
+            "field": field}
+
+
+def item_view(entry, task, translate=None):
+    """An item as the API shows it: name, task id, status in v1's words (or refused), error, prompt;
+    with `translate` (the request's gettext) its error is in the reader's language."""
     if entry["task_id"] is None:
-        return {"name": entry["name"], "task_id": None, "status": "refused", "error": entry["error"], "prompt": None}
+        error = entry["error"]
+        return {"name": entry["name"], "task_id": None, "status": "refused", "prompt": None,
+                "error": _error(error, translate, error.get("field"))}
     if task is None:
         return {"name": entry["name"], "task_id": entry["task_id"], "status": "failed", "prompt": None,
-                "error": {"code": "task_deleted", "message": "The item's task was deleted.", "field": None}}
-    error = task.get("error")
+                "error": _error({"code": "task_deleted", **Text(N_("The item's task was deleted.")).fields()},
+                                translate)}
     return {"name": entry["name"], "task_id": task["id"], "status": V1_STATUS[task["status"]],
-            "error": {"code": error["code"], "message": error["message"], "field": None} if error else None,
+            "error": _error(task.get("error"), translate),
             "prompt": task["params"].get("prompt"), "progress": task.get("progress"),
             "thumbnail": _thumbnail(task), "outputs": [o.get("url") for o in task.get("outputs") or [] if o.get("url")]}
 
@@ -54,10 +67,11 @@ def batch_tasks(record):
     return {e["task_id"]: _tasks().get(e["task_id"]) for e in record["items"] if e.get("task_id")}
 
 
-def summary(record, with_items=True):
-    """The batch as the API and the pages show it: counts per state, progress, ETA, cost, items."""
+def summary(record, with_items=True, translate=None):
+    """The batch as the API and the pages show it: counts per state, progress, ETA, cost, items
+    (their errors in the reader's language with `translate`, the request's gettext)."""
     found = batch_tasks(record)
-    items = [item_view(e, found.get(e["task_id"])) for e in record["items"]]
+    items = [item_view(e, found.get(e["task_id"]), translate) for e in record["items"]]
     counts = dict.fromkeys(ITEM_STATUSES, 0)
     for item in items:
         counts[item["status"]] += 1

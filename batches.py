@@ -31,7 +31,7 @@ import tasks
 from batch_intake import MAX_MEMBERS
 from batch_progress import batch_tasks
 from batch_store import BatchStore
-from errors import AppError, Conflict, NotFound, ValidationError
+from errors import N_, AppError, Conflict, NotFound, Text, ValidationError, field_problem
 from image_generate import ImageRequest, check_image_request, prepare_images
 from validation import provider_and_model, queue_task
 from video_extend import VideoRequest, check_video_request
@@ -56,7 +56,7 @@ def batch_or_404(batch_id):
     """The batch if the caller may see it (its owner, or the admin); else 404, as for a missing one."""
     record = _store().get(batch_id)
     if record is None or not (access.is_admin() or record.get("owner") == access.owner_id()):
-        raise NotFound(f"No batch '{str(batch_id)[:64]}'.")
+        raise NotFound(N_("No batch '%(id)s'."), params={"id": str(batch_id)[:64]})
     return record
 
 
@@ -78,8 +78,9 @@ def submit(settings, items):
     shared = settings.model_dump(exclude={"name", "items", "kind"}, exclude_none=True)
     for field in shared:
         if field not in _SCHEMAS[settings.kind].model_fields:
-            raise ValidationError(f"A {settings.kind} batch takes no '{field}'.", code="unsupported_value",
-                                  field=field, status=422)
+            raise ValidationError(N_("A video batch takes no '%(field)s'.") if settings.kind == "video" else
+                                  N_("An image batch takes no '%(field)s'."), code="unsupported_value",
+                                  field=field, status=422, params={"field": field})
     _, model = provider_and_model(settings.provider, settings.model_name, settings.kind)
     _unique_names(items)
     with _store().adding(access.owner_id(), settings.name):     # what is live is decided and acted on in one turn
@@ -121,10 +122,11 @@ def _batch_for(settings, model_id, shared):
             "items": [], "created_at": now, "paused": False, "cancelled": False})
     for field, value in (("kind", settings.kind), ("provider", settings.provider), ("model_name", model_id)):
         if existing[field if field != "model_name" else "model"] != value:
-            raise Conflict(f"Batch '{existing['name']}' uses another {field}; choose another name for a new batch.",
-                           field=field)
+            raise Conflict(N_("Batch '%(name)s' uses another %(field)s; choose another name for a new batch."),
+                           field=field, params={"name": existing["name"], "field": field})
     if existing.get("paused"):
-        raise Conflict(f"Batch '{existing['name']}' is paused; resume it before adding to it.", field="name")
+        raise Conflict(N_("Batch '%(name)s' is paused; resume it before adding to it."), field="name",
+                       params={"name": existing["name"]})
 
     def adopt(record):
         record.update(settings=shared, cancelled=False)
@@ -133,7 +135,7 @@ def _batch_for(settings, model_id, shared):
 
 def _refused(name, exc):
     return {"name": name, "key": None, "task_id": None, "status": "refused",
-            "error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+            "error": {"code": exc.code, **Text(exc.template, **exc.params).fields(), "field": exc.field}}
 
 
 def _submit_item(record, item, live):
@@ -165,7 +167,8 @@ def _queue(record, item, picture):
         field = ".".join(str(p) for p in first["loc"]) or None
         too_long = first["type"] in ("too_long", "string_too_long") and "prompt" in (field or "")
         code = "prompt_too_long" if too_long else "invalid_field"
-        raise ValidationError(f"{field}: {first['msg']}", code=code, field=field, status=422) from None
+        template, params = field_problem(first, field)
+        raise ValidationError(template, code=code, field=field, status=422, params=params) from None
     if record["kind"] == "video":
         provider, model, params = check_video_request(req)
         return queue_task("video", provider, model, params, {"first": ("image", req.image)},
@@ -204,7 +207,7 @@ def retry_failed(record):
         try:
             answer, _ = task_query.retry_task(task["id"])
         except AppError as exc:
-            refusals.append({"name": entry["name"], "code": exc.code, "message": exc.message})
+            refusals.append({"name": entry["name"], "code": exc.code, **Text(exc.template, **exc.params).fields()})
             continue
         _tasks().update(answer["task_id"], {"batch_id": record["id"], "batch_item": entry["name"],
                                             "paused": True if record.get("paused") else None})

@@ -5,8 +5,10 @@ HTTPException (404, 405, 413 ...) or an unexpected exception turned into one fir
 body `{"error": {"code", "message", "field"}}` and the HTML page (`templates/errors/<status>.html`,
 else `errors/error.html`, in the studio's layout) say the same thing. Whether the client gets JSON
 is decided once, in `wants_json`; auth.py asks it too (a 401 or a redirect to the sign-in page).
-Unexpected exceptions are logged with their traceback and answered with a generic 500 that never
-carries the exception's text (which may hold a provider's body or a key).
+Messages are translated here, into the request's language (i18n.py), from the English template
+and parameters each error carries (errors.py). Unexpected exceptions are logged with their
+traceback and answered with a generic 500 that never carries the exception's text (which may
+hold a provider's body or a key).
 
 This is a module of its own rather than part of errors.py because it needs Flask (the request,
 templates, Babel), while errors.py is imported by low-level modules (the store, the providers)
@@ -16,11 +18,11 @@ that must not depend on a web framework.
 import logging
 
 from flask import jsonify, make_response, render_template, request
-from flask_babel import gettext as _
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
-from errors import AppError, InsufficientStorage, RateLimited
+from errors import N_, AppError, InsufficientStorage, RateLimited
+from i18n import translate
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,17 @@ def wants_json():
 def _from_http(exc):
     """The AppError for a werkzeug HTTPException, with our code and, where we have one, our message."""
     known = {
-        400: ("bad_request", _("The request could not be understood.")),
-        404: ("not_found", _("There is nothing at this address. Check the link, or go back to the studio.")),
-        405: ("method_not_allowed", _("This address does not accept %(method)s requests.",
-                                      method=request.method)),
+        400: ("bad_request", N_("The request could not be understood.")),
+        404: ("not_found", N_("There is nothing at this address. Check the link, or go back to the studio.")),
+        405: ("method_not_allowed", N_("This address does not accept %(method)s requests.")),
         413: ("payload_too_large",
-              _("The request is larger than the studio accepts (two pictures of 10 MB at most).")),
+              N_("The request is larger than the studio accepts (two pictures of 10 MB at most).")),
+        429: ("rate_limited", N_("Too many requests; wait a moment and try again.")),
     }
-    code, message = known.get(exc.code, ((exc.name or "error").lower().replace(" ", "_"), exc.description))
-    return AppError(message, code=code, status=exc.code)
+    code, message = known.get(exc.code, ((exc.name or "error").lower().replace(" ", "_"),
+                                         N_("The request could not be answered.")))
+    params = {"method": request.method} if exc.code == 405 else None
+    return AppError(message, code=code, status=exc.code, params=params)
 
 
 def as_app_error(exc):
@@ -57,7 +61,7 @@ def as_app_error(exc):
         return _from_http(exc)
     # A full disk is the operator's to fix, not a bug: say so (507) whichever write met it.
     return InsufficientStorage.from_os_error(exc) or AppError(
-        _("Something went wrong on the server; it has been logged."), code="internal_error", status=500)
+        N_("Something went wrong on the server; it has been logged."), code="internal_error", status=500)
 
 
 def _page(error, page):
@@ -65,8 +69,8 @@ def _page(error, page):
     try:
         if page is not None:
             return page(error)
-        return render_template([f"errors/{error.status}.html", "errors/error.html"],
-                               status=error.status, code=error.code, message=error.message)
+        return render_template([f"errors/{error.status}.html", "errors/error.html"], status=error.status,
+                               code=error.code, message=error.localized(translate))
     except Exception:          # noqa: BLE001 - the answer must go out even if the layout cannot render
         log.exception("the error page for a %s could not be rendered", error.status)
         return f"<!doctype html><title>{error.status}</title><p>{escape(error.message)}</p>"
@@ -83,7 +87,7 @@ def render(exc, page=None):
     error = as_app_error(exc)
     if error.status >= 500 and not isinstance(exc, AppError):
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    response = jsonify(error.to_dict()) if wants_json() else make_response(_page(error, page))
+    response = jsonify(error.to_dict(translate)) if wants_json() else make_response(_page(error, page))
     response.status_code = error.status
     if isinstance(exc, HTTPException):
         # Keep what the status needs besides the body: a 405's Allow, a 401's WWW-Authenticate.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 import access
 import task_query
 from clock import utcnow
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 from validation import STRICT, Text, parse_body
 
 bp = Blueprint("gallery", __name__)
@@ -44,8 +44,8 @@ def download_zip():
     ids = list(dict.fromkeys(parse_body(ZipRequest).task_ids))     # each task once, in the order given
     most = current_app.config["ZIP_MAX_TASKS"]
     if len(ids) > most:
-        raise PayloadTooLarge(f"At most {most} tasks fit in one download; {len(ids)} were chosen.",
-                              code="too_many_tasks", field="task_ids")
+        raise PayloadTooLarge(N_("At most %(max)s tasks fit in one download; %(count)s were chosen."),
+                              code="too_many_tasks", field="task_ids", params={"max": most, "count": len(ids)})
     store = current_app.extensions["task_store"]
     entries = _entries([access.task_or_404(store, task_id) for task_id in ids])
     stream = ZipStream(current_app.config["DATA_DIR"], entries)
@@ -71,13 +71,13 @@ def _entries(records):
             total += info.st_size
             entries.append((task, rel, task_query.download_name(task, rel, rel.rsplit("/", 1)[-1])))
     if not entries:
-        raise ValidationError("None of these tasks has a saved result to download.", code="no_results",
+        raise ValidationError(N_("None of these tasks has a saved result to download."), code="no_results",
                               field="task_ids", status=422)
     most = current_app.config["ZIP_MAX_MB"] * 1024 ** 2
     if total > most:
-        raise PayloadTooLarge(f"These results hold {total / 1024 ** 2:.1f} MB; one download takes at most "
-                              f"{most / 1024 ** 2:.0f} MB. Choose fewer.", code="download_too_large",
-                              field="task_ids")
+        raise PayloadTooLarge(N_("These results hold %(mb)s MB; one download takes at most %(max)s MB. "
+                                 "Choose fewer."), code="download_too_large", field="task_ids",
+                              params={"mb": f"{total / 1024 ** 2:.1f}", "max": f"{most / 1024 ** 2:.0f}"})
     return entries
 
 

@@ -2,14 +2,16 @@
 
 This is its own module because the choice is one concern shared by every page and no feature
 module owns it: `?lang=` wins (the language toggle links set it), then the `lang` cookie that the
-toggle leaves behind so the choice persists, then the browser's Accept-Language. Flask-Babel does
+toggle leaves behind so the choice persists (the session's choice), then the browser's
+Accept-Language, then English. The same choice words the server's messages: error bodies and the
+messages a task keeps are translated at render with `translate`. Flask-Babel does
 the translating; its catalogs live in `translations/<lang>/LC_MESSAGES/` (Chinese is `zh`).
 """
 
 from urllib.parse import urlencode
 
 from flask import request, url_for
-from flask_babel import Babel, get_locale
+from flask_babel import Babel, get_locale, gettext
 
 from providers.catalog import page_catalog
 
@@ -25,6 +27,12 @@ def select_locale():
         if choice in LANGUAGES:
             return choice
     return request.accept_languages.best_match(LANGUAGES) or DEFAULT
+
+
+def translate(text):
+    """`text` (an English message template) in the request's language, unfilled: the `translate`
+    that errors.render_message and tasks.for_client take."""
+    return gettext(text) if text else text
 
 
 def _remember_choice(response):

@@ -30,7 +30,7 @@ from flask import current_app, request
 import access
 import fileio
 import request_body
-from errors import Conflict, ValidationError
+from errors import N_, Conflict, ValidationError
 from tasks import iso, parse_iso, utcnow
 
 HEADER = "Idempotency-Key"
@@ -51,8 +51,8 @@ def idempotent(view):
         if key is None:
             return view(*args, **kwargs)
         if not _KEY.fullmatch(key):
-            raise ValidationError(f"{HEADER} must be 1 to 255 printable ASCII characters without spaces.",
-                                  code="invalid_field", field=HEADER)
+            raise ValidationError(N_("%(header)s must be 1 to 255 printable ASCII characters without spaces."),
+                                  code="invalid_field", field=HEADER, params={"header": HEADER})
         return _once(access.owner_id(), key, _request_hash(), lambda: view(*args, **kwargs))
     return wrapper
 
@@ -85,8 +85,9 @@ def _once(user_id, key, request_hash, run):
         kept = _read(path, now)
         if kept is not None:
             if kept["request_hash"] != request_hash:
-                raise IdempotencyConflict(f"This {HEADER} was already used for a different request in the last "
-                                          "24 hours; use a new key for a new request.", field=HEADER)
+                raise IdempotencyConflict(N_("This %(header)s was already used for a different request in the last "
+                                             "24 hours; use a new key for a new request."), field=HEADER,
+                                          params={"header": HEADER})
             response = current_app.response_class(json.dumps(kept["body"]), status=kept["status"],
                                                   mimetype="application/json")
             response.headers["Idempotent-Replayed"] = "true"

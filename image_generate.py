@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, StrictInt, field_validator, model_validat
 import access
 import idempotency
 import media
-from errors import ValidationError
+from errors import N_, ValidationError
 from validation import (
     STRICT,
     Picture,
@@ -104,8 +104,9 @@ def check_image_request(req):
     _check_image_and_prompt(provider, model, req, prompt)
     aspect_ratio = choose(req.aspect_ratio, model["aspect_ratios"], "aspect_ratio", "Aspect ratio")
     if not model["n_min"] <= req.n <= model["n_max"]:
-        raise ValidationError(f"{model['id']} makes {model['n_min']}–{model['n_max']} images per request.",
-                              code="unsupported_value", field="n", status=422)
+        raise ValidationError(N_("%(model)s makes %(n_min)s–%(n_max)s images per request."),
+                              code="unsupported_value", field="n", status=422,
+                              params={"model": model["id"], "n_min": model["n_min"], "n_max": model["n_max"]})
     image_reference = _check_image_reference(model, req)
     params = {
         "prompt": prompt, "negative_prompt": (req.negative_prompt or "").strip(),
@@ -123,22 +124,25 @@ def _check_image_and_prompt(provider, model, req, prompt):
     """Whether the model takes (or needs) a reference picture, and the prompt each case needs."""
     if req.image is None:
         if not model["text_to_image"]:
-            message = (f"{model['id']} works from a reference picture: add one." if provider.name != "local" else
-                       "The local engine makes variations of a reference picture and cannot draw from text "
-                       "alone: add a reference picture.")
-            raise ValidationError(message, code="image_required", field="image")
+            message = (N_("%(model)s works from a reference picture: add one.") if provider.name != "local" else
+                       N_("The local engine makes variations of a reference picture and cannot draw from text "
+                          "alone: add a reference picture."))
+            raise ValidationError(message, code="image_required", field="image", params={"model": model["id"]})
         if not prompt:
-            raise ValidationError("Describe the picture: the prompt is required without a reference.",
+            raise ValidationError(N_("Describe the picture: the prompt is required without a reference."),
                                   code="prompt_required", field="prompt")
     elif model.get("prompt_required") and not prompt:
-        raise ValidationError(f"{model['id']} needs a prompt describing the result.",
-                              code="prompt_required", field="prompt")
+        raise ValidationError(N_("%(model)s needs a prompt describing the result."),
+                              code="prompt_required", field="prompt",
+                              params={"model": model["id"]})
     elif not model["image_to_image"]:
-        raise ValidationError(f"{model['id']} draws from text only: remove the reference picture.",
-                              code="image_not_supported", field="image", status=422)
+        raise ValidationError(N_("%(model)s draws from text only: remove the reference picture."),
+                              code="image_not_supported", field="image", status=422,
+                              params={"model": model["id"]})
     if req.image is not None and req.negative_prompt and not model["negative_prompt_with_image"]:
-        raise ValidationError(f"{model['id']} ignores a negative prompt with a reference picture: remove one.",
-                              code="unsupported_value", field="negative_prompt", status=422)
+        raise ValidationError(N_("%(model)s ignores a negative prompt with a reference picture: remove one."),
+                              code="unsupported_value", field="negative_prompt", status=422,
+                              params={"model": model["id"]})
 
 
 def _check_image_reference(model, req):
@@ -146,7 +150,7 @@ def _check_image_reference(model, req):
     if req.image_reference is None:
         return None
     if req.image is None:
-        raise ValidationError("image_reference needs a reference picture.", code="image_required",
+        raise ValidationError(N_("image_reference needs a reference picture."), code="image_required",
                               field="image")
     return choose(req.image_reference, model["image_reference"] or ["(none)"], "image_reference", "Reference type")
 
@@ -158,8 +162,9 @@ def _check_model_settings(model, req):
         return check_advanced(req, model, advanced)
     for name in ADVANCED_FIELDS:
         if getattr(req, name) is not None:
-            raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
-                                  field=name, status=422)
+            raise ValidationError(N_("%(model)s has no '%(name)s' setting."), code="unsupported_value",
+                                  field=name, status=422,
+                                  params={"model": model["id"], "name": name})
     return check_seed_and_prompt_extend(model, req)
 
 
@@ -181,8 +186,10 @@ def _in_range(value, limits, field, what, model_id):
     if value is None:
         return limits.get("default")
     if not limits["min"] <= value <= limits["max"]:
-        raise ValidationError(f"{what} for {model_id} must be {limits['min']}–{limits['max']}.",
-                              code="unsupported_value", field=field, status=422)
+        raise ValidationError(N_("%(field)s for %(model_id)s must be %(min)s–%(max)s."),
+                              code="unsupported_value", field=field, status=422,
+                              params={"field": field, "model_id": model_id, "min": limits["min"],
+                                      "max": limits["max"]})
     return value
 
 
@@ -193,9 +200,9 @@ def check_advanced(req, model, advanced):
     loras = _check_loras(req, advanced["loras"], model_id)
     sampler = advanced["sampler_default"] if req.sampler is None else req.sampler
     if not 0 <= sampler < len(advanced["samplers"]):
-        raise ValidationError(f"sampler is one of Liblib's {len(advanced['samplers'])} samplers, "
-                              f"0–{len(advanced['samplers']) - 1}.", code="unsupported_value", field="sampler",
-                              status=422)
+        raise ValidationError(N_("sampler is one of Liblib's %(count)s samplers, 0–%(last)s."),
+                              code="unsupported_value", field="sampler", status=422,
+                              params={"count": len(advanced["samplers"]), "last": len(advanced["samplers"]) - 1})
     width, height = _check_sides(req, advanced, model_id)
     hires = None if req.hires_fix is None else _check_hires_fix(req.hires_fix, advanced["hires_fix"], model_id)
     return {"checkpoint_id": req.checkpoint_id, "base_model": base_model, "loras": loras, "sampler": sampler,
@@ -209,11 +216,12 @@ def _check_checkpoint(req, advanced):
     """The base model, and a well-formed checkpoint_id where the base model needs one; returns the base model."""
     base_model = choose(req.base_model, advanced["base_models"], "base_model", "Base model")
     if req.checkpoint_id is not None and not _VERSION_UUID.fullmatch(req.checkpoint_id):
-        raise ValidationError("checkpoint_id is a Liblib model version id: 32 hex digits (versionUuid=… in the "
-                              "model page's address).", code="invalid_field", field="checkpoint_id", status=422)
+        raise ValidationError(N_("checkpoint_id is a Liblib model version id: 32 hex digits (versionUuid=… in the "
+                                 "model page's address)."), code="invalid_field", field="checkpoint_id", status=422)
     if req.checkpoint_id is None and base_model in advanced["checkpoint_required"]:
-        raise ValidationError(f"A {base_model} checkpoint is needed: give its checkpoint_id.",
-                              code="checkpoint_required", field="checkpoint_id")
+        raise ValidationError(N_("A %(base_model)s checkpoint is needed: give its checkpoint_id."),
+                              code="checkpoint_required", field="checkpoint_id",
+                              params={"base_model": base_model})
     return base_model
 
 
@@ -221,16 +229,19 @@ def _check_loras(req, lora_limits, model_id):
     """The LoRAs as [{"id", "weight"}], their count, ids and weights checked."""
     loras = []
     if len(req.loras or []) > lora_limits["max"]:
-        raise ValidationError(f"{model_id} takes at most {lora_limits['max']} LoRAs.", code="unsupported_value",
-                              field="loras", status=422)
+        raise ValidationError(N_("%(model_id)s takes at most %(max)s LoRAs."), code="unsupported_value",
+                              field="loras", status=422,
+                              params={"model_id": model_id, "max": lora_limits["max"]})
     for i, lora in enumerate(req.loras or []):
         if not _VERSION_UUID.fullmatch(lora.id):
-            raise ValidationError("A LoRA id is a Liblib model version id: 32 hex digits.", code="invalid_field",
+            raise ValidationError(N_("A LoRA id is a Liblib model version id: 32 hex digits."), code="invalid_field",
                                   field=f"loras.{i}.id", status=422)
         weight = lora_limits["weight_default"] if lora.weight is None else lora.weight
         if not lora_limits["weight_min"] <= weight <= lora_limits["weight_max"]:
-            raise ValidationError(f"A LoRA weight must be {lora_limits['weight_min']}–{lora_limits['weight_max']}.",
-                                  code="unsupported_value", field=f"loras.{i}.weight", status=422)
+            raise ValidationError(N_("A LoRA weight must be %(weight_min)s–%(weight_max)s."),
+                                  code="unsupported_value", field=f"loras.{i}.weight", status=422,
+                                  params={"weight_min": lora_limits["weight_min"],
+                                          "weight_max": lora_limits["weight_max"]})
         loras.append({"id": lora.id, "weight": weight})
     return loras
 
@@ -242,7 +253,7 @@ def _check_sides(req, advanced, model_id):
     width = _in_range(req.width, sides or advanced["width"], "width", "Width", model_id)
     height = _in_range(req.height, sides or advanced["height"], "height", "Height", model_id)
     if sides and width is not None and (req.width is None) != (req.height is None):
-        raise ValidationError("Give both width and height, or neither to keep the reference picture's size.",
+        raise ValidationError(N_("Give both width and height, or neither to keep the reference picture's size."),
                               code="invalid_field", field="width" if req.width is None else "height", status=422)
     if sides and req.width is None:
         width = height = None       # the reference picture's size, filled in once it is decoded
@@ -258,7 +269,7 @@ def _check_hires_fix(fix, limits, model_id):
              "width": _in_range(fix.width, limits["width"], "hires_fix.width", "Hi-res width", model_id),
              "height": _in_range(fix.height, limits["height"], "hires_fix.height", "Hi-res height", model_id)}
     if not 0 <= hires["upscaler"] <= 100:
-        raise ValidationError("hires_fix.upscaler is one of Liblib's upscaler numbers (0–100).",
+        raise ValidationError(N_("hires_fix.upscaler is one of Liblib's upscaler numbers (0–100)."),
                               code="unsupported_value", field="hires_fix.upscaler", status=422)
     return hires
 

@@ -38,7 +38,7 @@ import numpy as np
 import pillow_heif
 from PIL import BmpImagePlugin, GifImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 from fileio import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ CHUNK = 1024 * 1024
 _MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4 * 11 // 10 + 1024
 
 # Friendly labels for the request fields that carry pictures; other fields are named as they are.
-_FIELD_LABELS = {"image": "image", "image_tail": "tail frame", "first": "first frame",
-                 "tail": "tail frame", "reference": "reference picture"}
+_FIELD_LABELS = {"image": N_("image"), "image_tail": N_("tail frame"), "first": N_("first frame"),
+                 "tail": N_("tail frame"), "reference": N_("reference picture")}
 
 _MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp",
          "mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
@@ -144,10 +144,11 @@ def image_limits():
     return {"max_bytes": MAX_IMAGE_BYTES, "max_pixels": MAX_PIXELS, "min_side": MIN_SIDE, "max_aspect": MAX_ASPECT}
 
 
-def _invalid(field):
-    """A 400/422 ValidationError naming `field`."""
-    def invalid(message, code="invalid_image", status=400):
-        return ValidationError(message, code=code, field=field, status=status)
+def _invalid(field, label):
+    """A 400/422 ValidationError naming `field`; its message template may use %(label)s."""
+    def invalid(message, code="invalid_image", status=400, params=None):
+        return ValidationError(message, code=code, field=field, status=status,
+                               params={"label": label, **(params or {})})
     return invalid
 
 
@@ -155,22 +156,24 @@ def decode_image(data, field, *, label=None, min_side=MIN_SIDE):
     """Decode and check an uploaded Base64 picture; raise a ValidationError naming `field`.
     `min_side` is the smallest side the chosen model takes (the studio's MIN_SIDE by default)."""
     label = label or _FIELD_LABELS.get(field, field)
-    invalid = _invalid(field)
+    invalid = _invalid(field, label)
     if not isinstance(data, str) or not data.strip():
-        raise invalid(f"{label} must be a Base64 string or a data: URI holding a picture (JPG, PNG, WebP, BMP, HEIC)")
+        raise invalid(N_("%(label)s must be a Base64 string or a data: URI holding a picture (JPG, PNG, WebP, "
+                         "BMP, HEIC)"))
     text = data.strip()             # the same string, not a copy, when there is nothing to strip
     start = 0
     if text.startswith("data:"):
         comma = text.find(",")
         if comma == -1 or not text[:comma].endswith(";base64"):
-            raise invalid(f"{label} is a data: URI without ';base64,' data")
+            raise invalid(N_("%(label)s is a data: URI without ';base64,' data"))
         start = comma + 1
     if len(text) - start > _MAX_BASE64_CHARS:
-        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
+        raise PayloadTooLarge(N_("%(label)s is larger than 10 MiB"), code="image_too_large", field=field,
+                              params={"label": label})
     try:
         raw = _base64_bytes(text, start)
     except (binascii.Error, ValueError):
-        raise invalid(f"{label} is not valid Base64") from None
+        raise invalid(N_("%(label)s is not valid Base64")) from None
     return check_image_bytes(raw, field, label=label, min_side=min_side)
 
 
@@ -190,33 +193,37 @@ def check_image_bytes(raw, field, *, label=None, min_side=MIN_SIDE):
     DecodedImage: a JPEG or PNG with its metadata stripped losslessly (or re-encoded upright when
     its EXIF orientation says so), any other accepted format converted."""
     label = label or _FIELD_LABELS.get(field, field)
-    invalid = _invalid(field)
+    invalid = _invalid(field, label)
     if not raw:
-        raise invalid(f"{label} is empty")
+        raise invalid(N_("%(label)s is empty"))
     if len(raw) > MAX_IMAGE_BYTES:
-        raise PayloadTooLarge(f"{label} is larger than 10 MiB", code="image_too_large", field=field)
+        raise PayloadTooLarge(N_("%(label)s is larger than 10 MiB"), code="image_too_large", field=field,
+                              params={"label": label})
     fmt = sniff_format(raw[:64])
     if fmt not in _UPLOAD_PLUGINS:
-        found = f" (this looks like {_FORMAT_NAMES[fmt]})" if fmt in _FORMAT_NAMES else ""
-        raise invalid(f"{label} must be a JPG, PNG, WebP, BMP or HEIC picture{found}",
-                      code="unsupported_image_format")
+        raise invalid(N_("%(label)s must be a JPG, PNG, WebP, BMP or HEIC picture (this looks like %(found)s)")
+                      if fmt in _FORMAT_NAMES else N_("%(label)s must be a JPG, PNG, WebP, BMP or HEIC picture"),
+                      code="unsupported_image_format", params={"found": _FORMAT_NAMES.get(fmt)})
     name = _FORMAT_NAMES.get(fmt, fmt.upper())
     stripped = None
     if fmt in _STRIPPERS:
         try:
             stripped = _STRIPPERS[fmt](raw)     # the structure first: cheaper than a decode
         except ValueError as exc:
-            raise invalid(f"{label} is a damaged {name} file ({exc})") from None
+            raise invalid(N_("%(label)s is a damaged %(name)s file (%(detail)s)"),     # the detail stays English
+                          params={"name": name, "detail": str(exc)}) from None
     try:
         img = _UPLOAD_PLUGINS[fmt](io.BytesIO(raw))
     except _PIL_ERRORS:
-        raise invalid(f"{label} is a damaged {name} file (its header cannot be read)") from None
+        raise invalid(N_("%(label)s is a damaged %(name)s file (its header cannot be read)"),
+                      params={"name": name}) from None
     with img:
         _check_header(img, label, field, invalid, min_side)
         try:
             img.load()      # every pixel decoded once: a picture that does not decode is refused
         except _PIL_ERRORS:
-            raise invalid(f"{label} is a truncated or damaged {name} file") from None
+            raise invalid(N_("%(label)s is a truncated or damaged %(name)s file"),
+                          params={"name": name}) from None
         return _provider_picture(img, fmt, stripped, label, invalid, min_side)
 
 
@@ -227,9 +234,10 @@ def _check_header(img, label, field, invalid, min_side):
     width, height = img.size
     if width * height > MAX_PIXELS:
         raise PayloadTooLarge(
-            f"{label} is {width}×{height} px ({width * height / 1e6:.0f} MP); "
-            f"at most {MAX_PIXELS // 1_000_000} MP is accepted",
-            code="image_too_many_pixels", field=field)
+            N_("%(label)s is %(width)s×%(height)s px (%(mp).0f MP); at most %(max)s MP is accepted"),
+            code="image_too_many_pixels", field=field, params={
+                "label": label, "width": width, "height": height, "mp": width * height / 1e6,
+                "max": MAX_PIXELS // 1_000_000})
     _check_shape(width, height, label, invalid, min_side)
 
 
@@ -410,7 +418,8 @@ def fit_image(image, max_bytes=PROVIDER_MAX_BYTES):
                 log.info("picture re-encoded to fit %d bytes: quality %d, scale %.2f", max_bytes, quality, scale)
                 return _decoded(out.getvalue(), "jpeg", sized.width, sized.height, converted=converted,
                                 reencoded={"quality": quality, "scale": scale, "bytes_before": len(image.data)})
-    raise PayloadTooLarge(f"The picture cannot be made smaller than {max_bytes} bytes", code="image_too_large")
+    raise PayloadTooLarge(N_("The picture cannot be made smaller than %(max_bytes)s bytes"), code="image_too_large",
+                          params={"max_bytes": max_bytes})
 
 
 def _on_white(img):
@@ -422,12 +431,13 @@ def _on_white(img):
 
 def _check_shape(width, height, label, invalid, min_side=MIN_SIDE):
     if min(width, height) < min_side:
-        raise invalid(f"{label} is {width}×{height} px; each side must be at least {min_side} px",
-                      code="image_too_small", status=422)
+        raise invalid(N_("%(label)s is %(width)s×%(height)s px; each side must be at least %(min)s px"),
+                      code="image_too_small", status=422, params={"width": width, "height": height, "min": min_side})
     if not 1 / MAX_ASPECT <= width / height <= MAX_ASPECT:
-        raise invalid(f"{label} is {width}×{height} px (aspect ratio {width / height:.2f}); "
-                      f"width/height must be between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
-                      code="image_bad_aspect_ratio", status=422)
+        raise invalid(N_("%(label)s is %(width)s×%(height)s px (aspect ratio %(ratio).2f); width/height must "
+                         "be between 1:%(max)s and %(max)s:1"),
+                      code="image_bad_aspect_ratio", status=422,
+                      params={"width": width, "height": height, "ratio": width / height, "max": MAX_ASPECT})
 
 
 def _reencode(upright, fmt, icc_profile=None):

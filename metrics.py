@@ -31,7 +31,7 @@ from pathlib import Path
 
 from flask import Response, current_app, g, request
 
-from errors import Forbidden, LoginRequired, ProviderError
+from errors import N_, Forbidden, LoginRequired, ProviderError
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -216,7 +216,7 @@ def _allowed():
         header = request.headers.get("Authorization", "")
         sent = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(sent.encode(), token.encode()):
-            raise LoginRequired("Send 'Authorization: Bearer <METRICS_TOKEN>'.", code="invalid_metrics_token")
+            raise LoginRequired(N_("Send 'Authorization: Bearer <METRICS_TOKEN>'."), code="invalid_metrics_token")
         return
     # Without a token, only this machine. A proxy in front makes every client look local: its
     # X-Forwarded-For is honoured only when TRUSTED_PROXIES says so (then remote_addr is the client).
@@ -226,7 +226,8 @@ def _allowed():
     except ValueError:
         loopback = False
     if relayed or not loopback:
-        raise Forbidden("Metrics are answered to this machine only; set METRICS_TOKEN to scrape from elsewhere.",
+        raise Forbidden(N_("Metrics are answered to this machine only; set METRICS_TOKEN to scrape from "
+                           "elsewhere."),
                         code="metrics_forbidden")
 
 

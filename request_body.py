@@ -37,7 +37,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
 
 import media
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 
 MAX_JSON_DEPTH = 64
 # The generate forms have about 25 fields and two pictures: more parts is not a person's request.
@@ -104,16 +104,16 @@ class StrictJSONProvider(DefaultJSONProvider):
             # UTF-8 only (RFC 8259); json would also guess UTF-16 and UTF-32.
             text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         except UnicodeDecodeError:
-            raise ValidationError("The request body is not valid UTF-8 text.", code="invalid_json") from None
+            raise ValidationError(N_("The request body is not valid UTF-8 text."), code="invalid_json") from None
         if _too_deep(text):
-            raise ValidationError(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels (or is unbalanced).",
-                                  code="invalid_json")
+            raise ValidationError(N_("The JSON body nests deeper than %(max)s levels (or is unbalanced)."),
+                                  code="invalid_json", params={"max": MAX_JSON_DEPTH})
         try:
             return json.loads(text, **{"object_pairs_hook": _refuse_duplicates, "parse_constant": _refuse_constant,
                                        "parse_float": _finite_float, **kwargs})
         except (ValueError, RecursionError) as exc:
-            raise ValidationError(f"The request body is not valid JSON: {str(exc)[:120]}",
-                                  code="invalid_json") from None
+            raise ValidationError(N_("The request body is not valid JSON: %(detail)s"),
+                                  code="invalid_json", params={"detail": str(exc)[:120]}) from None
 
 
 class StudioRequest(Request):
@@ -145,12 +145,13 @@ class StudioRequest(Request):
         try:
             super()._load_form_data()
         except ValueError as exc:
-            self.form_error = str(exc)[:200] or "it cannot be parsed"
+            self.form_error = str(exc)[:200] or "unparsable"      # werkzeug's words, quoted as data
             self.__dict__.update(form=self.parameter_storage_class(), files=self.parameter_storage_class())
         except RequestEntityTooLarge:
             raise PayloadTooLarge(
-                f"The form has more than {self.max_form_parts} parts, or a text field over "
-                f"{self.max_form_memory_size} bytes: send pictures as files.", code="payload_too_large") from None
+                N_("The form has more than %(parts)s parts, or a text field over %(bytes)s bytes: send pictures "
+                   "as files."), code="payload_too_large",
+                params={"parts": self.max_form_parts, "bytes": self.max_form_memory_size}) from None
 
 
 # ---- multipart/form-data as a request model's body
@@ -192,11 +193,14 @@ def _text_fields(schema):
 def form_body(schema):
     """The multipart/form-data body as the dict a JSON body would be, for `schema` to validate."""
     if not request.mimetype_params.get("boundary"):
-        raise ValidationError("A multipart/form-data body needs the boundary= parameter of its Content-Type.",
+        raise ValidationError(N_("A multipart/form-data body needs the boundary= parameter of its Content-Type."),
                               code="invalid_multipart")
     form, files = request.form, request.files       # parsed once (the CSRF check may have read it)
-    if request.form_error or not (form or files):
-        raise ValidationError(f"The multipart/form-data body is malformed: {request.form_error or 'it has no parts'}",
+    if request.form_error:
+        raise ValidationError(N_("The multipart/form-data body is malformed: %(detail)s"),
+                              code="invalid_multipart", params={"detail": request.form_error})
+    if not (form or files):
+        raise ValidationError(N_("The multipart/form-data body is malformed: it has no parts."),
                               code="invalid_multipart")
     body = {}
     for name, values in form.lists():
@@ -206,8 +210,8 @@ def form_body(schema):
     for name, parts in files.lists():
         _only_once(name, parts, body)
         if name not in pictures:
-            raise ValidationError(f"'{name}' cannot be a file: only {', '.join(pictures)} take one.",
-                                  code="unexpected_file", field=name)
+            raise ValidationError(N_("'%(field)s' cannot be a file: only %(fields)s take one."),
+                                  code="unexpected_file", field=name, params={"field": name, "fields": list(pictures)})
         data = parts[0].stream.getvalue()
         if data or parts[0].filename:           # an empty file input sends a part with neither
             body[name] = media.Upload(data, parts[0].filename or "")
@@ -228,7 +232,8 @@ def form_digest():
 
 def _only_once(name, values, body):
     if len(values) > 1 or name in body:
-        raise ValidationError(f"'{name}' is sent more than once.", code="duplicate_field", field=name)
+        raise ValidationError(N_("'%(field)s' is sent more than once."), code="duplicate_field", field=name,
+                              params={"field": name})
 
 
 def _form_value(schema, name, text):
@@ -239,5 +244,6 @@ def _form_value(schema, name, text):
     try:
         return current_app.json.loads(text)
     except ValidationError:
-        raise ValidationError(f"{name}: '{text[:40]}' is not a value this field takes (a number, true/false, "
-                              "or JSON for a list or an object).", code="invalid_field", field=name) from None
+        raise ValidationError(N_("%(field)s: '%(value)s' is not a value this field takes (a number, true/false, "
+                                 "or JSON for a list or an object)."), code="invalid_field", field=name,
+                              params={"field": name, "value": text[:40]}) from None

@@ -30,7 +30,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import certifi
 from flask import current_app, has_app_context
 
-from errors import PayloadTooLarge, ValidationError
+from errors import N_, PayloadTooLarge, ValidationError
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_REDIRECTS = 3
@@ -67,16 +67,17 @@ def private_allowed():
     return has_app_context() and bool(current_app.config.get("ALLOW_PRIVATE_URLS"))
 
 
-def _refuse(field, message):
-    return ValidationError(message, code="unsafe_url", field=field)
+def _refuse(field, message, params=None):
+    return ValidationError(message, code="unsafe_url", field=field, params={"field": field, **(params or {})})
 
 
-def _invalid(field, message):
-    return ValidationError(f"{field}: {message}", code="invalid_url", field=field)
+def _invalid(field, message, params=None):
+    return ValidationError(message, code="invalid_url", field=field, params={"field": field, **(params or {})})
 
 
-def _unavailable(field, message):
-    return ValidationError(f"{field}: {message}", code="url_unavailable", field=field, status=422)
+def _unavailable(field, message, params=None):
+    return ValidationError(message, code="url_unavailable", field=field, status=422,
+                           params={"field": field, **(params or {})})
 
 
 def parse(url, field):
@@ -86,27 +87,27 @@ def parse(url, field):
     number or out of range, no host, a host that is not a valid name) is an `invalid_url`.
     """
     if any(c <= " " or c == "\x7f" for c in url):        # urlsplit would drop tabs and newlines silently
-        raise _invalid(field, "the URL contains spaces or control characters.")
+        raise _invalid(field, N_("%(field)s: the URL contains spaces or control characters."))
     try:
         parts = urlsplit(url)
         scheme, hostname, explicit_port = parts.scheme, parts.hostname, parts.port
     except ValueError:
-        raise _invalid(field, "the URL is malformed (its host or port cannot be read).") from None
+        raise _invalid(field, N_("%(field)s: the URL is malformed (its host or port cannot be read).")) from None
     if scheme not in ("http", "https"):
-        raise _refuse(field, f"{field}: only http and https URLs are accepted.")
+        raise _refuse(field, N_("%(field)s: only http and https URLs are accepted."))
     if parts.username is not None or parts.password is not None:
-        raise _refuse(field, f"{field}: URLs with credentials are not accepted.")
+        raise _refuse(field, N_("%(field)s: URLs with credentials are not accepted."))
     if not hostname:
-        raise _invalid(field, "the URL has no host.")
+        raise _invalid(field, N_("%(field)s: the URL has no host."))
     if not _HOST_PORT.fullmatch(parts.netloc):
-        raise _invalid(field, "the URL's host is not a valid name or address.")
+        raise _invalid(field, N_("%(field)s: the URL's host is not a valid name or address."))
     if ":" in hostname:
         host, header_host = hostname, f"[{hostname}]"      # an IPv6 literal (urlsplit checked it)
     else:
         try:
             host = hostname.encode("idna").decode("ascii")
         except UnicodeError:
-            raise _invalid(field, "the URL's host is not a valid name.") from None
+            raise _invalid(field, N_("%(field)s: the URL's host is not a valid name.")) from None
         header_host = host
     port = explicit_port or (443 if scheme == "https" else 80)
     if explicit_port is not None:
@@ -123,17 +124,20 @@ def _resolve(host, port, field, deadline):
     except FutureTimeout:
         raise _DeadlinePassed from None
     except (OSError, UnicodeError):
-        raise _invalid(field, f"the host {host!r} could not be found.") from None
+        raise _invalid(field, N_("%(field)s: the host %(host)r could not be found."),
+                       params={"host": host}) from None
     return sorted({info[4][0] for info in infos})
 
 
 def _checked_address(host, port, field, deadline):
     addresses = _resolve(host, port, field, deadline)
     if not addresses:
-        raise _invalid(field, f"the host {host!r} could not be found.")
+        raise _invalid(field, N_("%(field)s: the host %(host)r could not be found."),
+                       params={"host": host})
     if not private_allowed() and not all(is_public(a) for a in addresses):
-        raise _refuse(field, f"{field}: {host} is not a public internet address; the studio only fetches "
-                             "pictures from public http(s) URLs.")
+        raise _refuse(field, N_("%(field)s: %(host)s is not a public internet address; the studio only fetches "
+                                "pictures from public http(s) URLs."),
+                      params={"host": host})
     return addresses[0]
 
 
@@ -219,30 +223,34 @@ def fetch(url, field, deadline=None):
                     url = urljoin(url, location)
                     continue
                 if response.status != 200:
-                    raise _unavailable(field, f"the URL answered HTTP {response.status}.")
+                    raise _unavailable(field, N_("%(field)s: the URL answered HTTP %(status)s."),
+                                       params={"status": response.status})
                 return _read_capped(response, field)
             finally:
                 response.close()
                 sock.close()
     except _DeadlinePassed:
-        raise _unavailable(field, f"fetching the picture took longer than {seconds:g} s.") from None
+        raise _unavailable(field, N_("%(field)s: fetching the picture took longer than %(seconds)s s."),
+                           params={"seconds": format(seconds, "g")}) from None
     except (OSError, http.client.HTTPException) as exc:
         if time.monotonic() >= ends:
-            raise _unavailable(field, f"fetching the picture took longer than {seconds:g} s.") from None
-        raise _unavailable(field, f"the picture URL could not be fetched ({type(exc).__name__}).") from None
-    raise _refuse(field, f"{field}: too many redirects.")
+            raise _unavailable(field, N_("%(field)s: fetching the picture took longer than %(seconds)s s."),
+                               params={"seconds": format(seconds, "g")}) from None
+        raise _unavailable(field, N_("%(field)s: the picture URL could not be fetched (%(error)s)."),
+                           params={"error": type(exc).__name__}) from None
+    raise _refuse(field, N_("%(field)s: too many redirects."))
 
 
 def _read_capped(response, field):
     length = response.getheader("Content-Length")
     if length and length.isdigit() and int(length) > MAX_BYTES:
-        raise PayloadTooLarge(f"{field}: the picture at the URL is larger than 10 MiB.", code="image_too_large",
-                              field=field)
+        raise PayloadTooLarge(N_("%(field)s: the picture at the URL is larger than 10 MiB."), code="image_too_large",
+                              field=field, params={"field": field})
     chunks, size = [], 0
     while chunk := response.read(64 * 1024):
         size += len(chunk)
         if size > MAX_BYTES:
-            raise PayloadTooLarge(f"{field}: the picture at the URL is larger than 10 MiB.",
-                                  code="image_too_large", field=field)
+            raise PayloadTooLarge(N_("%(field)s: the picture at the URL is larger than 10 MiB."),
+                                  code="image_too_large", field=field, params={"field": field})
         chunks.append(chunk)
     return b"".join(chunks)

@@ -18,7 +18,7 @@ from flask import Blueprint, current_app, send_file
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import access
-from errors import NotFound
+from errors import N_, NotFound
 
 bp = Blueprint("signed_inputs", __name__)
 
@@ -46,10 +46,10 @@ def _claims(token):
     try:
         claims = _serializer(current_app.config["SECRET_KEY"]).loads(token)
     except BadSignature:
-        raise NotFound("No such file.") from None
+        raise NotFound(N_("No such file.")) from None
     if not (isinstance(claims, dict) and isinstance(claims.get("t"), str) and claims.get("r") in ROLES
             and isinstance(claims.get("e"), int) and claims["e"] > now()):
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     return claims["t"], claims["r"]
 
 
@@ -61,18 +61,18 @@ def signed_input(token):
     task = current_app.extensions["task_store"].get(task_id)
     entry = next((item for item in (task or {}).get("inputs") or [] if item.get("role") == role), None)
     if entry is None:
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     data_dir = os.path.realpath(current_app.config["DATA_DIR"])
     path = os.path.join(data_dir, entry["path"])
     if os.path.realpath(os.path.dirname(path)) != os.path.join(data_dir, "inputs", task_id):
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        raise NotFound("No such file.") from None
+        raise NotFound(N_("No such file.")) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     mimetype = "image/png" if path.endswith(".png") else "image/jpeg"
     response = send_file(os.fdopen(fd, "rb"), mimetype=mimetype, conditional=False, etag=False)
     response.headers["Cache-Control"] = "private, no-store"

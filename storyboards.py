@@ -31,12 +31,13 @@ from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
 import access
+import errors
 import ledger
 import media
 import metrics
 import tasks
 import video_join
-from errors import ValidationError
+from errors import N_, ValidationError
 from tasks import ACTIVE, CANCELLED, FAILED, QUEUED, SUCCEEDED
 from validation import STRICT, Text
 
@@ -97,11 +98,11 @@ def _check_request(req):
     """Each scene checked as a video request of its own; returns (provider, model, [scene entry])."""
     for name in ("image", "image_tail", "prompt", "duration"):
         if getattr(req, name) is not None:
-            raise ValidationError(f"With scenes, give {name} per scene (or leave it out).",
-                                  code="invalid_field", field=name)
+            raise ValidationError(N_("With scenes, give %(field)s per scene (or leave it out)."),
+                                  code="invalid_field", field=name, params={"field": name})
     if not 1 <= len(req.scenes) <= MAX_SCENES:
-        raise ValidationError(f"A storyboard has 1 to {MAX_SCENES} scenes.", code="invalid_field",
-                              field="scenes", status=422)
+        raise ValidationError(N_("A storyboard has 1 to %(max)s scenes."), code="invalid_field",
+                              field="scenes", status=422, params={"max": MAX_SCENES})
     from video_extend import check_video_request
 
     entries, checked = [], None
@@ -109,8 +110,8 @@ def _check_request(req):
         where = f"scenes.{index}"
         chained = scene.first_frame == "previous_last"
         if chained and (index == 0 or scene.image is not None):
-            raise ValidationError("The first scene has no previous scene." if index == 0 else
-                                  "A scene starting from the previous scene's last frame takes no image.",
+            raise ValidationError(N_("The first scene has no previous scene.") if index == 0 else
+                                  N_("A scene starting from the previous scene's last frame takes no image."),
                                   code="invalid_field", field=f"{where}.first_frame", status=422)
         one = req.model_copy(update={"prompt": scene.prompt, "duration": scene.duration, "scenes": None,
                                      "video_config": None, "image": _LATER if chained else scene.image})
@@ -227,19 +228,27 @@ def _advance_one(store, providers, parent, now, spent, stopping=None):
 
 def _fail(store, parent_id, index, scene, now):
     """End the storyboard because of its scene `index` (failed, cancelled, or its task deleted: None)."""
-    error = (scene or {}).get("error") or {}
-    if scene is None:
-        what = "was deleted"
-    elif scene["status"] == CANCELLED:
-        what = "was cancelled"
-    else:
-        what = f"failed: {error.get('message') or 'no reason given'}"
+    what = _scene_end(index, scene)
 
     def change(record):
         if record["status"] in (QUEUED, tasks.RUNNING):
-            tasks.fail(record, "scene_failed", f"Scene {index + 1} {what}", now)
+            tasks.fail(record, "scene_failed", what, now)
     store.update(parent_id, metrics.counting_finish(change))
-    log.info("storyboard %s failed: scene %d %s", parent_id, index + 1, what)
+    log.info("storyboard %s failed: %s", parent_id, what)
+
+
+def _scene_end(index, scene):
+    """Why the storyboard ends, as a Text: the scene's own reason quoted in the reader's language
+    too (errors._nested), or as it was stored when it is plain text."""
+    error = (scene or {}).get("error") or {}
+    if scene is None:
+        return errors.Text(N_("Scene %(scene)s was deleted."), scene=index + 1)
+    if scene["status"] == CANCELLED:
+        return errors.Text(N_("Scene %(scene)s was cancelled."), scene=index + 1)
+    if not (error.get("template") or error.get("message")):
+        return errors.Text(N_("Scene %(scene)s failed with no reason given."), scene=index + 1)
+    reason = {"template": error.get("template") or error["message"], "params": error.get("params")}
+    return errors.Text(N_("Scene %(scene)s failed: %(reason)s"), scene=index + 1, reason=reason)
 
 
 def _give_back_reserved(spent, parent):

@@ -39,6 +39,7 @@ import storyboards
 import submit_journal
 import tasks
 from errors import (
+    N_,
     AppError,
     Conflict,
     NotFound,
@@ -46,9 +47,11 @@ from errors import (
     ProviderError,
     ProviderRateLimited,
     SubmitOutcomeUnknown,
+    Text,
     ValidationError,
 )
 from fileio import disk_nearly_full
+from i18n import translate
 from providers import base
 from redact import redact_url
 from tasks import (
@@ -92,12 +95,12 @@ def _backoff(task, now, base_seconds, retry_after=None):
     return {"problems": problems, "next_check_at": iso(now + timedelta(seconds=delay))}
 
 
-def _fail(store, task_id, code, message, now, late_check=False):
+def _fail(store, task_id, code, message, now, late_check=False, provider_message=None):
     """End a task with an error. With `late_check` the provider may still have the work: the
     poller keeps looking for a day (querying it, or reconciling when its id is unknown)."""
     def change(record):
         if record["status"] not in TERMINAL:
-            tasks.fail(record, code, message, now, late_check=late_check)
+            tasks.fail(record, code, message, now, late_check=late_check, provider_message=provider_message)
     store.update(task_id, metrics.counting_finish(change))
     log.info("task %s failed: %s", task_id, code)
 
@@ -118,22 +121,26 @@ def _problem(record, now, code, template):
     it in the studio's words (never a provider's raw answer, URL or key)."""
     old = record.get("problem") or {}
     since = old.get("since") if old.get("code") == code and old.get("since") else iso(now)
-    return {"code": code, "since": since, "message": template.format(since=f"{parse_iso(since):%H:%M} UTC")}
+    return {"code": code, "since": since, **template(since=f"{parse_iso(since):%H:%M} UTC").fields()}
 
 
 def _problem_text(label, exc, submitting):
-    """(code, message template) for a provider call that failed; `{since}` is filled in later."""
+    """(code, message) for a provider call that failed: the message is a Text maker that takes `since`."""
     if isinstance(exc, SubmitOutcomeUnknown):
-        return exc.code, (f"{label} did not confirm the submit (since {{since}}); checking whether it arrived "
-                          "before sending anything again.")
-    if isinstance(exc, ProviderRateLimited):
-        return exc.code, f"{label} has been busy (rate limited) since {{since}}; trying again later."
-    if isinstance(exc, ProviderBadResponse):
-        return exc.code, f"{label} has answered with unreadable replies since {{since}}; still checking."
-    if isinstance(exc, ProviderError) and not exc.retryable:
-        return exc.code, (f"{label} has refused the studio's {'submit' if submitting else 'status checks'} "
-                          f"since {{since}} ({exc.code}); still trying.")
-    return "provider_unreachable", f"{label} has not answered since {{since}}; still checking."
+        template = N_("%(label)s did not confirm the submit (since %(since)s); checking whether it arrived "
+                      "before sending anything again.")
+    elif isinstance(exc, ProviderRateLimited):
+        template = N_("%(label)s has been busy (rate limited) since %(since)s; trying again later.")
+    elif isinstance(exc, ProviderBadResponse):
+        template = N_("%(label)s has answered with unreadable replies since %(since)s; still checking.")
+    elif isinstance(exc, ProviderError) and not exc.retryable:
+        template = (N_("%(label)s has refused the studio's submit since %(since)s (%(code)s); still trying.")
+                    if submitting else
+                    N_("%(label)s has refused the studio's status checks since %(since)s (%(code)s); still trying."))
+    else:
+        return "provider_unreachable", functools.partial(
+            Text, N_("%(label)s has not answered since %(since)s; still checking."), label=label)
+    return exc.code, functools.partial(Text, template, label=label, code=exc.code)
 
 
 def _problem_age(problem, now):
@@ -164,8 +171,8 @@ def dispatch(store, providers, clock=utcnow, stopping=None):
             continue
         provider = providers.get(task["provider"])
         if provider is None or not provider.configured():
-            _fail(store, task_id, "provider_not_configured",
-                  f"Provider '{task['provider']}' is not configured on this studio.", now)
+            _fail(store, task_id, "provider_not_configured", Text(
+                N_("Provider '%(provider)s' is not configured on this studio."), provider=task["provider"]), now)
         else:
             waiting.append(task)
     served = _served_by_store.setdefault(str(store.dir), {})
@@ -302,7 +309,8 @@ def _earlier_submit(store, provider, task, journal, now):
     try:
         found = provider.reconcile(task)
     except SubmitOutcomeUnknown as exc:
-        _fail(store, task_id, exc.code, exc.message, now, late_check=True)
+        _fail(store, task_id, exc.code, exc.summary(), now, late_check=True,
+              provider_message=exc.message)
         raise _NotNow from None
     except ProviderError as exc:
         _submit_problem(store, provider, task, exc, now, ambiguous=True)
@@ -342,7 +350,7 @@ def _send(store, provider, task, journal, now):
         if exc.retryable:
             _submit_problem(store, provider, task, exc, now, ambiguous=False)
         else:
-            _fail(store, task_id, exc.code, exc.message, now)
+            _fail(store, task_id, exc.code, exc.summary(), now, provider_message=exc.message)
         raise _NotNow from None
     except FileNotFoundError:
         # The picture vanished between the check and the read: nothing was sent.
@@ -351,7 +359,7 @@ def _send(store, provider, task, journal, now):
         raise _NotNow from None
     except Exception:
         log.exception("task %s: submit crashed", task_id)
-        _fail(store, task_id, "submit_failed", "The submit failed unexpectedly; see the server log.", now)
+        _fail(store, task_id, "submit_failed", Text(N_("The submit failed unexpectedly; see the server log.")), now)
         raise _NotNow from None
     journal.created(task_id, provider.name, iso(now), provider_task_id)
     return provider_task_id
@@ -373,11 +381,12 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
         if not ambiguous:
             record["submit_started_at"] = None      # certainly not created: a later try is a fresh submit
         if record["problems"] > MAX_SUBMIT_PROBLEMS or _problem_age(problem, now) > provider.max_running_seconds:
-            message = (f"{label} kept failing since {parse_iso(problem['since']):%H:%M} UTC ({record['problems']} "
-                       "tries), so the studio stopped trying.")
-            if ambiguous:
-                message += (f" A try may have reached {label}: the studio keeps checking for a day and saves the "
-                            "result if it turns up.")
+            message = Text(N_("%(label)s kept failing since %(since)s (%(tries)d tries), so the studio stopped "
+                              "trying. A try may have reached %(label)s: the studio keeps checking for a day and "
+                              "saves the result if it turns up.") if ambiguous else
+                           N_("%(label)s kept failing since %(since)s (%(tries)d tries), so the studio stopped "
+                              "trying."), label=label, since=f"{parse_iso(problem['since']):%H:%M} UTC",
+                           tries=record["problems"])
             tasks.fail(record, "provider_unreachable" if code == "provider_unreachable" else "submit_gave_up",
                        message, now, late_check=ambiguous)
     store.update(task["id"], metrics.counting_finish(change))
@@ -388,10 +397,13 @@ def _missing_inputs(data_dir, task):
     return [item["role"] for item in task.get("inputs") or [] if not (data_dir / item["path"]).is_file()]
 
 
-def _input_missing_message(roles):
-    names = {"first": "first frame", "tail": "last frame", "reference": "reference picture"}
-    what = ", ".join(names.get(role, role) for role in roles) or "input picture"
-    return f"The task's {what} is no longer on the studio's disk (deleted?), so it cannot be sent. Create a new task."
+def _input_missing_message(roles, retried=False):
+    names = {"first": N_("first frame"), "tail": N_("last frame"), "reference": N_("reference picture")}
+    what = [names.get(role, role) for role in roles] or [N_("input picture")]
+    return Text(N_("The task's %(what)s is no longer on the studio's disk (deleted?), so it cannot be retried. "
+                   "Create a new task.") if retried else
+                N_("The task's %(what)s is no longer on the studio's disk (deleted?), so it cannot be sent. "
+                   "Create a new task."), what=what)
 
 
 def poll(store, providers, clock=utcnow):
@@ -456,12 +468,12 @@ def _query_problem(record, provider, exc, now):
     code, template = _problem_text(label, exc, submitting=False)
     record["problem"] = problem = _problem(record, now, code, template)
     if _over_time(record, provider, now):
-        _timed_out(record, provider, now, f"{label} has not given a usable answer since "
-                                          f"{parse_iso(problem['since']):%H:%M} UTC, and ")
+        _timed_out(record, provider, now, since=f"{parse_iso(problem['since']):%H:%M} UTC")
     elif record["problems"] > MAX_QUERY_PROBLEMS:
-        tasks.fail(record, "provider_unreachable", f"{label} failed {record['problems']} status checks in a row since "
-                   f"{parse_iso(problem['since']):%H:%M} UTC, so the studio stopped waiting. It keeps checking for a "
-                   "day and saves the result if it arrives late.", now, late_check=True)
+        tasks.fail(record, "provider_unreachable", Text(
+            N_("%(label)s failed %(count)d status checks in a row since %(since)s, so the studio stopped waiting. It "
+               "keeps checking for a day and saves the result if it arrives late."), label=label,
+            count=record["problems"], since=f"{parse_iso(problem['since']):%H:%M} UTC"), now, late_check=True)
 
 
 def _late_reconcile(store, provider, task, now):
@@ -500,13 +512,16 @@ def _over_time(record, provider, now):
     return (now - started).total_seconds() > provider.max_running_seconds
 
 
-def _timed_out(record, provider, now, reason=""):
-    """Fail a task that ran past the provider's limit; `reason` starts the sentence when the
-    provider was not answering either."""
-    minutes = provider.max_running_seconds / 60
-    subject = f"{reason}it" if reason else _label(provider)
-    tasks.fail(record, "timeout", f"{subject} did not finish within {minutes:.0f} minutes. The studio keeps checking "
-               "for a day and saves the result if it arrives late.", now, late_check=True)
+def _timed_out(record, provider, now, since=None):
+    """Fail a task that ran past the provider's limit; `since` says when the provider stopped
+    answering, when it was not answering either."""
+    template = (N_("%(label)s has not given a usable answer since %(since)s, and it did not finish within "
+                   "%(minutes)d minutes. The studio keeps checking for a day and saves the result if it arrives "
+                   "late.") if since else
+                N_("%(label)s did not finish within %(minutes)d minutes. The studio keeps checking for a day and "
+                   "saves the result if it arrives late."))
+    tasks.fail(record, "timeout", Text(template, label=_label(provider), since=since,
+                                       minutes=round(provider.max_running_seconds / 60)), now, late_check=True)
 
 
 def _apply_status(record, status, provider, now):
@@ -523,8 +538,12 @@ def _apply_status(record, status, provider, now):
     if status.state == base.ReportState.SUCCEEDED:
         _reported_success(record, status, now, late)
     elif status.state == base.ReportState.FAILED:
-        tasks.fail(record, status.error_code or "provider_failed", status.message or "The provider reported a failure.",
-                   now, keep_finished=True)
+        # The studio's words around the provider's reason (kept as it is, and beside as provider_message).
+        reason = Text(N_("%(label)s reported that the task failed: %(reason)s"), label=_label(provider),
+                      reason=status.message) if status.message else Text(
+            N_("%(label)s reported that the task failed."), label=_label(provider))
+        tasks.fail(record, status.error_code or "provider_failed", reason, now, keep_finished=True,
+                   provider_message=status.message)
     elif status.state == base.ReportState.CANCELLED:
         if late:
             record.update(late_check_until=None, next_check_at=None)     # it stays failed
@@ -546,7 +565,7 @@ def _still_working(record, status, provider, now):
 def _reported_success(record, status, now, late):
     """The provider has finished: save its results (a success with none is a failure)."""
     if not status.outputs:
-        tasks.fail(record, "no_outputs", "The provider finished but returned no result.", now)
+        tasks.fail(record, "no_outputs", Text(N_("The provider finished but returned no result.")), now)
         return
     tasks.downloading(record, [_output_entry(o) for o in status.outputs], now)
     if late:
@@ -564,8 +583,9 @@ def _cancel_at_provider(store, provider, task, now):
     except ProviderError as exc:
         log.warning("task %s: %s cancel failed (%s)", task["id"], provider.name, exc.code)
         stopped = False
-    note = None if stopped else f"{_label(provider)} could not stop the task; it may still be charged."
-    store.update(task["id"], {"cancel_requested": False, "cancel_note": note})
+    note = None if stopped else Text(N_("%(label)s could not stop the task; it may still be charged."),
+                                     label=_label(provider))
+    store.update(task["id"], {"cancel_requested": False, **tasks.cancel_note(note)})
 
 
 def download(store, providers, clock=utcnow, stopping=None, workers=config.DOWNLOAD_WORKERS_PER_PROVIDER):
@@ -626,7 +646,8 @@ def _download_one(store, task_id, clock):
             outputs[i] = metrics.call("download", task["provider"], downloads.save_output,
                                       store.dir, task_id, i, out, utcnow())
     except downloads.ResultExpired as exc:
-        _fail(store, task_id, "result_expired", str(exc), now)
+        _fail(store, task_id, "result_expired", Text(N_("The provider's result link expired before it could be "
+                                                        "saved.")), now, provider_message=str(exc))
         return
     except (OSError, ValueError, requests.RequestException, downloads.DownloadIncomplete) as exc:
         _download_problem(store, task, outputs, exc, now)
@@ -644,12 +665,15 @@ def _download_problem(store, task, outputs, exc, now):
     detail = redact_url(exc)
     if isinstance(exc, downloads.AddressRefused):      # no retry sends it anywhere else
         log.warning("task %s: saving results refused: %s", task["id"], detail)
-        _fail(store, task["id"], "download_failed", f"Saving the result failed: {detail}.", now)
+        _fail(store, task["id"], "download_failed", Text(N_("Saving the result failed: %(detail)s."), detail=detail),
+              now)
         return
     if downloads.disk_full(exc):
-        message = "The disk is full: free some space. The result is kept at the provider and saved when there is room."
+        message = Text(N_("The disk is full: free some space. The result is kept at the provider and saved when there "
+                          "is room."))
     else:
-        message = f"Saving the result failed ({type(exc).__name__}: {detail}); retrying."
+        message = Text(N_("Saving the result failed (%(error)s: %(detail)s); retrying."), error=type(exc).__name__,
+                       detail=detail)
     known_expiry = any(o.get("remote_url") and downloads.link_expiry(o["remote_url"], o.get("remote_expires_at"))
                        for o in outputs)
     # A link the server keeps refusing (403/404/410) is gone, whatever its stated expiry;
@@ -663,7 +687,7 @@ def _download_problem(store, task, outputs, exc, now):
 
     def change(record):
         if record["status"] == DOWNLOADING:
-            record.update(outputs=outputs, download_error=message, **_backoff(task, now, 5))
+            record.update(outputs=outputs, **tasks.download_error(message), **_backoff(task, now, 5))
     store.update(task["id"], change)
 
 
@@ -681,7 +705,7 @@ def _store():
 
 def _for_client(record):
     return tasks.for_client(record, disk_full=disk_nearly_full(current_app.config["DATA_DIR"]),
-                            queue=queue_info.for_app(current_app))
+                            queue=queue_info.for_app(current_app), translate=translate)
 
 
 def _task_or_404(task_id):
@@ -705,14 +729,15 @@ def list_tasks():
     (starred only); paging."""
     args = _list_args()
     if args.get("favourite") not in (None, "", "0", "1"):
-        raise ValidationError("favourite must be 0 or 1.", code="invalid_field", field="favourite")
+        raise ValidationError(N_("favourite must be 0 or 1."), code="invalid_field", field="favourite")
     statuses = [s for s in args.get("status", "").split(",") if s]
     for status in statuses:
         if status not in tasks.STATUSES:
-            raise ValidationError(f"Unknown status '{status[:40]}'.", code="invalid_field", field="status")
+            raise ValidationError(N_("Unknown status '%(value)s'."), code="invalid_field", field="status",
+                                  params={"value": status[:40]})
     kind = args.get("kind") or None
     if kind not in (None, "video", "image"):
-        raise ValidationError("kind must be video or image.", code="invalid_field", field="kind")
+        raise ValidationError(N_("kind must be video or image."), code="invalid_field", field="kind")
     offset = _int_arg(args, "offset", 0, 0, 10**9)
     limit = _int_arg(args, "limit", 50, 1, 200)
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,
@@ -727,15 +752,18 @@ def _list_args():
     args = {}
     for name, values in request.args.lists():
         if name not in _LIST_ARGS:
-            raise ValidationError(f"Unknown query argument '{name[:40]}'.", code="unknown_field", field=name[:40])
+            raise ValidationError(N_("Unknown query argument '%(field)s'."), code="unknown_field", field=name[:40],
+                                  params={"field": name[:40]})
         if len(values) > 1:
-            raise ValidationError(f"{name} is given more than once.", code="invalid_field", field=name)
+            raise ValidationError(N_("%(field)s is given more than once."), code="invalid_field", field=name,
+                                  params={"field": name})
         value = values[0]
         if len(value) > _LIST_ARGS[name]:
-            raise ValidationError(f"{name} is longer than {_LIST_ARGS[name]} characters.", code="invalid_field",
-                                  field=name)
+            raise ValidationError(N_("%(field)s is longer than %(max)d characters."), code="invalid_field",
+                                  field=name, params={"field": name, "max": _LIST_ARGS[name]})
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValidationError(f"{name} holds control characters.", code="invalid_field", field=name)
+            raise ValidationError(N_("%(field)s holds control characters."), code="invalid_field", field=name,
+                                  params={"field": name})
         args[name] = value
     return args
 
@@ -746,10 +774,12 @@ def _int_arg(args, name, default, low, high):
         return default
     # Plain ASCII digits only: int() would also take " 5", "+5", "1_000" and other scripts' digits.
     if not _WHOLE_NUMBER.fullmatch(raw):
-        raise ValidationError(f"{name} must be a whole number.", code="invalid_field", field=name)
+        raise ValidationError(N_("%(field)s must be a whole number."), code="invalid_field", field=name,
+                              params={"field": name})
     value = int(raw)
     if not low <= value <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}.", code="invalid_field", field=name)
+        raise ValidationError(N_("%(field)s must be between %(low)d and %(high)d."), code="invalid_field",
+                              field=name, params={"field": name, "low": low, "high": high})
     return value
 
 
@@ -779,19 +809,19 @@ def retry_task(task_id):
     """Queue a new task with the same settings and pictures, linked to this one."""
     old = _task_or_404(task_id)
     if old["status"] not in TERMINAL:
-        raise Conflict("The task is still in progress; cancel it or wait for it to finish.")
+        raise Conflict(N_("The task is still in progress; cancel it or wait for it to finish."))
     provider = current_app.extensions["providers"].get(old["provider"])
     if provider is None or not provider.configured():
-        raise ValidationError(f"Provider '{old['provider']}' is not configured.",
-                              code="provider_not_configured", field="provider")
+        raise ValidationError(N_("Provider '%(provider)s' is not configured."), code="provider_not_configured",
+                              field="provider", params={"provider": old["provider"]})
     if storyboards.is_storyboard(old):      # only the scenes that did not succeed run again
         record = storyboards.retry(_store(), old)
         return {"task_id": record["id"], "status": record["status"]}, 202
     missing = _missing_inputs(_store().dir, old)
     if missing:
         # Gone for good: 410 with the task error's code, not a 500 from copying a missing file.
-        raise AppError(_input_missing_message(missing).replace("so it cannot be sent", "so it cannot be retried"),
-                       code="input_missing", status=410)
+        text = _input_missing_message(missing, retried=True)
+        raise AppError(text.template, code="input_missing", status=410, params=text.params)
     model = next((m for m in provider.capabilities()["models"]
                   if m["id"] == old["model"] and m["kind"] == old["kind"]), {})
     access.check_request_limits(old["kind"], model, old["params"])
@@ -813,12 +843,12 @@ def favourite_task(task_id):
     task = _task_or_404(task_id)
     if task.get("owner") != access.owner_id():
         # The admin sees every task, but a star is the owner's own choice.
-        raise NotFound(f"No task '{task_id}'.")
+        raise NotFound(N_("No task '%(id)s'."), params={"id": task_id})
     wanted = parse_body(FavouriteRequest).favourite
     try:
         return _for_client(_store().update(task_id, {"favourite": wanted}))
     except KeyError:            # deleted meanwhile
-        raise NotFound(f"No task '{task_id}'.") from None
+        raise NotFound(N_("No task '%(id)s'."), params={"id": task_id}) from None
 
 
 @bp.delete("/api/tasks/<task_id>")
@@ -826,7 +856,7 @@ def delete_task(task_id):
     """Delete a finished task: its record, its pictures and its results."""
     task = _task_or_404(task_id)
     if task["status"] in ACTIVE:
-        raise Conflict("The task is still in progress; cancel it first.")
+        raise Conflict(N_("The task is still in progress; cancel it first."))
     _store().delete(task_id)
     tasks.remove_files(current_app.config["DATA_DIR"], task_id)
     return "", 204
@@ -854,15 +884,15 @@ def open_listed(data_dir, folder, task_id, rel):
     task_dir = os.path.join(os.path.realpath(data_dir), folder, task_id)
     path = os.path.join(data_dir, rel)
     if os.path.realpath(os.path.dirname(path)) != task_dir:
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        raise NotFound("No such file.") from None
+        raise NotFound(N_("No such file.")) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     return os.fdopen(fd, "rb"), info
 
 
@@ -891,11 +921,11 @@ def media_file(subpath):
     """
     match = _MEDIA_PATH.fullmatch(subpath)
     if match is None:
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     folder, task_id, name = match.groups()
     task = _task_or_404(task_id)          # the task's owner (or the admin) only
     if subpath not in listed_files(task):
-        raise NotFound("No such file.")
+        raise NotFound(N_("No such file."))
     fh, info = open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
     try:
         mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 import media
 from clock import iso, parse_iso, utcnow  # noqa: F401 - parse_iso is read from here too
-from errors import Conflict, InsufficientStorage
+from errors import N_, Conflict, InsufficientStorage, Text, shown_text
 from redact import redact_url
 
 
@@ -61,8 +61,11 @@ LATE_CHECK_INTERVAL = timedelta(minutes=5)
 
 class TaskError(BaseModel):
     code: str
-    message: str
+    message: str                        # in English; the reader's language is made from template/params
     retryable: bool = False
+    template: str | None = None         # the English template of `message` (errors.Text); absent in old records
+    params: dict | None = None          # what the template is filled with
+    provider_message: str | None = None     # the provider's own words (redacted), beside a translated summary
 
 
 class TaskProblem(BaseModel):
@@ -71,6 +74,8 @@ class TaskProblem(BaseModel):
     code: str
     message: str
     since: str
+    template: str | None = None         # as in TaskError
+    params: dict | None = None
 
 
 class WebhookAttempt(BaseModel):
@@ -142,8 +147,12 @@ class Task(BaseModel):
     late_check_until: str | None = None     # a failed task still looked at until then, for a late success
     recovered_late: bool | None = None  # succeeded after all, after a timeout
     cancel_requested: bool | None = None    # cancelled here; the provider still to be told
-    cancel_note: str | None = None      # why stopping it at the provider did not work
-    download_error: str | None = None   # the latest problem saving the results
+    cancel_note: str | None = None      # why stopping it at the provider did not work (English)
+    cancel_note_template: str | None = None     # its template and params, for the reader's language
+    cancel_note_params: dict | None = None
+    download_error: str | None = None   # the latest problem saving the results (English)
+    download_error_template: str | None = None  # its template and params, for the reader's language
+    download_error_params: dict | None = None
     webhook: TaskWebhook | None = None  # the delivery of its end to callback_url or the owner's webhook
     batch_id: str | None = None      # the batch this task belongs to (batches.py)
     batch_item: str | None = None    # the item's name in its batch, e.g. "Episode-01/Shot-003"
@@ -158,7 +167,8 @@ def move(record, status, now, **fields):
     """Change a record's status (and other fields) if the state machine allows it."""
     current = record["status"]
     if status != current and status not in MOVES[current]:
-        raise IllegalMove(f"A {current} task cannot become {status}.")
+        raise IllegalMove(N_("A %(current)s task cannot become %(status)s."),
+                          params={"current": str(current), "status": str(status)})
     record.update(fields, status=status)
     record["finished_at"] = (record.get("finished_at") or iso(now)) if status in TERMINAL else None
     return record
@@ -190,15 +200,21 @@ def downloading(record, outputs, now):
 
 
 def succeeded(record, outputs, now):
-    move(record, SUCCEEDED, now, outputs=outputs, download_error=None, problems=0, next_check_at=None, error=None)
+    move(record, SUCCEEDED, now, outputs=outputs, **download_error(None), problems=0, next_check_at=None, error=None)
 
 
-def fail(record, code, message, now, *, late_check=False, keep_finished=False):
+def fail(record, code, message, now, *, late_check=False, keep_finished=False, provider_message=None):
     """End a task with an error. With `late_check` the provider may still have the work, and the
-    poller keeps looking for a day. `keep_finished` keeps an earlier finish time (a late report)."""
+    poller keeps looking for a day. `keep_finished` keeps an earlier finish time (a late report).
+    `message` is an errors.Text (shown in the reader's language) or plain text kept as it is;
+    `provider_message` is the provider's own words, kept beside it."""
     if not keep_finished:
         record["finished_at"] = None
-    move(record, FAILED, now, problem=None, error={"code": code, "message": message, "retryable": False},
+    error = {"code": code, "retryable": False,
+             **(message.fields() if isinstance(message, Text) else {"message": message})}
+    if provider_message:
+        error["provider_message"] = provider_message
+    move(record, FAILED, now, problem=None, error=error,
          late_check_until=iso(now + LATE_CHECK_WINDOW) if late_check else None,
          next_check_at=iso(now + LATE_CHECK_INTERVAL) if late_check else record.get("next_check_at"))
 
@@ -206,12 +222,12 @@ def fail(record, code, message, now, *, late_check=False, keep_finished=False):
 def cancel(record, now, note=None):
     """Cancel a task that has not finished; with a provider id, the poller still stops it there."""
     if record["status"] == DOWNLOADING:
-        raise IllegalMove("The result is ready and being saved; it can no longer be cancelled.")
+        raise IllegalMove(N_("The result is ready and being saved; it can no longer be cancelled."))
     if record["status"] in TERMINAL:
-        raise IllegalMove(f"The task is already {record['status']}.")
+        raise IllegalMove(N_("The task is already %(status)s."), params={"status": str(record["status"])})
     if record.get("provider_task_id"):
         record["cancel_requested"] = True
-    move(record, CANCELLED, now, cancel_note=note)
+    move(record, CANCELLED, now, **cancel_note(note))
 
 
 _SUFFIX_SPACE = 16 ** 6
@@ -302,17 +318,47 @@ def remove_files(data_dir, task_id):
         shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
 
 
-def for_client(record, disk_full=False, queue=None):
+def _text_fields(name, text):
+    """A message the record keeps as `name` (English), `name_template` and `name_params`."""
+    if text is None:
+        return {name: None, f"{name}_template": None, f"{name}_params": None}
+    return {name: str(text), f"{name}_template": text.template, f"{name}_params": text.params}
+
+
+def cancel_note(text):
+    """The record fields of a cancel note (an errors.Text), or of none."""
+    return _text_fields("cancel_note", text)
+
+
+def download_error(text):
+    """The record fields of the latest problem saving the results (an errors.Text), or of none."""
+    return _text_fields("download_error", text)
+
+
+def for_client(record, disk_full=False, queue=None, translate=None):
     """The record as API clients see it: result links without their signatures (the studio
     serves its own copy; a signed link would hand out the file to whoever reads the JSON). With
     `disk_full`, a task still in progress says so: the pipeline cannot even record it then.
-    `queue` (a queue_info.QueueInfo) adds `queue_position` and `eta_seconds`, computed, not stored."""
+    `queue` (a queue_info.QueueInfo) adds `queue_position` and `eta_seconds`, computed, not stored.
+    With `translate` (the request's gettext) its messages are in the reader's language."""
     outputs = [{**o, "remote_url": redact_url(o["remote_url"])} if o.get("remote_url") else o
                for o in record.get("outputs") or []]
     seen = {**record, "outputs": outputs}
     if queue is not None:
         seen.update(queue.fields(record, utcnow()))
     if disk_full and record["status"] in ACTIVE:
-        seen["problem"] = {"code": "disk_full", "since": iso(utcnow()),
-                           "message": "The studio's disk is full: this task goes on when there is room again."}
+        seen["problem"] = {"code": "disk_full", "since": iso(utcnow()), **Text(
+            N_("The studio's disk is full: this task goes on when there is room again.")).fields()}
+    return _translated(seen, translate) if translate else seen
+
+
+def _translated(seen, translate):
+    """The record's stored messages in the reader's language (old plain-text ones as they are)."""
+    for name in ("error", "problem"):
+        if seen.get(name):
+            seen[name] = {**seen[name], "message": shown_text(seen[name], translate)}
+    for name in ("cancel_note", "download_error"):
+        if seen.get(f"{name}_template"):
+            seen[name] = shown_text({"template": seen[f"{name}_template"], "params": seen.get(f"{name}_params")},
+                                    translate)
     return seen

@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 import media
 import request_body
 import safe_fetch
-from errors import ProviderNotConfigured, ValidationError
+from errors import N_, ProviderNotConfigured, ValidationError, field_problem
 
 # Pydantic error types that mean "the value is of the right kind but not allowed".
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than",
@@ -47,7 +47,7 @@ def _printable(value):
     else:
         bad = _CONTROL.search(value) is not None
     if bad:
-        raise ValueError("must not contain control characters or lone surrogates")
+        raise PydanticCustomError("control_characters", "must not contain control characters or lone surrogates")
     return value
 
 
@@ -78,17 +78,18 @@ def parse_body(schema):
     else:
         body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ValidationError("The request body must be a JSON object.", code="invalid_json")
+        raise ValidationError(N_("The request body must be a JSON object."), code="invalid_json")
     try:
         return schema.model_validate(body)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         if first["type"] == "extra_forbidden":
-            raise ValidationError(f"Unknown field '{field}'.", code="unknown_field", field=field) from None
+            raise ValidationError(N_("Unknown field '%(field)s'."), code="unknown_field", field=field,
+                                  params={"field": field}) from None
         status = 422 if first["type"] in _RANGE_ERRORS else 400
-        raise ValidationError(f"{field}: {first['msg']}", code="invalid_field", field=field,
-                              status=status) from None
+        template, params = field_problem(first, field)
+        raise ValidationError(template, code="invalid_field", field=field, status=status, params=params) from None
 
 
 def provider_and_model(provider_id, model_id, kind):
@@ -96,33 +97,42 @@ def provider_and_model(provider_id, model_id, kind):
     providers = current_app.extensions["providers"]
     provider = providers.get(provider_id)
     if provider is None:
-        raise ValidationError(f"Unknown provider '{provider_id}'. Choose one of: {', '.join(providers)}.",
-                              code="unknown_provider", field="provider", status=422)
+        raise ValidationError(N_("Unknown provider '%(provider)s'. Choose one of: %(allowed)s."),
+                              code="unknown_provider", field="provider", status=422,
+                              params={"provider": provider_id, "allowed": ", ".join(providers)})
     if not provider.configured():
         raise ProviderNotConfigured(
-            f"Provider '{provider_id}' is not configured: set its API keys in the environment or .env.",
-            field="provider")
+            N_("Provider '%(provider)s' is not configured: set its API keys in the environment or .env."),
+            field="provider", params={"provider": provider_id})
     # Kling uses one id for a video and an image model (kling-v1 ...): look the id up among this kind.
     models = {m["id"]: m for m in provider.capabilities()["models"] if m["kind"] == kind}
     model = models.get(model_id or next(iter(models), None))
     if model is None and not models:
         # A provider may offer no model of this kind (DashScope's Virginia region: no pictures).
-        raise ValidationError(f"{provider_id} offers no {kind} models here.", code="unknown_model",
-                              field="model_name", status=422)
+        raise ValidationError(N_("%(provider)s offers no video models here.") if kind == "video" else
+                              N_("%(provider)s offers no image models here."), code="unknown_model",
+                              field="model_name", status=422, params={"provider": provider_id})
     if model is None:
         raise ValidationError(
-            f"Model '{model_id}' is not a {kind} model of {provider_id}. Choose one of: {', '.join(models)}.",
-            code="unknown_model", field="model_name", status=422)
+            N_("Model '%(model)s' is not a video model of %(provider)s. Choose one of: %(allowed)s.")
+            if kind == "video" else
+            N_("Model '%(model)s' is not an image model of %(provider)s. Choose one of: %(allowed)s."),
+            code="unknown_model", field="model_name", status=422,
+            params={"model": model_id, "provider": provider_id, "allowed": ", ".join(models)})
     return provider, model
 
 
-def choose(value, allowed, field, what):
-    """`value` if allowed (the first allowed value when None), else a 422 naming the choices."""
+def choose(value, allowed, field, what=None):
+    """`value` if allowed (the first allowed value when None), else a 422 naming the choices.
+
+    The message names the field (`what`, the English name callers pass, is not used: a field name
+    reads the same in every language)."""
     if value is None:
         return allowed[0]
     if value not in allowed:
-        raise ValidationError(f"{what} '{value}' is not offered here. Choose one of: {', '.join(allowed)}.",
-                              code="unsupported_value", field=field, status=422)
+        raise ValidationError(N_("%(field)s '%(value)s' is not offered here. Choose one of: %(allowed)s."),
+                              code="unsupported_value", field=field, status=422,
+                              params={"field": field, "value": value, "allowed": ", ".join(map(str, allowed))})
     return value
 
 
@@ -131,11 +141,12 @@ def check_prompts(model, prompt, negative_prompt):
     limits = {"prompt": model["max_prompt"], "negative_prompt": model.get("max_negative_prompt", model["max_prompt"])}
     for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if len(text or "") > limits[field]:
-            raise ValidationError(f"{field} is longer than {limits[field]} characters for {model['id']}.",
-                                  code="prompt_too_long", field=field, status=422)
+            raise ValidationError(N_("%(field)s is longer than %(max)s characters for %(model)s."),
+                                  code="prompt_too_long", field=field, status=422,
+                                  params={"field": field, "max": limits[field], "model": model["id"]})
     if negative_prompt and not model.get("negative_prompt", True):
-        raise ValidationError(f"{model['id']} does not take a negative prompt.", code="unsupported_value",
-                              field="negative_prompt", status=422)
+        raise ValidationError(N_("%(model)s does not take a negative prompt."), code="unsupported_value",
+                              field="negative_prompt", status=422, params={"model": model["id"]})
 
 
 def decode_images(fields, min_side=media.MIN_SIDE):
@@ -146,13 +157,14 @@ def decode_images(fields, min_side=media.MIN_SIDE):
         if data is None:
             continue
         if isinstance(data, media.Upload):
-            images[role] = media.check_image_bytes(data.data, field)
+            images[role] = media.check_image_bytes(data.data, field, min_side=min_side)
         elif safe_fetch.is_url(data):
             try:
                 fetched = safe_fetch.fetch(data.strip(), field)
             except ValueError:
                 # urllib's own parse errors (`http://[::1/`, `http://[zz::1]/`, a port out of range).
-                raise ValidationError(f"{field} is not a valid URL.", code="invalid_url", field=field) from None
+                raise ValidationError(N_("%(field)s is not a valid URL."), code="invalid_url", field=field,
+                                      params={"field": field}) from None
             images[role] = media.check_image_bytes(fetched, field, min_side=min_side)
         else:
             images[role] = media.decode_image(data, field, min_side=min_side)
@@ -163,13 +175,14 @@ def check_seed_and_prompt_extend(model, req):
     """The request's `seed` / `prompt_extend` where the model takes them (a 422 where it does not);
     only the ones given, so a task records what the user chose and the provider default otherwise."""
     chosen = {}
-    for name, what in (("seed", "a seed"), ("prompt_extend", "prompt_extend (prompt rewriting)")):
+    for name, template in (("seed", N_("%(model)s does not take a seed.")),
+                           ("prompt_extend", N_("%(model)s does not take prompt_extend (prompt rewriting)."))):
         value = getattr(req, name)
         if value is None:
             continue
         if not model.get(name, False):
-            raise ValidationError(f"{model['id']} does not take {what}.", code="unsupported_value", field=name,
-                                  status=422)
+            raise ValidationError(template, code="unsupported_value", field=name, status=422,
+                                  params={"model": model["id"]})
         chosen[name] = value
     return chosen
 

@@ -14,7 +14,7 @@ import access
 import idempotency
 import media
 import storyboards
-from errors import ValidationError
+from errors import N_, ValidationError
 from validation import (
     STRICT,
     Picture,
@@ -71,7 +71,7 @@ class VideoRequest(BaseModel):
 def check_video_request(req):
     """Validate a VideoRequest against its model's table; returns (provider, model, params)."""
     if req.video_config is not None and req.scenes is None:
-        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
+        raise ValidationError(N_("video_config goes with scenes."), code="invalid_field", field="video_config")
     provider, model = provider_and_model(req.provider, req.model_name, "video")
     prompt = (req.prompt or "").strip()
     check_prompts(model, req.prompt, req.negative_prompt)
@@ -94,13 +94,15 @@ def check_video_request(req):
 def _check_frames_and_prompt(model, req, prompt):
     """Whether the model takes (or needs) a first frame, and a prompt when there is none."""
     if req.image is None and not model["text_to_video"]:
-        raise ValidationError(f"{model['id']} makes a video from a picture: add a first frame.",
-                              code="image_required", field="image")
+        raise ValidationError(N_("%(model)s makes a video from a picture: add a first frame."),
+                              code="image_required", field="image",
+                              params={"model": model["id"]})
     if req.image is not None and not model["image_to_video"]:
-        raise ValidationError(f"{model['id']} makes video from text only: remove the picture.",
-                              code="image_not_supported", field="image", status=422)
+        raise ValidationError(N_("%(model)s makes video from text only: remove the picture."),
+                              code="image_not_supported", field="image", status=422,
+                              params={"model": model["id"]})
     if req.image is None and not prompt:
-        raise ValidationError("Text-to-video needs a prompt.", code="prompt_required", field="prompt")
+        raise ValidationError(N_("Text-to-video needs a prompt."), code="prompt_required", field="prompt")
 
 
 def _check_combo(model, req):
@@ -109,29 +111,32 @@ def _check_combo(model, req):
     duration = choose(req.duration, model["durations"], "duration", "Duration")
     combo = {"mode": mode, "duration": duration}
     if combo not in model["combos"]:
-        raise ValidationError(f"{model['id']} does not offer {duration} s in {mode} mode.",
-                              code="unsupported_value", field="duration", status=422)
+        raise ValidationError(N_("%(model)s does not offer %(duration)s s in %(mode)s mode."),
+                              code="unsupported_value", field="duration", status=422,
+                              params={"model": model["id"], "duration": duration, "mode": mode})
     return combo
 
 
 def _offered(combos):
-    """The combinations as text for an error message ("none" when there are none)."""
-    return ", ".join(f"{c['mode']} {c['duration']} s" for c in combos) or "none"
+    """The combinations as text for an error message ("—" when there are none)."""
+    return ", ".join(f"{c['mode']} {c['duration']} s" for c in combos) or "—"
 
 
 def _check_tail(model, req, combo):
     """The tail frame: required by some models, and only with a first frame and an offered combination."""
     if req.image_tail is None and req.image is not None and model.get("tail_required"):
-        raise ValidationError(f"{model['id']} makes a video between two frames: add a tail frame.",
-                              code="image_required", field="image_tail")
+        raise ValidationError(N_("%(model)s makes a video between two frames: add a tail frame."),
+                              code="image_required", field="image_tail",
+                              params={"model": model["id"]})
     if req.image_tail is None:
         return
     if req.image is None:
-        raise ValidationError("A tail frame needs a first frame too.", code="image_required", field="image")
+        raise ValidationError(N_("A tail frame needs a first frame too."), code="image_required", field="image")
     if combo not in model["tail_combos"]:
         raise ValidationError(
-            f"{model['id']} accepts a tail frame only with: {_offered(model['tail_combos'])}.",
-            code="tail_not_supported", field="image_tail", status=422)
+            N_("%(model)s accepts a tail frame only with: %(combos)s."),
+            code="tail_not_supported", field="image_tail", status=422,
+            params={"model": model["id"], "combos": _offered(model["tail_combos"])})
 
 
 def _check_camera(model, req, combo):
@@ -139,20 +144,24 @@ def _check_camera(model, req, combo):
     if req.camera is None:
         return None
     if not model["cameras"]:
-        raise ValidationError(f"{model['id']} has no camera setting.", code="unsupported_value",
-                              field="camera", status=422)
+        raise ValidationError(N_("%(model)s has no camera setting."), code="unsupported_value",
+                              field="camera", status=422,
+                              params={"model": model["id"]})
     camera = choose(req.camera, model["cameras"], "camera", "Camera move")
     use = "image_to_video" if req.image is not None else "text_to_video"
     if use not in model.get("camera_for", [use]):
-        raise ValidationError(f"{model['id']} takes a camera move only for "
-                              f"{' and '.join(model['camera_for']).replace('_', '-')}.",
-                              code="unsupported_value", field="camera", status=422)
+        raise ValidationError(N_("%(model)s takes a camera move only for %(kinds)s."),
+                              code="unsupported_value", field="camera", status=422,
+                              params={"model": model["id"],
+                                      "kinds": [kind.replace("_", "-") for kind in model["camera_for"]]})
     if combo not in model.get("camera_combos", model["combos"]):
-        raise ValidationError(f"{model['id']} takes a camera move only with: {_offered(model['camera_combos'])}.",
-                              code="unsupported_value", field="camera", status=422)
+        raise ValidationError(N_("%(model)s takes a camera move only with: %(combos)s."),
+                              code="unsupported_value", field="camera", status=422,
+                              params={"model": model["id"], "combos": _offered(model["camera_combos"])})
     if req.image_tail is not None and not model.get("camera_with_tail", True):
-        raise ValidationError(f"{model['id']} takes either a tail frame or a camera move, not both.",
-                              code="unsupported_value", field="camera", status=422)
+        raise ValidationError(N_("%(model)s takes either a tail frame or a camera move, not both."),
+                              code="unsupported_value", field="camera", status=422,
+                              params={"model": model["id"]})
     return camera
 
 
@@ -171,8 +180,9 @@ def _check_model_settings(model, req, prompt):
         return check_advanced(req, model, advanced, prompt)     # the seed is one of its settings
     for name in ADVANCED_FIELDS:
         if getattr(req, name) is not None:
-            raise ValidationError(f"{model['id']} has no '{name}' setting.", code="unsupported_value",
-                                  field=name, status=422)
+            raise ValidationError(N_("%(model)s has no '%(name)s' setting."), code="unsupported_value",
+                                  field=name, status=422,
+                                  params={"model": model["id"], "name": name})
     return check_seed_and_prompt_extend(model, req)
 
 
@@ -181,25 +191,29 @@ def _check_sound(model, req, combo):
     sound_combos = model.get("sound_combos", [])
     if not sound_combos:
         if req.sound:
-            raise ValidationError(f"{model['id']} makes silent video only.", code="unsupported_value",
-                                  field="sound", status=422)
+            raise ValidationError(N_("%(model)s makes silent video only."), code="unsupported_value",
+                                  field="sound", status=422,
+                                  params={"model": model["id"]})
         return None
     default = model.get("sound_default", False)
     if req.sound is not None and req.sound != default and not model.get("sound_switch", True):
-        raise ValidationError(f"{model['id']} decides about sound itself: leave the sound setting out.",
-                              code="unsupported_value", field="sound", status=422)
+        raise ValidationError(N_("%(model)s decides about sound itself: leave the sound setting out."),
+                              code="unsupported_value", field="sound", status=422,
+                              params={"model": model["id"]})
     sound = default if req.sound is None else req.sound
     if req.image_tail is not None and not model.get("sound_with_tail", True):
         if req.sound:
-            raise ValidationError(f"{model['id']} makes silent video only with a tail frame.",
-                                  code="unsupported_value", field="sound", status=422)
+            raise ValidationError(N_("%(model)s makes silent video only with a tail frame."),
+                                  code="unsupported_value", field="sound", status=422,
+                                  params={"model": model["id"]})
         return False
     if sound and combo not in sound_combos:
         if req.sound is None:
             return False            # the default asked for sound where it is not offered: silent
         offered = ", ".join(f"{c['mode']} {c['duration']} s" for c in sound_combos)
-        raise ValidationError(f"{model['id']} makes sound only with: {offered}.", code="unsupported_value",
-                              field="sound", status=422)
+        raise ValidationError(N_("%(model)s makes sound only with: %(offered)s."), code="unsupported_value",
+                              field="sound", status=422,
+                              params={"model": model["id"], "offered": offered})
     return sound
 
 
@@ -210,8 +224,10 @@ def _in_range(value, limits, field, what, model_id):
     if value is None:
         return limits.get("default")
     if not limits["min"] <= value <= limits["max"]:
-        raise ValidationError(f"{what} for {model_id} must be {limits['min']}–{limits['max']}.",
-                              code="unsupported_value", field=field, status=422)
+        raise ValidationError(N_("%(field)s for %(model_id)s must be %(min)s–%(max)s."),
+                              code="unsupported_value", field=field, status=422,
+                              params={"field": field, "model_id": model_id, "min": limits["min"],
+                                      "max": limits["max"]})
     return value
 
 
@@ -219,8 +235,9 @@ def check_advanced(req, model, advanced, prompt):
     """The Wan server's settings checked against the model's `advanced` table entry."""
     model_id = model["id"]
     if len(prompt) < advanced.get("prompt_min", 0):
-        raise ValidationError(f"{model_id} needs a prompt of at least {advanced['prompt_min']} characters.",
-                              code="prompt_too_short", field="prompt", status=422)
+        raise ValidationError(N_("%(model_id)s needs a prompt of at least %(prompt_min)s characters."),
+                              code="prompt_too_short", field="prompt", status=422,
+                              params={"model_id": model_id, "prompt_min": advanced["prompt_min"]})
     num_frames = _in_range(req.num_frames, advanced["num_frames"], "num_frames", "num_frames", model_id)
     return {"image_size": choose(req.image_size, advanced["image_size"], "image_size", "Video size"),
             "num_frames": num_frames,

@@ -28,7 +28,7 @@ from pydantic import ValidationError as PydanticError
 import access
 import task_query
 import tasks
-from errors import AppError, NotFound, ValidationError
+from errors import N_, AppError, NotFound, ValidationError, field_problem
 from validation import STRICT, Text, parse_body, queue_task
 from video_extend import VideoRequest, check_video_request
 
@@ -72,7 +72,7 @@ def request_id(task_id):
 def task_id_of(rid):
     match = _REQUEST_ID.fullmatch(rid)
     if match is None:
-        raise NotFound(f"No task '{rid[:40]}'.")
+        raise NotFound(N_("No task '%(id)s'."), params={"id": rid[:40]})
     day, clock, millis, suffix = match.groups()
     return f"{day}T{clock}{millis}Z-{suffix}"
 
@@ -103,7 +103,7 @@ def submit():
     """Queue a video from a picture URL: 202 {"requestId"}."""
     req = parse_body(SubmitRequest)
     if not req.image_url.strip().lower().startswith(("http://", "https://")):
-        raise ValidationError("image_url must be a public http(s) URL.", code="invalid_url", field="image_url")
+        raise ValidationError(N_("image_url must be a public http(s) URL."), code="invalid_url", field="image_url")
     config = current_app.config
     provider = current_app.extensions["providers"].get(config["WAN_PROTOCOL_PROVIDER"])
     model = next((m for m in provider.capabilities()["models"] if m["id"] == config["WAN_PROTOCOL_MODEL"]), {}) \
@@ -116,8 +116,9 @@ def submit():
                              model_name=config["WAN_PROTOCOL_MODEL"], mode=mode, duration=duration,
                              cfg_scale=round((req.guidance_scale - 1) / 19, 3) if model.get("cfg_scale") else None)
     except PydanticError as exc:
-        raise ValidationError(f"The request does not fit {config['WAN_PROTOCOL_MODEL']}: "
-                              f"{exc.errors(include_url=False)[0]['msg']}", code="invalid_field", status=422) from None
+        first = exc.errors(include_url=False)[0]
+        template, params = field_problem(first, ".".join(str(part) for part in first["loc"]))
+        raise ValidationError(template, code="invalid_field", status=422, params=params) from None
     provider, model, params = check_video_request(video)
     params["wan"] = {"model": req.model, "image_size": req.image_size, "num_frames": req.num_frames,
                      "guidance_scale": req.guidance_scale, "infer_steps": req.infer_steps, "seed": req.seed}

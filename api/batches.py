@@ -14,7 +14,8 @@ import batches
 from api.models import V1Batch, V1BatchCreated, V1BatchList, V1BatchRetried
 from api.openapi import documented
 from batch_intake import BatchRequest, BatchSettings, BatchUpload
-from errors import ValidationError
+from errors import N_, ValidationError, field_problem, shown_text
+from i18n import translate
 from validation import parse_body
 
 bp = Blueprint("api_batches", __name__, url_prefix="/api/v1/batches")
@@ -30,12 +31,13 @@ def _upload():
     elif files:
         tree, refused = batch_intake.files_tree(files)
     else:
-        raise ValidationError("Send the pictures: a zip in `file` or a folder's files in `files`.",
+        raise ValidationError(N_("Send the pictures: a zip in `file` or a folder's files in `files`."),
                               code="file_required", field="file")
     unknown = set(request.files) - {"file", "files", "prompts"}
     if unknown:
         field = sorted(unknown)[0][:40]
-        raise ValidationError(f"Unknown file field '{field}'.", code="unknown_field", field=field)
+        raise ValidationError(N_("Unknown file field '%(field)s'."), code="unknown_field", field=field,
+                              params={"field": field})
     if request.files.get("prompts") is not None:
         batch_intake.add_prompts_file(tree, request.files["prompts"])
     return settings, batch_intake.items_from_tree(tree, refused)
@@ -44,7 +46,8 @@ def _upload():
 def _settings_error(exc):
     first = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in first["loc"]) or None
-    return ValidationError(f"{field}: {first['msg']}", code="invalid_field", field=field, status=422)
+    template, params = field_problem(first, field)
+    return ValidationError(template, code="invalid_field", field=field, status=422, params=params)
 
 
 @bp.post("")
@@ -68,7 +71,7 @@ def create_batch():
         settings = parse_body(BatchRequest)
         items = batch_intake.json_items(settings)
     record, created = batches.submit(settings, items)
-    answer = batch_progress.summary(record, with_items=False)
+    answer = batch_progress.summary(record, with_items=False, translate=translate)
     return {"batch_id": record["id"], "status": answer["status"], "counts": answer["counts"], "created": created}, 202
 
 
@@ -77,13 +80,13 @@ def create_batch():
 def list_batches():
     """Yours, newest first (the admin sees everyone's)."""
     records = current_app.extensions["batch_store"].list(owner=access.visible_owner())
-    return {"batches": [batch_progress.summary(r, with_items=False) for r in records]}
+    return {"batches": [batch_progress.summary(r, with_items=False, translate=translate) for r in records]}
 
 
 @bp.get("/<batch_id>")
 @documented("A batch with its items", responses={200: V1Batch})
 def get_batch(batch_id):
-    return batch_progress.summary(batches.batch_or_404(batch_id))
+    return batch_progress.summary(batches.batch_or_404(batch_id), translate=translate)
 
 
 @bp.post("/<batch_id>/retry-failed")
@@ -92,25 +95,26 @@ def get_batch(batch_id):
 def retry_failed(batch_id):
     """Each failed or cancelled item gets one new task with the same settings and picture."""
     record, made, refused = batches.retry_failed(batches.batch_or_404(batch_id))
+    refused = [{"name": r["name"], "code": r["code"], "message": shown_text(r, translate)} for r in refused]
     return {"batch_id": record["id"], "created": made, "refused": refused}, 202
 
 
 @bp.post("/<batch_id>/pause")
 @documented("Pause a batch: queued items are not sent", responses={200: V1Batch})
 def pause(batch_id):
-    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), True))
+    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), True), translate=translate)
 
 
 @bp.post("/<batch_id>/resume")
 @documented("Resume a paused batch", responses={200: V1Batch})
 def resume(batch_id):
-    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), False))
+    return batch_progress.summary(batches.set_paused(batches.batch_or_404(batch_id), False), translate=translate)
 
 
 @bp.post("/<batch_id>/cancel")
 @documented("Cancel every item that has not finished", responses={200: V1Batch})
 def cancel(batch_id):
-    return batch_progress.summary(batches.cancel(batches.batch_or_404(batch_id)))
+    return batch_progress.summary(batches.cancel(batches.batch_or_404(batch_id)), translate=translate)
 
 
 def _download_name(record, ext):
@@ -130,7 +134,7 @@ def results_zip(batch_id):
 
 def _report_parts(batch_id):
     record = batches.batch_or_404(batch_id)
-    return record, batch_progress.batch_tasks(record), batch_progress.summary(record)["items"]
+    return record, batch_progress.batch_tasks(record), batch_progress.summary(record, translate=translate)["items"]
 
 
 @bp.get("/<batch_id>/report.xlsx")

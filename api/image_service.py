@@ -17,7 +17,7 @@ import idempotency
 from api.models import ImageServiceRequest, ServiceCreated, ServiceResult, ServiceStatus, V1ImageRequest
 from api.openapi import documented
 from api.v1 import created, queue_image, v1_task
-from errors import ValidationError
+from errors import N_, ValidationError
 from validation import parse_body
 
 bp = Blueprint("image_service", __name__, url_prefix="/api/v1")
@@ -36,8 +36,9 @@ def _service_request(body):
         offering = [p for p in current_app.extensions["providers"].values()
                     if any(m["id"] == model_id and m["kind"] == "image" for m in p.capabilities()["models"])]
         if not offering:
-            raise ValidationError(f"The studio offers no image model '{model_id}'.", code="unknown_model",
-                                  field="model", status=422)
+            raise ValidationError(N_("The studio offers no image model '%(model_id)s'."), code="unknown_model",
+                                  field="model", status=422,
+                                  params={"model_id": model_id})
         # A model served by several providers (Wan directly and through 302.ai): one with its keys set.
         provider = next((p for p in offering if p.configured()), offering[0]).name
     given = body.parameters.model_dump(exclude_none=True)
@@ -45,12 +46,13 @@ def _service_request(body):
     for name, value in given.items():
         studio_name = SERVICE_FIELDS.get(name, name)
         if studio_name in fields:
-            raise ValidationError(f"parameters: give {name} or its other spelling, not both.",
-                                  code="invalid_field", field=f"parameters.{name}")
+            raise ValidationError(N_("parameters: give %(name)s or its other spelling, not both."),
+                                  code="invalid_field", field=f"parameters.{name}",
+                                  params={"name": name})
         fields[studio_name] = value
     if "size" in fields:
         if "width" in fields or "height" in fields:
-            raise ValidationError("parameters: give size or width/height, not both.", code="invalid_field",
+            raise ValidationError(N_("parameters: give size or width/height, not both."), code="invalid_field",
                                   field="parameters.size")
         fields["width"], fields["height"] = (int(side) for side in re.split(r"[*x]", fields.pop("size")))
     if "aspect_ratio" in fields:
@@ -62,7 +64,8 @@ def _service_request(body):
         # Only what the service's names allow and the studio's do not (a size of 0 or 99999 pixels).
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"])
-        raise ValidationError(f"{field}: {first['msg']}", code="invalid_field", field=field, status=422) from None
+        raise ValidationError(N_("%(field)s: %(msg)s"), code="invalid_field", field=field, status=422,
+                              params={"field": field, "msg": first["msg"]}) from None
 
 
 def _service_field(field, given):

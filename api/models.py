@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
 import tasks
 from image_generate import ImageRequest
@@ -30,7 +31,7 @@ DEFAULT_ESTIMATE = {"video": 180, "image": 60}
 def _http_url(value):
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL")
+        raise PydanticCustomError("not_http_url", "must be an http:// or https:// URL")
     return value
 
 
@@ -96,8 +97,10 @@ class ImageServiceRequest(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str
-    message: str
+    message: str = Field(description="In the request's language (Accept-Language, else English).")
     field: str | None = None
+    params: dict | None = Field(None, description="What the message was filled with, for clients that word it.")
+    provider_message: str | None = Field(None, description="A provider's own words, when it said something.")
 
 
 class ErrorBody(BaseModel):
@@ -135,8 +138,10 @@ class V1Result(BaseModel):
 
 class V1TaskError(BaseModel):
     code: str
-    message: str
+    message: str = Field(description="In the request's language (Accept-Language, else English).")
     retryable: bool = False
+    params: dict | None = None
+    provider_message: str | None = Field(None, description="The provider's own words, beside the summary.")
 
 
 class V1Task(BaseModel):

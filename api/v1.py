@@ -12,7 +12,7 @@ import math
 import re
 import statistics
 
-from flask import Blueprint, current_app, has_app_context
+from flask import Blueprint, current_app, has_request_context
 
 import access
 import health
@@ -33,7 +33,8 @@ from api.models import (
     V1VideoRequest,
 )
 from api.openapi import documented
-from errors import ValidationError
+from errors import N_, ValidationError
+from i18n import translate
 from image_generate import check_image_request, prepare_images
 from validation import parse_body, provider_and_model, queue_task
 from video_extend import check_video_request
@@ -47,9 +48,11 @@ ESTIMATE_SAMPLE = 20            # the most recent succeeded tasks the estimate i
 
 def v1_task(record):
     """A task record as v1 shows it (links without signatures, via tasks.for_client)."""
-    # In a request the queue fields and scene counts are added; a webhook (sent by the pipeline) is about a task's end.
-    in_request = has_app_context()
-    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if in_request else None)
+    # In a request: the caller's language, the queue fields and scene counts. A webhook (sent by the
+    # pipeline, no request) is about a task's end and carries the English.
+    in_request = has_request_context()
+    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if in_request else None,
+                              translate=translate if in_request else None)
     scenes = storyboards.scene_counts(_store(), record) if in_request and storyboards.is_storyboard(record) else None
     outputs = [_v1_output(o, record) for o in record["outputs"]]
     completed = record["status"] == tasks.SUCCEEDED
@@ -94,8 +97,9 @@ def created(record):
 def _nearest_ratio(width, height, offered, field):
     ratios = [r for r in offered if re.fullmatch(r"[0-9]+:[0-9]+", r)]
     if not ratios:
-        raise ValidationError("This model takes no aspect ratio (the result keeps the picture's shape): remove "
-                              f"{field}.", code="unsupported_value", field=field, status=422)
+        raise ValidationError(N_("This model takes no aspect ratio (the result keeps the picture's shape): remove "
+                                 "%(field)s."), code="unsupported_value", field=field, status=422,
+                              params={"field": field})
     def distance(ratio):
         a, b = (int(side) for side in ratio.split(":"))
         return abs(math.log(width / height) - math.log(a / b))
@@ -108,9 +112,9 @@ def _apply_size(req, kind):
         return
     field = "width" if req.width is not None else "height"
     if req.width is None or req.height is None:
-        raise ValidationError("Give width and height together.", code="invalid_field", field=field)
+        raise ValidationError(N_("Give width and height together."), code="invalid_field", field=field)
     if req.aspect_ratio is not None:
-        raise ValidationError("Give either aspect_ratio or width/height.", code="invalid_field", field="width")
+        raise ValidationError(N_("Give either aspect_ratio or width/height."), code="invalid_field", field="width")
     _, model = provider_and_model(req.provider, req.model_name, kind)
     if "width" in (model.get("advanced") or {}):
         return                  # a model that takes a size in pixels itself (liblib-custom)
@@ -124,16 +128,17 @@ def _apply_seed(req, model, params):
     if req.seed is None or "seed" in params:
         return
     if not model.get("seed"):
-        raise ValidationError(f"{model['id']} takes no seed.", code="unsupported_value", field="seed", status=422)
+        raise ValidationError(N_("%(model)s takes no seed."), code="unsupported_value", field="seed", status=422,
+                              params={"model": model["id"]})
     params["seed"] = req.seed
 
 
 def queue_video(req):
     if req.video_config is not None and req.scenes is None:
-        raise ValidationError("video_config goes with scenes.", code="invalid_field", field="video_config")
+        raise ValidationError(N_("video_config goes with scenes."), code="invalid_field", field="video_config")
     if req.scenes is not None:              # a storyboard: its size is video_config's resolution
         if req.width is not None or req.height is not None:
-            raise ValidationError("With scenes, give the size as video_config.resolution.", code="invalid_field",
+            raise ValidationError(N_("With scenes, give the size as video_config.resolution."), code="invalid_field",
                                   field="width" if req.width is not None else "height")
         return storyboards.queue_storyboard(req)
     _apply_size(req, "video")
@@ -182,11 +187,12 @@ def list_tasks():
     for status in [s for s in args.get("status", "").split(",") if s]:
         matching = [studio for studio, v1 in V1_STATUS.items() if v1 == status]
         if not matching:
-            raise ValidationError(f"Unknown status '{status[:40]}'.", code="invalid_field", field="status")
+            raise ValidationError(N_("Unknown status '%(status)s'."), code="invalid_field", field="status",
+                                  params={"status": status[:40]})
         statuses += matching
     kind = args.get("kind") or None
     if kind not in (None, "video", "image"):
-        raise ValidationError("kind must be video or image.", code="invalid_field", field="kind")
+        raise ValidationError(N_("kind must be video or image."), code="invalid_field", field="kind")
     offset = task_query._int_arg(args, "offset", 0, 0, 10**9)
     limit = task_query._int_arg(args, "limit", 50, 1, 200)
     page, total = _store().list(status=statuses or None, kind=kind, provider=args.get("provider") or None,

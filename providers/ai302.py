@@ -32,13 +32,13 @@ DESCRIPTION = N_("One 302.ai key for Kling models (official format through /klin
 
 # 302's own refusals, by HTTP status (its `err_code` values are not published); `{said}` is its message.
 GATEWAY_ERRORS = [
-    rule(ProviderAuthError, "302.ai refused the key ({said}): check AI302_API_KEY.", statuses=(401, 403)),
-    rule(ProviderQuotaError, "302.ai says the balance is used up ({said}): top up at 302.ai, then retry.",
+    rule(ProviderAuthError, N_("302.ai refused the key (%(said)s): check AI302_API_KEY."), statuses=(401, 403)),
+    rule(ProviderQuotaError, N_("302.ai says the balance is used up (%(said)s): top up at 302.ai, then retry."),
          statuses=(402,)),
-    rule(ProviderRateLimited, "302.ai is rate limiting ({said}); trying again later.", statuses=(429,),
+    rule(ProviderRateLimited, N_("302.ai is rate limiting (%(said)s); trying again later."), statuses=(429,),
          retry_after=True),
-    rule(ProviderUnavailable, "302.ai's gateway is having trouble ({said}).", statuses=SERVER_ERRORS),
-    rule(ProviderRejected, "302.ai refused the request ({said})."),
+    rule(ProviderUnavailable, N_("302.ai's gateway is having trouble (%(said)s)."), statuses=SERVER_ERRORS),
+    rule(ProviderRejected, N_("302.ai refused the request (%(said)s).")),
 ]
 
 

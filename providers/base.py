@@ -147,8 +147,10 @@ class Provider:
         from errors import SubmitOutcomeUnknown
 
         raise SubmitOutcomeUnknown(
-            f"{self.name} cannot tell whether the submit reached it; not re-sent to avoid a double charge",
-            provider=self.name)
+            N_("%(name)s cannot tell whether the submit reached it; not re-sent to avoid a double "
+               "charge"),
+            provider=self.name,
+            params={"name": self.name})
 
     def slots(self, task):
         """Concurrency slots a task holds at the provider while in flight (Kling: n per image task)."""

@@ -215,24 +215,27 @@ RESOLUTION_LABEL = N_("Resolution")
 # the HTTP status next, the codes that only explain a plain refusal last. `{detail}` is
 # DashScope's code and message, shown, never matched.
 ERRORS = [
-    rule(SubmitOutcomeUnknown, "{provider} failed while taking the submit ({detail}); the task may or may not "
-         "exist there, so it is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
-    rule(ProviderQuotaError, "{provider} refused for a billing reason ({detail}). Settle or top up the Alibaba "
-         "Cloud account (or turn off 'free tier only' for the model) and retry the task.", codes=BILLING_CODES),
-    rule(ProviderAuthError, "{provider} refused the key ({detail}). Check {key_setting}, and that the key, the "
-         "endpoint's region and the model belong together and the model is activated.", codes=AUTH_CODES,
+    rule(SubmitOutcomeUnknown, N_("%(provider)s failed while taking the submit (%(detail)s); the task may or may not "
+                                  "exist there, so it is not sent again."), statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderQuotaError, N_("%(provider)s refused for a billing reason (%(detail)s). Settle or top up the "
+                                "Alibaba Cloud account (or turn off 'free tier only' for the model) and retry the "
+                                "task."), codes=BILLING_CODES),
+    rule(ProviderAuthError, N_("%(provider)s refused the key (%(detail)s). Check %(key_setting)s, and that the key, "
+                               "the endpoint's region and the "
+                               "model belong together and the model is activated."), codes=AUTH_CODES,
          statuses=(401, 403)),
-    rule(ProviderRateLimited, "{provider}'s quota allocated for this period is used up ({detail}); trying "
-         "again later.", codes=("Throttling.AllocationQuota",), retry_after=True,
+    rule(ProviderRateLimited, N_("%(provider)s's quota allocated for this period is used up (%(detail)s); trying again "
+                                 "later."), codes=("Throttling.AllocationQuota",), retry_after=True,
          retry_default=ALLOCATION_QUOTA_BACKOFF),
-    rule(ProviderRateLimited, "{provider} is rate limiting ({detail}); trying again later.",
+    rule(ProviderRateLimited, N_("%(provider)s is rate limiting (%(detail)s); trying again later."),
          codes=("Throttling*",), statuses=(429,), retry_after=True),
-    rule(ProviderUnavailable, "{provider} is having trouble ({detail}).", statuses=SERVER_ERRORS),
-    rule(ProviderRejected, "{provider} does not know this model here ({detail}). Model names differ by region "
-         "(wan2.1-* on the international endpoint, wanx2.1-* in Beijing).", codes=("ModelNotFound",)),
-    rule(ProviderRejected, "{provider}'s content moderation refused the prompt or picture ({detail}). Change "
-         "them and try again.", codes=("DataInspectionFailed",)),
-    rule(ProviderRejected, "{provider} rejected the request ({detail})."),
+    rule(ProviderUnavailable, N_("%(provider)s is having trouble (%(detail)s)."), statuses=SERVER_ERRORS),
+    rule(ProviderRejected, N_("%(provider)s does not know this model here (%(detail)s). Model names differ by region "
+                              "(wan2.1-* on the "
+                              "international endpoint, wanx2.1-* in Beijing)."), codes=("ModelNotFound",)),
+    rule(ProviderRejected, N_("%(provider)s's content moderation refused the prompt or picture (%(detail)s). Change "
+                              "them and try again."), codes=("DataInspectionFailed",)),
+    rule(ProviderRejected, N_("%(provider)s rejected the request (%(detail)s).")),
 ]
 
 
@@ -378,8 +381,9 @@ class WanClient:
         provider_task_id = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(provider_task_id, str) or not provider_task_id:
             raise SubmitOutcomeUnknown(
-                f"{self.name} accepted the submit but its answer carried no task id; the task may exist "
-                "there, so it is not sent again.", provider=self.name, http_status=response.status_code)
+                N_("%(name)s accepted the submit but its answer carried no task id; the task may exist "
+                   "there, so it is not sent again."), provider=self.name, http_status=response.status_code,
+                params={"name": self.name})
         return provider_task_id
 
     def query(self, task):
@@ -391,8 +395,9 @@ class WanClient:
         body = json_body(response, self.name)
         output = body.get("output")
         if not isinstance(output, dict) or not isinstance(output.get("task_status"), str):
-            raise ProviderBadResponse(f"{self.name} answered a task query without output.task_status.",
-                                      provider=self.name, http_status=200)
+            raise ProviderBadResponse(N_("%(name)s answered a task query without output.task_status."),
+                                      provider=self.name, http_status=200,
+                                      params={"name": self.name})
         raw = output["task_status"]
         cost = body.get("usage") if isinstance(body.get("usage"), dict) else None
         if raw == "UNKNOWN":
@@ -436,9 +441,10 @@ class WanClient:
         """
         if not self.lists_tasks:
             raise SubmitOutcomeUnknown(
-                f"The submit to {self.name} got no usable answer, and DashScope tasks carry no id of ours to "
-                "look it up by. It was not sent again to avoid a double charge: check the task list in the "
-                "Model Studio console, then retry this task if nothing was created.", provider=self.name)
+                N_("The submit to %(name)s got no usable answer, and DashScope tasks carry no id of ours to look it "
+                   "up by. It was not sent again to avoid a double charge: check the task list in the Model Studio "
+                   "console, then retry this task if nothing was created."), provider=self.name,
+                params={"name": self.name})
         started = datetime.fromisoformat(task["submit_started_at"].replace("Z", "+00:00"))
         # From a little before the attempt was recorded until the read timeout has surely passed.
         window = (started - RECONCILE_SLACK, started + timedelta(seconds=self.read_timeout) + RECONCILE_SLACK)
@@ -448,11 +454,11 @@ class WanClient:
             log.info("task %s: the batch task query found %s task %s", task["id"], self.name, candidates[0])
             return candidates[0]
         raise SubmitOutcomeUnknown(
-            f"The submit to {self.name} got no usable answer, and DashScope tasks carry no id of ours to "
-            f"look it up by; its task list shows {len(candidates) or 'no'} {task['model']} task"
-            f"{'' if len(candidates) == 1 else 's'} from that moment. It was not sent again to avoid a double "
-            "charge: check the task list in the Model Studio console, then retry this task if nothing was "
-            "created.", provider=self.name)
+            N_("The submit to %(name)s got no usable answer, and DashScope tasks carry no id of ours "
+               "to look it up by; its task list shows %(count)d %(model)s tasks from that moment. It was not "
+               "sent again to avoid a double charge: check the task list in the Model Studio console, then "
+               "retry this task if nothing was created."), provider=self.name,
+            params={"name": self.name, "count": len(candidates), "model": task["model"]})
 
     def _listed(self, task, start, end):
         """Task ids of the task's model created in [start, end], from every page of the batch query."""
@@ -467,16 +473,18 @@ class WanClient:
             body = json_body(response, self.name)
             entries = body.get("data")
             if not isinstance(entries, list):
-                raise ProviderBadResponse(f"{self.name} answered the task list without data.",
-                                          provider=self.name, http_status=200)
+                raise ProviderBadResponse(N_("%(name)s answered the task list without data."),
+                                          provider=self.name, http_status=200,
+                                          params={"name": self.name})
             found += [e["task_id"] for e in entries if isinstance(e, dict) and isinstance(e.get("task_id"), str)
                       and e.get("model_name") in (None, task["model"])]
             total = body.get("total")
             if not entries or not isinstance(total, int) or page_no * LIST_PAGE_SIZE >= total:
                 return found
         # More candidates than we page through cannot be told apart anyway.
-        raise SubmitOutcomeUnknown(f"{self.name}'s task list has too many tasks in the submit's window to tell "
-                                   "which one is this task's; check the Model Studio console.", provider=self.name)
+        raise SubmitOutcomeUnknown(N_("%(name)s's task list has too many tasks in the submit's window to tell which "
+                                      "one is this task's; check the Model Studio console."), provider=self.name,
+                                   params={"name": self.name})
 
     # ---- request bodies
 
@@ -492,10 +500,10 @@ class WanClient:
         else:
             parameters["resolution"] = params["mode"]
             if spec["kind"] == "kf2v":
-                body_input["first_frame_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
-                body_input["last_frame_url"] = self._data_uri(self.input_path(task, "tail"), "last frame")
+                body_input["first_frame_url"] = self._data_uri(self.input_path(task, "first"), N_("first frame"))
+                body_input["last_frame_url"] = self._data_uri(self.input_path(task, "tail"), N_("last frame"))
             else:
-                body_input["img_url"] = self._data_uri(self.input_path(task, "first"), "first frame")
+                body_input["img_url"] = self._data_uri(self.input_path(task, "first"), N_("first frame"))
         if params.get("prompt"):
             body_input["prompt"] = params["prompt"]
         if params.get("negative_prompt"):
@@ -532,14 +540,17 @@ class WanClient:
             width, height = img.size
             if min(width, height) < MIN_SIDE:
                 raise ProviderRejected(
-                    f"Wan needs a {what} with both sides of at least {MIN_SIDE} px; this one is "
-                    f"{width}×{height}. Use a larger picture.", provider=self.name, code="image_too_small")
+                    N_("Wan needs a %(what)s with both sides of at least %(min)s px; this one is "
+                       "%(width)s×%(height)s. Use a larger picture."), provider=self.name, code="image_too_small",
+                    params={"what": what, "min": MIN_SIDE, "width": width, "height": height})
             short, long = sorted((width, height))
             if short < SEND_MIN_SIDE and long * SEND_MIN_SIDE / short > MAX_SIDE:
                 raise ProviderRejected(
-                    f"The {what} ({width}×{height}) is too narrow for Wan: scaled to {SEND_MIN_SIDE} px on its "
-                    f"short side it would pass {MAX_SIDE} px on the long one.", provider=self.name,
-                    code="image_too_small")
+                    N_("The %(what)s (%(width)s×%(height)s) is too narrow for Wan: scaled to %(send_min)s px on "
+                       "its short side it would pass %(max)s px on the long one."), provider=self.name,
+                    code="image_too_small",
+                    params={"what": what, "width": width, "height": height, "send_min": SEND_MIN_SIDE,
+                            "max": MAX_SIDE})
             transparent = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
             if (max(width, height) > MAX_SIDE or min(width, height) < SEND_MIN_SIDE or transparent
                     or len(data) > MAX_PICTURE_BYTES):
@@ -553,8 +564,9 @@ class WanClient:
         if task["kind"] == "video":
             url = output.get("video_url")
             if not url:
-                raise ProviderBadResponse(f"{self.name} reported success without a video_url.",
-                                          provider=self.name, http_status=200)
+                raise ProviderBadResponse(N_("%(name)s reported success without a video_url."),
+                                          provider=self.name, http_status=200,
+                                          params={"name": self.name})
             meta = {"resolution": task["params"]["mode"], "duration": int(task["params"]["duration"]),
                     **_prompts_of(output)}
             return ProviderStatus(State.SUCCEEDED, raw, progress=100, cost=cost,
@@ -597,8 +609,9 @@ def _check_prompts(provider, params, max_prompt):
     # The table already refuses these; DashScope would cut the text silently, so never send it.
     for field, limit in (("prompt", max_prompt), ("negative_prompt", MAX_NEGATIVE_PROMPT)):
         if len(params.get(field) or "") > limit:
-            raise ProviderRejected(f"{field} is longer than {limit} characters, which Wan would cut short.",
-                                   provider=provider, code="prompt_too_long")
+            raise ProviderRejected(N_("%(field)s is longer than %(limit)s characters, which Wan would cut short."),
+                                   provider=provider, code="prompt_too_long",
+                                   params={"field": field, "limit": limit})
 
 
 def _fit_for_wan(img, transparent):

@@ -8,8 +8,9 @@ A table is an ordered list of `Rule`s; the first rule that matches decides. A ru
 provider's structured code (`codes`; a code ending in "*" matches every code that starts with
 the rest), on the HTTP status (`statuses`), or on either, and only in the phase it names (a
 submit, where a server failure may mean "created", or anything else). The provider's message text
-is only ever shown, never matched. Messages are `str.format` templates filled from the provider's
-`context` (for example `{said}`, the provider's own message, or `{status}` and `{code}`).
+is only ever shown, never matched. Messages are `N_` templates filled from the provider's
+`context` (for example `%(said)s`, the provider's own message, or `%(status)s` and `%(code)s`) when
+they are shown, so they read in the reader's language; `said` is also kept as `provider_message`.
 """
 
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ def map_error(table, response, *, code, phase, context, facts):
             if line.retry_after:
                 header = retry_after_seconds(response)
                 kwargs["retry_after"] = header if line.retry_default is None else header or line.retry_default
-            return line.error(line.message.format(status=status, code=code, **context), **kwargs)
+            said = str(context.get("said") or context.get("detail") or "").lstrip(": ") or None
+            return line.error(line.message, params={"status": status, "code": code, **context},
+                              provider_message=said, **kwargs)
     raise LookupError("an error table must end with a catch-all rule")
 
 

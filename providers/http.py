@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from errors import ProviderBadResponse, ProviderUnavailable, SubmitOutcomeUnknown
+from errors import N_, ProviderBadResponse, ProviderUnavailable, SubmitOutcomeUnknown
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ class HttpClient:
                     log.warning("%s %s %s for task %s: no answer after sending (%s)", self.provider,
                                 method, path, task_id, type(exc).__name__)
                     raise SubmitOutcomeUnknown(
-                        f"{self.provider} did not answer the submit; it may or may not have been "
-                        "accepted, so it is not sent again.", provider=self.provider) from None
+                        N_("%(provider)s did not answer the submit; it may or may not have been accepted, so it "
+                           "is not sent again."), provider=self.provider,
+                        params={"provider": self.provider}) from None
                 failure = exc
                 response = None
             else:
@@ -96,8 +97,9 @@ class HttpClient:
                     return response
             if attempt == attempts:
                 raise ProviderUnavailable(
-                    f"{self.provider} could not be reached ({type(failure).__name__}).",
-                    provider=self.provider) from None
+                    N_("%(provider)s could not be reached (%(error)s)."),
+                    provider=self.provider,
+                    params={"provider": self.provider, "error": type(failure).__name__}) from None
             wait = retry_after_seconds(response) or jitter(self.backoff * 2 ** (attempt - 1))
             log.info("%s %s %s for task %s: retry %d in %.1f s", self.provider, method, path, task_id,
                      attempt, wait)
@@ -127,9 +129,11 @@ def json_body(response, provider):
         body = response.json()
     except ValueError:
         raise ProviderBadResponse(
-            f"{provider} answered HTTP {response.status_code} with a body that is not JSON.",
-            provider=provider, http_status=response.status_code) from None
+            N_("%(provider)s answered HTTP %(status)s with a body that is not JSON."),
+            provider=provider, http_status=response.status_code,
+            params={"provider": provider, "status": response.status_code}) from None
     if not isinstance(body, dict):
-        raise ProviderBadResponse(f"{provider} answered with unexpected JSON.", provider=provider,
-                                  http_status=response.status_code)
+        raise ProviderBadResponse(N_("%(provider)s answered with unexpected JSON."), provider=provider,
+                                  http_status=response.status_code,
+                                  params={"provider": provider})
     return body

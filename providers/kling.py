@@ -130,31 +130,31 @@ MODELS = [model.as_dict() for model in MODEL_TABLE]     # the dict form, for rea
 # them. Never the HTTP status alone first: a 429 can be a rate limit (retry later) or an empty
 # wallet (do not). `{said}` is Kling's own message, shown, never matched.
 ERRORS = [
-    rule(ProviderAuthError, "Kling refused the credentials: check KLING_ACCESS_KEY and KLING_SECRET_KEY "
-         "(keys only work on their own region's API base).", codes=(1000, 1001, 1002)),
-    rule(ProviderAuthError, "Kling says the token is not valid at its time: check this server's clock (NTP).",
+    rule(ProviderAuthError, N_("Kling refused the credentials: check KLING_ACCESS_KEY and KLING_SECRET_KEY (keys only "
+                               "work on their own region's API base)."), codes=(1000, 1001, 1002)),
+    rule(ProviderAuthError, N_("Kling says the token is not valid at its time: check this server's clock (NTP)."),
          codes=(1003, 1004)),
-    rule(ProviderQuotaError, "Kling reports a problem with the account: check it in the Kling console.",
+    rule(ProviderQuotaError, N_("Kling reports a problem with the account: check it in the Kling console."),
          codes=(1100,)),
-    rule(ProviderQuotaError, "The Kling account is out of credit (arrears or resource pack used up): top up in "
-         "the Kling console, then retry the task.", codes=(1101, 1102)),
-    rule(ProviderAuthError, "This Kling key has no permission for this model or endpoint: enable it in the "
-         "Kling console or choose another model.", codes=(1103,)),
-    rule(ProviderAuthError, "Kling refused this server's IP address: add it to the key's IP whitelist.",
+    rule(ProviderQuotaError, N_("The Kling account is out of credit (arrears or resource pack used up): top up in the "
+                                "Kling console, then retry the task."), codes=(1101, 1102)),
+    rule(ProviderAuthError, N_("This Kling key has no permission for this model or endpoint: enable it in the Kling "
+                               "console or choose another model."), codes=(1103,)),
+    rule(ProviderAuthError, N_("Kling refused this server's IP address: add it to the key's IP whitelist."),
          codes=(1304,)),
-    rule(ProviderRejected, "Kling's content policy refused the request ({said}): change the prompt or the "
-         "pictures.", codes=(1300, 1301)),
-    rule(ProviderRejected, "Kling refused the request: {said}", codes=(1200, 1201, 1202, NOT_FOUND)),
-    rule(ProviderRateLimited, "Kling is busy for this account ({said}); trying again later.",
+    rule(ProviderRejected, N_("Kling's content policy refused the request (%(said)s): change the prompt or the "
+                              "pictures."), codes=(1300, 1301)),
+    rule(ProviderRejected, N_("Kling refused the request: %(said)s"), codes=(1200, 1201, 1202, NOT_FOUND)),
+    rule(ProviderRateLimited, N_("Kling is busy for this account (%(said)s); trying again later."),
          codes=(1302, 1303), retry_after=True),
     # The server may have created the task before failing: reconcile, never resend.
-    rule(SubmitOutcomeUnknown, "Kling failed while taking the submit (HTTP {status}, code {code}); it may have "
-         "been accepted, so it is not sent again.", codes=(5000, 5001, 5002),
+    rule(SubmitOutcomeUnknown, N_("Kling failed while taking the submit (HTTP %(status)s, code %(code)s); it may "
+                                  "have been accepted, so it is not sent again."), codes=(5000, 5001, 5002),
          statuses=(429, *SERVER_ERRORS), phase=SUBMIT),
-    rule(ProviderRateLimited, "Kling is rate-limiting queries.", statuses=(429,), phase=OTHER),
-    rule(ProviderUnavailable, "Kling is unavailable (HTTP {status}, code {code}).", codes=(5000, 5001, 5002),
+    rule(ProviderRateLimited, N_("Kling is rate-limiting queries."), statuses=(429,), phase=OTHER),
+    rule(ProviderUnavailable, N_("Kling is unavailable (HTTP %(status)s, code %(code)s)."), codes=(5000, 5001, 5002),
          statuses=SERVER_ERRORS, phase=OTHER),
-    rule(ProviderRejected, "Kling refused the request (HTTP {status}, code {code}): {said}"),
+    rule(ProviderRejected, N_("Kling refused the request (HTTP %(status)s, code %(code)s): %(said)s")),
 ]
 
 
@@ -180,7 +180,8 @@ def camera_control(camera):
         return {"type": "simple", "config": {name: amount if name == axis else 0 for name in CAMERA_AXES}}
     if camera in PRESET_MOVES:
         return {"type": camera}     # the preset types take no config
-    raise ProviderRejected(f"Kling has no camera move '{camera}'.", provider="kling")
+    raise ProviderRejected(N_("Kling has no camera move '%(camera)s'."), provider="kling",
+                           params={"camera": camera})
 
 
 class KlingProvider(Provider):
@@ -264,7 +265,7 @@ class KlingClient:
         data = self._call("POST", path, task, body=body)
         task_id = self.created_task_id(data)
         if not task_id:
-            raise SubmitOutcomeUnknown("Kling accepted the submit but sent no task id; it is not re-sent.",
+            raise SubmitOutcomeUnknown(N_("Kling accepted the submit but sent no task id; it is not re-sent."),
                                        provider=self.name)
         return str(task_id)
 
@@ -277,7 +278,7 @@ class KlingClient:
             return ProviderStatus(State.FAILED, raw_status="not_found", error_code="provider_task_missing",
                                   message="Kling no longer knows this task (results are deleted after 30 days).")
         if not isinstance(data, dict):
-            raise ProviderBadResponse("Kling answered the query without a task object.", provider=self.name)
+            raise ProviderBadResponse(N_("Kling answered the query without a task object."), provider=self.name)
         raw = data.get("task_status")
         cost = data.get("final_unit_deduction")
         status = ProviderStatus(STATES.get(raw, State.RUNNING), raw_status=raw,
@@ -298,20 +299,22 @@ class KlingClient:
                 return None          # Kling's "not found": certainly not created, safe to submit
             if exc.provider_code == NOT_FOUND:
                 raise SubmitOutcomeUnknown(
-                    f"{self.name} answered 'not found' to the lookup by our task id, which does not prove that "
-                    "nothing was created (the lookup may not reach the model provider); outcome unknown, not "
-                    "re-sent to avoid a double charge.", provider=self.name) from None
+                    N_("%(name)s answered 'not found' to the lookup by our task id, which does not prove "
+                       "that nothing was created (the lookup may not reach the model provider); outcome "
+                       "unknown, not re-sent to avoid a double charge."), provider=self.name,
+                    params={"name": self.name}) from None
             # Anything else, even a bare 404 (1202 "invalid method", a proxy's page), proves nothing.
             if isinstance(exc, ProviderRateLimited | ProviderUnavailable):
                 raise                # busy or down: the pipeline looks again later
             raise SubmitOutcomeUnknown(
-                f"Kling could not say whether the submit reached it ({exc.message}); outcome unknown, "
-                "not re-sent to avoid a double charge.", provider=self.name) from None
+                N_("Kling could not say whether the submit reached it (%(message)s); outcome unknown, "
+                   "not re-sent to avoid a double charge."), provider=self.name,
+                params={"message": exc.message}) from None
         found = data if isinstance(data, dict) else {}
         external = (found.get("task_info") or {}).get("external_task_id")
         if not found.get("task_id") or external not in (None, task["id"]):
-            raise SubmitOutcomeUnknown("Kling's answer to the lookup by our task id was not this task; "
-                                       "outcome unknown, not re-sent.", provider=self.name)
+            raise SubmitOutcomeUnknown(N_("Kling's answer to the lookup by our task id was not this task; outcome "
+                                          "unknown, not re-sent."), provider=self.name)
         return str(found["task_id"])
 
     def _call(self, method, path, task, body=None):
@@ -342,12 +345,14 @@ class KlingClient:
         except ProviderBadResponse:
             status = response.status_code
             if submitting and (status < 400 or status == 429 or status >= 500):
-                raise SubmitOutcomeUnknown(f"Kling answered the submit with HTTP {status} and no readable "
-                                           "body; it may have been accepted, so it is not sent again.",
-                                           provider=self.name, http_status=status) from None
+                raise SubmitOutcomeUnknown(N_("Kling answered the submit with HTTP %(status)s and no readable body; "
+                                              "it may have been accepted, so it is not sent again."),
+                                           provider=self.name, http_status=status,
+                                           params={"status": status}) from None
             if status >= 500:
-                raise ProviderUnavailable(f"Kling is unavailable (HTTP {status}).", provider=self.name,
-                                          http_status=status) from None
+                raise ProviderUnavailable(N_("Kling is unavailable (HTTP %(status)s)."), provider=self.name,
+                                          http_status=status,
+                                          params={"status": status}) from None
             raise
 
     def _error(self, response, envelope, submitting):
@@ -410,7 +415,7 @@ class KlingClient:
 
     def _image_fields(self, task, params):
         if not params.get("prompt"):
-            raise ProviderRejected("Kling needs a prompt for every image task: create the task again with one.",
+            raise ProviderRejected(N_("Kling needs a prompt for every image task: create the task again with one."),
                                    provider=self.name)
         fields = {"prompt": params["prompt"]}
         reference = self._base64(task, "reference")

@@ -121,30 +121,34 @@ DESCRIPTION = N_("Liblib's own Star-3 Alpha image model and any Liblib checkpoin
 # rule matches the code or the status. Only 429, 100054, 200000 and 210000 (and 5xx) are worth
 # another try; the message is Liblib's meaning of the code, with its own `msg` shown as is (`{said}`).
 ERRORS = [
-    rule(ProviderAuthError, "Liblib refused the signed request (HTTP {status}, code {code}{said}). Check "
-         "LIBLIB_ACCESS_KEY/LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 minutes).",
+    rule(ProviderAuthError, N_("Liblib refused the signed request (HTTP %(status)s, code %(code)s%(said)s). Check "
+                               "LIBLIB_ACCESS_KEY/LIBLIB_SECRET_KEY and the machine clock (signatures are valid for 5 "
+                               "minutes)."),
          codes=(401, 403, 100010, 100020), statuses=(401, 403)),
-    rule(ProviderQuotaError, "Liblib: not enough points on the account for this task{said}. Top up, then retry.",
+    rule(ProviderQuotaError, N_("Liblib: not enough points on the account for this task%(said)s. Top up, then retry."),
          codes=(100021,)),
-    rule(ProviderRateLimited, "Liblib runs 5 tasks at once per account and all are busy{said}; the {what} is "
-         "tried again later.", codes=(100054,), retry_after=True, retry_default=30),
-    rule(ProviderRateLimited, "Liblib is rate-limiting the {what} (1 submit a second{said}); it is tried again.",
+    rule(ProviderRateLimited, N_("Liblib runs 5 tasks at once per account and all are busy%(said)s; the %(what)s is "
+                                 "tried again later."), codes=(100054,), retry_after=True, retry_default=30),
+    rule(ProviderRateLimited, N_("Liblib is rate-limiting the %(what)s (1 submit a second%(said)s); it is tried "
+                                 "again."),
          codes=(429,), statuses=(429,), retry_after=True, retry_default=SUBMIT_INTERVAL),
     # Before the retryable codes: a 5xx to a submit may have created the task, whatever its code.
-    rule(SubmitOutcomeUnknown, "Liblib failed the submit (HTTP {status}); the task may have been created, so it "
-         "is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
-    rule(ProviderUnavailable, "Liblib failed the {what} on its side (code {code}{said}); it is tried again later.",
+    rule(SubmitOutcomeUnknown, N_("Liblib failed the submit (HTTP %(status)s); the task may have been created, so it "
+                                  "is not sent again."), statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderUnavailable, N_("Liblib failed the %(what)s on its side (code %(code)s%(said)s); it is tried again "
+                                 "later."),
          codes=(200000, 210000)),
-    rule(ProviderUnavailable, "Liblib is unavailable for the {what} (HTTP {status}).", statuses=SERVER_ERRORS),
-    rule(ProviderRejected, "Liblib could not use the reference picture (code {code}: unreachable, over 10 MB, "
-         "refused by its policy or not downloadable{said}).", codes=(100030, 100031, 100032),
+    rule(ProviderUnavailable, N_("Liblib is unavailable for the %(what)s (HTTP %(status)s)."), statuses=SERVER_ERRORS),
+    rule(ProviderRejected, N_("Liblib could not use the reference picture (code %(code)s: unreachable, over 10 MB, "
+                              "refused by its policy or not downloadable%(said)s)."), codes=(100030, 100031, 100032),
          extra={"code": "image_refused"}),
-    rule(ProviderRejected, "Liblib's content check refused the prompt or the result (code {code}{said}).",
+    rule(ProviderRejected, N_("Liblib's content check refused the prompt or the result (code %(code)s%(said)s)."),
          codes=(100052, 100055), extra={"code": "moderated"}),
-    rule(ProviderRejected, "Liblib refused the model settings (code {code}{said}): the checkpoint, every LoRA and "
-         "the base model must be of one family, and each must be a commercially usable or your own model.",
+    rule(ProviderRejected, N_("Liblib refused the model settings (code %(code)s%(said)s): the checkpoint, every LoRA "
+                              "and the base model must be of one family, and each must be a commercially usable or "
+                              "your own model."),
          codes=(100050, 100053, 100120, 200001), extra={"code": "model_refused"}),
-    rule(ProviderRejected, "Liblib refused the {what} (HTTP {status}, code {code}{said})."),
+    rule(ProviderRejected, N_("Liblib refused the %(what)s (HTTP %(status)s, code %(code)s%(said)s).")),
 ]
 
 
@@ -246,7 +250,7 @@ class LiblibProvider(Provider):
             path, body = self._custom_body(task)
         elif model == IMG2IMG_MODEL:
             if not params["prompt"]:
-                raise ProviderRejected("Star-3 Alpha image-to-image needs a prompt describing the result.",
+                raise ProviderRejected(N_("Star-3 Alpha image-to-image needs a prompt describing the result."),
                                        provider=self.name, code="prompt_required")
             generate = {"prompt": params["prompt"], "sourceImage": self._upload_reference(task),
                         "imgCount": params["n"]}
@@ -265,11 +269,11 @@ class LiblibProvider(Provider):
         # img2img example and working clients spell it so; only one table writes `templateUUID`.
         with submit_slot(self.data_dir, self.config["LIBLIB_ACCESS_KEY"]):
             response = self.http.submit(path, json=body, auth=self._signer(), task_id=task["id"])
-        data = self._data(response, "submit", submitted=True)
+        data = self._data(response, N_("submit"), submitted=True)
         generate_uuid = data.get("generateUuid") if isinstance(data, dict) else None
         if not generate_uuid:
-            raise SubmitOutcomeUnknown("Liblib accepted the submit but returned no task id; it is not sent "
-                                       "again to avoid a double charge.", provider=self.name)
+            raise SubmitOutcomeUnknown(N_("Liblib accepted the submit but returned no task id; it is not sent again "
+                                          "to avoid a double charge."), provider=self.name)
         return generate_uuid
 
     def _custom_body(self, task):
@@ -306,9 +310,9 @@ class LiblibProvider(Provider):
     def query(self, task):
         response = self.http.request("POST", STATUS_PATH, idempotent=True, auth=self._signer(),
                                      json={"generateUuid": task["provider_task_id"]}, task_id=task["id"])
-        data = self._data(response, "status query", submitted=False)
+        data = self._data(response, N_("status query"), submitted=False)
         if not isinstance(data, dict):
-            raise ProviderBadResponse("Liblib's status answer has no data.", provider=self.name)
+            raise ProviderBadResponse(N_("Liblib's status answer has no data."), provider=self.name)
         status = data.get("generateStatus")
         cost = {key: data[field] for key, field in (("points", "pointsCost"), ("account_balance", "accountBalance"))
                 if data.get(field) is not None} or None
@@ -325,9 +329,9 @@ class LiblibProvider(Provider):
 
     def reconcile(self, task):
         raise SubmitOutcomeUnknown(
-            "Liblib did not confirm the submit, and it has no way to look a task up by our id, so the "
-            "outcome is unknown and it was not sent again (that could charge twice). Check the task list "
-            "in your Liblib account, then retry here if it is not there.", provider=self.name)
+            N_("Liblib did not confirm the submit, and it has no way to look a task up by our id, so "
+               "the outcome is unknown and it was not sent again (that could charge twice). Check "
+               "the task list in your Liblib account, then retry here if it is not there."), provider=self.name)
 
     # ---- helpers ----
 
@@ -354,12 +358,12 @@ class LiblibProvider(Provider):
         """Upload the task's reference picture to Liblib's storage; return its public URL."""
         path = self.input_path(task, "reference")
         if path is None:
-            raise ProviderRejected("Image-to-image needs a reference picture.", provider=self.name,
+            raise ProviderRejected(N_("Image-to-image needs a reference picture."), provider=self.name,
                                    code="image_required")
         extension = "png" if path.suffix.lower() == ".png" else "jpg"
         response = self.http.request("POST", UPLOAD_SIGNATURE_PATH, idempotent=True, auth=self._signer(),
                                 json={"name": task["id"], "extension": extension}, task_id=task["id"])
-        data = self._data(response, "upload signature", submitted=False)
+        data = self._data(response, N_("upload signature"), submitted=False)
         try:
             # OSS PostObject: the policy fields in this order, `file` last, no Liblib credentials.
             fields = [("key", data["key"]), ("policy", data["policy"]), ("x-oss-date", data["xOssDate"]),
@@ -368,7 +372,7 @@ class LiblibProvider(Provider):
                       ("x-oss-signature-version", data["xOssSignatureVersion"])]
             post_url = data["postUrl"].rstrip("/")
         except (KeyError, TypeError, AttributeError):
-            raise ProviderBadResponse("Liblib's upload signature is missing fields.", provider=self.name) from None
+            raise ProviderBadResponse(N_("Liblib's upload signature is missing fields."), provider=self.name) from None
         mime = "image/png" if extension == "png" else "image/jpeg"
         # Bytes, not a file object, so a retried upload sends the whole picture again.
         upload = self.http.request("POST", post_url, idempotent=True, data=fields,
@@ -376,11 +380,13 @@ class LiblibProvider(Provider):
                               task_id=task["id"])
         upload.close()
         if upload.status_code >= 500:
-            raise ProviderUnavailable(f"Liblib's storage failed the reference upload (HTTP {upload.status_code}).",
-                                      provider=self.name, http_status=upload.status_code)
+            raise ProviderUnavailable(N_("Liblib's storage failed the reference upload (HTTP %(status_code)s)."),
+                                      provider=self.name, http_status=upload.status_code,
+                                      params={"status_code": upload.status_code})
         if not 200 <= upload.status_code < 300:
-            raise ProviderRejected(f"Liblib's storage refused the reference picture (HTTP {upload.status_code}).",
-                                   provider=self.name, http_status=upload.status_code)
+            raise ProviderRejected(N_("Liblib's storage refused the reference picture (HTTP %(status_code)s)."),
+                                   provider=self.name, http_status=upload.status_code,
+                                   params={"status_code": upload.status_code})
         log.info("task %s: reference picture uploaded to liblib storage", task["id"])
         return f"{post_url}/{data['key']}"
 
@@ -397,8 +403,9 @@ class LiblibProvider(Provider):
             if status >= 400:
                 body = {}       # the HTTP status alone decides below
             elif submitted:
-                raise SubmitOutcomeUnknown(f"Liblib answered the submit with an unreadable body (HTTP {status}); "
-                                           "it is not sent again.", provider=self.name, http_status=status) from None
+                raise SubmitOutcomeUnknown(N_("Liblib answered the submit with an unreadable body (HTTP %(status)s); "
+                                              "it is not sent again."), provider=self.name, http_status=status,
+                                           params={"status": status}) from None
             else:
                 raise
         code, msg = body.get("code"), str(body.get("msg") or "").strip()

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import media
-from errors import ProviderRejected, ProviderUnavailable
+from errors import N_, ProviderRejected, ProviderUnavailable
 from providers import local_render as render
 from providers.base import (
     CANCELLED,
@@ -58,7 +58,7 @@ DONE, LOCK, CANCEL_MARKER = "done.json", ".render.lock", ".cancelled"
 
 def _stopping():
     """What a closed engine answers: retryable, so the pipeline keeps the task for the next start."""
-    return ProviderUnavailable("the studio is stopping; the render starts after its restart", provider="local")
+    return ProviderUnavailable(N_("the studio is stopping; the render starts after its restart"), provider="local")
 
 
 @dataclass
@@ -205,7 +205,8 @@ class LocalProvider(Provider):
         task_id = str(task.get("id") or "")
         # The id names a folder under DATA_DIR: refuse anything that could climb out of it.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", task_id):
-            raise ProviderRejected(f"task id {task_id!r} is not usable as a folder name", provider="local")
+            raise ProviderRejected(N_("task id %(task_id)r is not usable as a folder name"), provider="local",
+                                   params={"task_id": task_id})
         return task_id
 
     def _check(self, task):
@@ -214,15 +215,18 @@ class LocalProvider(Provider):
         expected, role = {"video": ("local-motion", "first"), "image": ("local-filters", "reference")}.get(
             kind, (None, None))
         if expected is None or model not in (None, expected):
-            raise ProviderRejected(f"the local engine has no {kind} model {model!r}", provider="local")
+            raise ProviderRejected(N_("the local engine has no %(kind)s model %(model)r"), provider="local",
+                                   params={"kind": kind, "model": model})
         path = self.input_path(task, role)
         if path is None or not path.is_file():
-            what = "a first frame" if role == "first" else "a reference picture"
-            raise ProviderRejected(f"the local engine needs {what}: it does not generate from text",
-                                   provider="local")
+            what = N_("a first frame") if role == "first" else N_("a reference picture")
+            raise ProviderRejected(N_("the local engine needs %(what)s: it does not generate from text"),
+                                   provider="local",
+                                   params={"what": what})
         camera = (task.get("params") or {}).get("camera") or "auto"
         if kind == "video" and camera != "auto" and camera not in CAMERAS:
-            raise ProviderRejected(f"unknown camera move {camera!r}", provider="local")
+            raise ProviderRejected(N_("unknown camera move %(camera)r"), provider="local",
+                                   params={"camera": camera})
 
     def _recover(self, task):
         """Status of a task this process never rendered: from disk, or by rendering it again."""

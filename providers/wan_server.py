@@ -56,17 +56,19 @@ DESCRIPTION = N_("Your own Wan2.1 image-to-video server. It fetches the first fr
                  "signed link that expires, so PUBLIC_BASE_URL must be an address the server can reach.")
 
 ERRORS = [
-    rule(ProviderAuthError, "The Wan server refused the API key (HTTP {status}). Check WAN_SERVER_API_KEY.",
+    rule(ProviderAuthError, N_("The Wan server refused the API key (HTTP %(status)s). Check WAN_SERVER_API_KEY."),
          statuses=(401, 403)),
-    rule(ProviderRejected, "The Wan server refused the {what} (HTTP 400{said}). If it could not download the first "
-         "frame, check that PUBLIC_BASE_URL is an address it can reach.", statuses=(400,)),
-    rule(ProviderRejected, "The Wan server no longer knows this task (HTTP 404; restarted?).", statuses=(404,),
+    rule(ProviderRejected, N_("The Wan server refused the %(what)s (HTTP 400%(said)s). If it could not download the "
+                              "first frame, check that PUBLIC_BASE_URL is an address it can reach."), statuses=(400,)),
+    rule(ProviderRejected, N_("The Wan server no longer knows this task (HTTP 404; restarted?)."), statuses=(404,),
          extra={"code": "provider_task_lost"}),
-    rule(ProviderRejected, "The Wan server found a setting it does not accept (HTTP 422{said}).", statuses=(422,)),
-    rule(SubmitOutcomeUnknown, "The Wan server failed the submit (HTTP {status}{said}); the task may have been "
-         "created, so it is not sent again.", statuses=SERVER_ERRORS, phase=SUBMIT),
-    rule(ProviderUnavailable, "The Wan server failed the {what} (HTTP {status}{said}).", statuses=SERVER_ERRORS),
-    rule(ProviderRejected, "The Wan server refused the {what} (HTTP {status}{said})."),
+    rule(ProviderRejected, N_("The Wan server found "
+                              "a setting it does not accept (HTTP 422%(said)s)."), statuses=(422,)),
+    rule(SubmitOutcomeUnknown, N_("The Wan server failed the submit (HTTP %(status)s%(said)s); the task may have been "
+                                  "created, so it is not sent again."), statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderUnavailable, N_("The Wan server failed "
+                                 "the %(what)s (HTTP %(status)s%(said)s)."), statuses=SERVER_ERRORS),
+    rule(ProviderRejected, N_("The Wan server refused the %(what)s (HTTP %(status)s%(said)s).")),
 ]
 
 
@@ -113,17 +115,17 @@ class WanServerProvider(Provider):
         if params.get("seed") is not None:
             body["seed"] = params["seed"]
         response = self.http.submit(SUBMIT_PATH, json=body, headers=self._auth(), task_id=task["id"])
-        answer = self._answer(response, "submit", submitted=True)
+        answer = self._answer(response, N_("submit"), submitted=True)
         request_id = answer.get("requestId")
         if not isinstance(request_id, str) or not request_id:
-            raise SubmitOutcomeUnknown("The Wan server accepted the submit but gave no requestId; it is not sent "
-                                       "again.", provider=self.name, http_status=response.status_code)
+            raise SubmitOutcomeUnknown(N_("The Wan server accepted the submit but gave no requestId; it is not sent "
+                                          "again."), provider=self.name, http_status=response.status_code)
         return request_id
 
     def query(self, task):
         response = self.http.request("POST", STATUS_PATH, idempotent=True, headers=self._auth(),
                                      json={"requestId": task["provider_task_id"]}, task_id=task["id"])
-        answer = self._answer(response, "status query", submitted=False)
+        answer = self._answer(response, N_("status query"), submitted=False)
         status = answer.get("status")
         report = ProviderStatus(state=STATES.get(status, State.RUNNING), raw_status=None if status is None
                                 else str(status))
@@ -147,13 +149,14 @@ class WanServerProvider(Provider):
             return False
         response = self.http.request("POST", CANCEL_PATH, idempotent=True, headers=self._auth(),
                                      json={"requestId": task["provider_task_id"]}, task_id=task["id"])
-        answer = self._answer(response, "cancel", submitted=False)
+        answer = self._answer(response, N_("cancel"), submitted=False)
         return answer.get("status") == "Succeed"
 
     def reconcile(self, task):
         raise SubmitOutcomeUnknown(
-            "The Wan server did not confirm the submit and cannot look a task up by the studio's id, so the outcome "
-            "is unknown and it was not sent again. Check the server's queue, then retry here if it is not there.",
+            N_("The Wan server did not confirm the submit and cannot look a task up by the studio's "
+               "id, so the outcome is unknown and it was not sent again. Check the server's queue, "
+               "then retry here if it is not there."),
             provider=self.name)
 
     # ---- helpers ----
@@ -170,9 +173,10 @@ class WanServerProvider(Provider):
             if status >= 400:
                 body = {}
             elif submitted:
-                raise SubmitOutcomeUnknown(f"The Wan server answered the submit with an unreadable body (HTTP "
-                                           f"{status}); it is not sent again.", provider=self.name,
-                                           http_status=status) from None
+                raise SubmitOutcomeUnknown(N_("The Wan server answered the submit with an unreadable body (HTTP "
+                                              "%(status)s); it is not sent again."), provider=self.name,
+                                           http_status=status,
+                                           params={"status": status}) from None
             else:
                 raise
         if 200 <= status < 300:

@@ -47,7 +47,7 @@ def test_a_star_is_kept_on_the_task_and_filters_the_listing(app, client, png_b64
 def test_a_star_takes_only_true_or_false(app, client, png_b64, body):
     task_id = make_images(client, png_b64, app)
     resp = client.post(f"/api/tasks/{task_id}/favourite", json=body)
-    assert resp.status_code == 400 and set(resp.get_json()["error"]) == {"code", "message", "field"}
+    assert resp.status_code == 400 and set(resp.get_json()["error"]) - {"params"} == {"code", "message", "field"}
     assert "favourite" not in app.extensions["task_store"].get(task_id)
 
 
@@ -129,7 +129,7 @@ def test_the_zip_is_capped_in_tasks_and_bytes(app, client, png_b64, tmp_path):
                                   {"task_ids": ["a" * 65]}, {"task_ids": ["x"], "more": 1}])
 def test_a_bad_zip_request_is_a_4xx_with_the_error_shape(client, body):
     resp = client.post("/api/tasks/download.zip", json=body)
-    assert 400 <= resp.status_code < 500 and set(resp.get_json()["error"]) == {"code", "message", "field"}
+    assert 400 <= resp.status_code < 500 and set(resp.get_json()["error"]) - {"params"} == {"code", "message", "field"}
 
 
 def test_a_task_without_saved_results_gives_no_empty_zip(app, client, png_b64):

@@ -23,10 +23,10 @@ def decide(table, status, code, phase=OTHER, retry_after=None, **context):
 
 
 TABLE = [
-    rule(SubmitOutcomeUnknown, "maybe created ({status})", statuses=SERVER_ERRORS, phase=SUBMIT),
-    rule(ProviderAuthError, "key: {said}", codes=("InvalidApiKey",), statuses=(401,)),
+    rule(SubmitOutcomeUnknown, "maybe created (%(status)s)", statuses=SERVER_ERRORS, phase=SUBMIT),
+    rule(ProviderAuthError, "key: %(said)s", codes=("InvalidApiKey",), statuses=(401,)),
     rule(ProviderRateLimited, "slow down", codes=("Throttling*",), statuses=(429,), retry_after=True, retry_default=7),
-    rule(ProviderRejected, "no (HTTP {status}, code {code})"),
+    rule(ProviderRejected, "no (HTTP %(status)s, code %(code)s)"),
 ]
 
 

@@ -487,8 +487,13 @@ def test_failure_at_kling_reports_its_message(app, client, fake):
     task_id = create(client, model_name="kling-v1-6", prompt="x")
     task = run_pipeline(app, task_id, skip_waits=True)
     assert task["status"] == "failed" and task["provider_status"] == "failed"
-    assert task["error"] == {"code": "kling_task_failed", "message": "Failure to pass the risk control system",
-                             "retryable": False}
+    # Kling's own words are kept beside the studio's summary, which names Kling by its label.
+    error = task["error"]
+    assert error["code"] == "kling_task_failed"
+    assert error["provider_message"] == "Failure to pass the risk control system"
+    assert error["message"] == ("Kling (official API) reported that the task failed: Failure to pass the risk "
+                                "control system")
+    assert error["template"] == "%(label)s reported that the task failed: %(reason)s" and error["retryable"] is False
 
 
 def run_all(app, task_ids, rounds=40):

@@ -95,7 +95,8 @@ def test_longest_video_and_largest_side_are_enforced_at_submit(tmp_path, monkeyp
     image = b64(picture(640, 400))
     long = client.post("/generate", json={"image": image, "duration": "10"}, headers=headers)
     assert long.status_code == 403 and long.get_json()["error"] == {
-        "code": "limit_exceeded", "field": "duration", "message": "Your account allows videos of at most 5 s."}
+        "code": "limit_exceeded", "field": "duration", "message": "Your account allows videos of at most 5 s.",
+        "params": {"max": 5}}
     big = client.post("/generate", json={"image": image, "provider": "dashscope", "model_name": "wan2.2-i2v-flash",
                                          "mode": "1080P"}, headers=headers)
     assert big.status_code == 403 and big.get_json()["error"]["field"] == "mode"

@@ -187,7 +187,7 @@ def test_a_deleted_scene_fails_the_storyboard(kling_app):
     assert pipeline.intervals["storyboards"] == {"seconds": 1}
     pipeline._storyboards()                 # the pipeline's job, as APScheduler runs it
     parent = store.get(parent_id)
-    assert parent["status"] == "failed" and parent["error"]["message"] == "Scene 2 was deleted"
+    assert parent["status"] == "failed" and parent["error"]["message"] == "Scene 2 was deleted."
 
 
 # ---- strict checks ------------------------------------------------------------------------

@@ -234,8 +234,11 @@ def test_provider_failure_is_recorded(app, client, monkeypatch):
         state="failed", raw_status="FAILED", message="moderation", error_code="moderated"))
     task_query.poll(store, providers)
     task = store.get(task_id)
+    # The studio's summary, in words it can translate, beside the provider's own.
     assert task["status"] == "failed" and task["error"] == {
-        "code": "moderated", "message": "moderation", "retryable": False}
+        "code": "moderated", "message": "Local effects engine reported that the task failed: moderation",
+        "retryable": False, "template": "%(label)s reported that the task failed: %(reason)s",
+        "params": {"label": "Local effects engine", "reason": "moderation"}, "provider_message": "moderation"}
 
 
 def test_capabilities_lists_every_provider(client):

@@ -38,10 +38,22 @@ window.Studio = (function ($) {
 
   // ---- api ------------------------------------------------------------------------------
 
+  /**
+   * An error's text as the server worded it (already in the page's language), with a provider's own
+   * words (`provider_message`, often English) beside it when the message does not quote them already.
+   */
+  function errorText(error) {
+    if (!error) {
+      return "";
+    }
+    const own = error.provider_message;
+    return own && (error.message || "").indexOf(own) === -1 ? error.message + " (" + own + ")" : error.message || "";
+  }
+
   function errorFrom(xhr) {
     const body = xhr.responseJSON;
     if (body && body.error && body.error.message) {
-      return { code: body.error.code, message: body.error.message, field: body.error.field, status: xhr.status };
+      return { code: body.error.code, message: errorText(body.error), field: body.error.field, status: xhr.status };
     }
     if (!xhr.status) {
       return { code: "network_error", message: t("network_error"), status: 0 };
@@ -464,7 +476,7 @@ window.Studio = (function ($) {
     config: config, pageData: pageData, t: t, tr: tr, fmt: fmt, url: url, api: api,
     fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
-    isActive: isActive, taskNote: taskNote, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
+    isActive: isActive, taskNote: taskNote, errorText: errorText, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
     mediaUrl: mediaUrl, studioMediaPath: studioMediaPath, getTask: getTask, cancelTask: cancelTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
     segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue,
     queryParam: queryParam, ACTIVE: ACTIVE,

@@ -369,12 +369,12 @@ $(function () {
       $card.find(".placeholder-text").text(S.isActive(task)
         ? t("status." + task.status) + (task.progress ? " · " + task.progress + " %" : "") + (queue ? " · " + queue : "")
         : "");
-      const error = task.status === "failed" && task.error ? task.error.message : S.taskNote(task);
+      const error = task.status === "failed" && task.error ? S.errorText(task.error) : S.taskNote(task);
       $card.find(".task-error").text(error).toggleClass("d-none", !error);
       $card.find(".image-frame").prop("disabled", true);
     });
     if (previous && previous.status !== task.status && task.status === "failed") {
-      S.toast(t("status.failed") + ": " + (task.error ? task.error.message : ""), "danger");
+      S.toast(t("status.failed") + " · " + S.errorText(task.error), "danger");
     }
   }
 

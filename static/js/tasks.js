@@ -279,7 +279,7 @@ $(function () {
     const error = task.status === "failed" && task.error;
     $modal.find(".detail-error").toggleClass("d-none", !error).empty();
     if (error) {
-      $modal.find(".detail-error").append($("<strong>").text(error.message))
+      $modal.find(".detail-error").append($("<strong>").text(S.errorText(error)))
         .append($("<span>", { class: "d-block font-monospace small mt-1 opacity-75" }).text(error.code));
     }
     $modal.find(".detail-note").toggleClass("d-none", !S.taskNote(task)).text(S.taskNote(task));

@@ -277,7 +277,7 @@ $(function () {
     }
     $card.find(".task-cancel").toggleClass("d-none", !active || task.status === "downloading");
     const error = task.status === "failed" && task.error;
-    $card.find(".task-error").toggleClass("d-none", !error).text(error ? error.message : "");
+    $card.find(".task-error").toggleClass("d-none", !error).text(S.errorText(error));
     $card.find(".task-note").toggleClass("d-none", !S.taskNote(task)).text(S.taskNote(task));
     $card.toggleClass("is-active", active).attr("data-status", task.status);
   }
