@@ -46,7 +46,7 @@ from errors import (
     SubmitOutcomeUnknown,
     ValidationError,
 )
-from fileio import disk_nearly_full
+from fileio import disk_nearly_full, media_root
 from providers import base
 from redact import redact_url
 from tasks import (
@@ -382,7 +382,8 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
 
 def _missing_inputs(data_dir, task):
     """Roles of the task's input pictures that are no longer on disk."""
-    return [item["role"] for item in task.get("inputs") or [] if not (data_dir / item["path"]).is_file()]
+    root = media_root(data_dir)
+    return [item["role"] for item in task.get("inputs") or [] if not (root / item["path"]).is_file()]
 
 
 def _input_missing_message(roles):
@@ -869,7 +870,7 @@ def media_file(subpath):
     task = _task_or_404(task_id)          # the task's owner (or the admin) only
     if subpath not in _listed_files(task):
         raise NotFound("No such file.")
-    fh, info = _open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
+    fh, info = _open_listed(media_root(current_app.config["DATA_DIR"]), folder, task_id, subpath)
     try:
         mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         response = send_file(fh, mimetype=mimetype, download_name=download_name(task, subpath, name),
