@@ -7,9 +7,9 @@ failure is a second event). What: the v1 task body (`api.v1.v1_task`), POSTed as
 
 Signature: `X-Studio-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`
 with the owner's secret from `POST /api/v1/webhooks/secret` (made or rotated there, shown once).
-The secret sits in accounts.json (0600, like the whole DATA_DIR; on PostgreSQL in the user's row) in the clear: the studio must
-sign with it, so a hash is no use, and encrypting it with a key kept in the same DATA_DIR would
-protect nothing from whoever can read that folder.
+The secret sits in accounts.json (0600, like the whole DATA_DIR; on PostgreSQL in the user's row)
+in the clear: the studio must sign with it, so a hash is no use, and encrypting it with a key
+kept in the same DATA_DIR would protect nothing from whoever can read that folder.
 
 Delivery is a pipeline job (`deliver_due`, run by scheduler.py): a 2xx answer ends it; anything else
 (no answer, a 5xx, a 4xx, no secret yet) is tried again after 30 s, 2 min, 10 min, 30 min, 1 h,
