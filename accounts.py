@@ -92,7 +92,7 @@ class Accounts:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._mutex:
             if stamp != self._stamp:
-                self._cache, self._stamp = _upgraded(json.loads(self.path.read_text())), stamp
+                self._cache, self._stamp = upgraded(json.loads(self.path.read_text())), stamp
             return json.loads(json.dumps(self._cache))      # callers may not change the cache
 
     @contextmanager
@@ -138,11 +138,7 @@ class Accounts:
         return generated
 
     def create_user(self, username, password, *, role="user", **limits):
-        username = (username or "").strip().lower() if isinstance(username, str) else ""
-        if (not username or not username.isascii() or len(username) > 32
-                or not username.replace("-", "").replace("_", "").isalnum()):
-            raise ValidationError(N_("A user name is 1–32 letters, digits, '-' or '_'."), code="invalid_field",
-                                  field="username")
+        username = valid_username(username)
         check_password_policy(password, username)
         with self._edit() as data:
             if any(u["username"] == username for u in data["users"].values()):
@@ -250,18 +246,12 @@ class Accounts:
     def create_api_key(self, user_id, name, scopes=DEFAULT_SCOPES, expires_in_days=None):
         """A new key for the user: (the key, shown once; its public record)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        now = time.time()
-        record = {"id": secrets.token_hex(6), "user_id": user_id, "name": (name or "key").strip()[:60] or "key",
-                  "hash": digest(key), "hint": key[:len(KEY_PREFIX) + 4] + "…", "created_at": now,
-                  "scopes": sorted(set(scopes)),
-                  "expires_at": now + expires_in_days * 86400 if expires_in_days else None}
+        record = new_key_record(key, user_id, name, scopes, expires_in_days)
         with self._edit() as data:
             user = data["users"].get(user_id)
             if user is None:
                 raise NotFound(N_("No user '%(id)s'."), params={"id": user_id})
-            if "admin" in record["scopes"] and user["role"] != "admin":
-                raise ValidationError(N_("Only the admin's keys can have the admin scope."), code="invalid_field",
-                                      field="scopes", status=422)
+            check_key_scopes(user, record)
             data["api_keys"].append(record)
         return key, public(record)
 
@@ -278,7 +268,7 @@ class Accounts:
     def user_for_key(self, key):
         """(user, scopes) for a valid, unexpired API key, or (None, ())."""
         wanted = digest(key)
-        if any(hmac.compare_digest(wanted, env) for env in self._env_keys):
+        if self._is_env_key(key):
             return self.user(ADMIN), SCOPES
         data = self._read()
         for record in data["api_keys"]:
@@ -288,6 +278,10 @@ class Accounts:
                 user = data["users"].get(record["user_id"])
                 return (user, tuple(record.get("scopes") or DEFAULT_SCOPES)) if user else (None, ())
         return None, ()
+
+    def _is_env_key(self, key):
+        wanted = digest(key)
+        return any(hmac.compare_digest(wanted, env) for env in self._env_keys)
 
     # ---- one-time login links
 
@@ -310,11 +304,58 @@ class Accounts:
             return data["users"].get(match["user_id"]) if match else None
 
 
+    # ---- the whole data, for `flask store copy`
+
+    def export(self):
+        """Everything, in accounts.json's shape."""
+        return self._read()
+
+    def replace_all(self, data):
+        """Replace everything with `data` (accounts.json's shape), in one atomic write."""
+        with self._edit() as current:
+            current.clear()
+            current.update(upgraded(json.loads(json.dumps(data))))
+
+
+def open_accounts(store, env_api_keys=""):
+    """The accounts beside a task store: in PostgreSQL when the tasks are there, else accounts.json."""
+    if getattr(store, "conninfo", None):
+        from pg_accounts import PgAccounts
+
+        return PgAccounts(store, env_api_keys)
+    return Accounts(store.dir, env_api_keys)
+
+
+def valid_username(username):
+    """The lower-cased user name, or ValidationError when it is not 1–32 letters, digits, '-' or '_'."""
+    username = (username or "").strip().lower() if isinstance(username, str) else ""
+    if (not username or not username.isascii() or len(username) > 32
+            or not username.replace("-", "").replace("_", "").isalnum()):
+        raise ValidationError(N_("A user name is 1–32 letters, digits, '-' or '_'."), code="invalid_field",
+                              field="username")
+    return username
+
+
+def new_key_record(key, user_id, name, scopes, expires_in_days):
+    """The stored record of a new API key (its digest, never the key)."""
+    now = time.time()
+    return {"id": secrets.token_hex(6), "user_id": user_id, "name": (name or "key").strip()[:60] or "key",
+            "hash": digest(key), "hint": key[:len(KEY_PREFIX) + 4] + "…", "created_at": now,
+            "scopes": sorted(set(scopes)),
+            "expires_at": now + expires_in_days * 86400 if expires_in_days else None}
+
+
+def check_key_scopes(user, record):
+    if "admin" in record["scopes"] and user["role"] != "admin":
+        raise ValidationError(N_("Only the admin's keys can have the admin scope."), code="invalid_field",
+                              field="scopes", status=422)
+
+
 def _empty():
     return {"users": {}, "api_keys": [], "login_links": [], "sessions": {}}
 
 
-def _upgraded(data):
+def upgraded(data):
     """Accounts written by older versions: daily quotas under `quota`, no sessions."""
     data = {**_empty(), **data}
     for user in data["users"].values():

@@ -32,6 +32,10 @@ def create_app(config=None):
     app.extensions["settings"] = settings
 
     data_dir = _prepare_data_dir(app)
+    import fileio
+
+    # inputs/ and outputs/ under MEDIA_DIR (a volume every node shares), else in DATA_DIR
+    fileio.set_media_root(data_dir, app.config["MEDIA_DIR"] or data_dir)
     _configure_logging(app)
 
     from providers import build_providers

@@ -32,7 +32,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import access
 from access import admin_only, public, session_only
-from accounts import ADMIN, LIMITS, SCOPES, Accounts
+from accounts import ADMIN, LIMITS, SCOPES, open_accounts
 from error_pages import render as render_error
 from error_pages import wants_json
 from errors import N_, Forbidden, LoginRequired, NotFound, RateLimited, ValidationError
@@ -75,7 +75,8 @@ def init_app(app):
     proxies = int(app.config.get("TRUSTED_PROXIES") or 0)
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0)
-    accounts = Accounts(app.config["DATA_DIR"], app.config.get("API_KEYS"))
+    # In PostgreSQL when the tasks are (DATABASE_URL), else accounts.json in DATA_DIR.
+    accounts = open_accounts(app.extensions["task_store"], app.config.get("API_KEYS"))
     app.extensions["accounts"] = accounts
     app.extensions["rate_limiter"] = RateLimiter(app.config["DATA_DIR"], app.config["SECRET_KEY"])
     app.extensions["ledger"] = Ledger(app.config["DATA_DIR"])

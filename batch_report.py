@@ -18,6 +18,7 @@ import zipfile
 from flask import url_for
 from PIL import Image
 
+import fileio
 import tasks
 
 COLUMNS = ("Picture", "Name", "Prompt", "Status", "Provider", "Model", "Length (s)", "Took (s)", "Cost",
@@ -36,6 +37,7 @@ def result_name(item_name, index, ext, count):
 def _open_output(data_dir, task, out):
     """The output file opened for reading, or None; only a regular file inside the task's own folder."""
     rel = out.get("path") or ""
+    data_dir = fileio.media_root(data_dir)
     folder = os.path.realpath(os.path.join(data_dir, "outputs", task["id"]))
     path = os.path.join(data_dir, rel)
     if not rel or os.path.realpath(os.path.dirname(path)) != folder:
@@ -137,7 +139,7 @@ def _thumbnail_png(data_dir, task):
                   if (o.get("thumbnail_url") or "").startswith("/media/")]
     candidates += [i["path"] for i in task.get("inputs") or [] if i.get("path")]
     for rel in candidates:
-        path = os.path.join(data_dir, rel)
+        path = os.path.join(fileio.media_root(data_dir), rel)
         if os.path.isfile(path) and not os.path.islink(path):
             with Image.open(path) as img:
                 img = img.convert("RGB")

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     APP_PORT: int = Field(5000, ge=1, le=65535)
     DATA_DIR: str = "data"
     BACKUP_DIR: str = "backups"
+    MEDIA_DIR: str | None = None                    # inputs/ and outputs/ (a volume shared by nodes); unset: DATA_DIR
     DATABASE_URL: str | None = None                 # postgresql://...: tasks in PostgreSQL; unset: JSON files
     NODE_NAME: str | None = None                    # this node among several on one database; unset: host name
     PIPELINE_LEASE_SECONDS: float = Field(30, gt=0)     # how long a node's claim on a task lasts unrenewed

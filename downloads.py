@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
+import fileio
 import media
 import safe_fetch
 from redact import redact_url
@@ -227,7 +228,8 @@ def _total_length(resp, have):
 
 def save_output(data_dir, task_id, index, out, now):
     """The output entry with its file on disk, verified and thumbnailed (already-saved ones as is)."""
-    data_dir = Path(data_dir)
+    policy = policy_for(data_dir)
+    data_dir = fileio.media_root(data_dir)      # outputs/ lives there; the record's paths are relative to it
     if out.get("sha256") and (data_dir / out["path"]).exists():
         return out
     folder = Path("outputs") / task_id
@@ -243,7 +245,7 @@ def save_output(data_dir, task_id, index, out, now):
             suffix = ".mp4" if out["kind"] == "video" else ".png"
         rel = folder / f"{out['kind']}-{index + 1}{suffix}"
         if not (data_dir / rel).exists():
-            fetch(out["remote_url"], data_dir / rel, policy_for(data_dir))
+            fetch(out["remote_url"], data_dir / rel, policy)
     facts = media.probe_media(data_dir / rel)
     thumb = folder / f"thumb-{index + 1}.jpg"
     media.make_thumbnail(data_dir / rel, data_dir / thumb)

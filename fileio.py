@@ -2,7 +2,8 @@
 
 `atomic_write` (temp file in the same folder, fsync, rename, fsync the folder: a reader sees the
 old file or the new one, never half of either, even after a power cut), `fsync_dir`, and
-`locked` (an exclusive `flock` on a lock file, shared by threads and processes alike). Every file
+`locked` (an exclusive `flock` on a lock file, shared by threads and processes alike), and
+`media_root` (where inputs/ and outputs/ live: MEDIA_DIR, else DATA_DIR). Every file
 made here is private to the studio's user (0600). This module imports nothing of the studio, so
 the store, the accounts and the media code can all use it.
 """
@@ -55,6 +56,20 @@ def atomic_write(path, data, mode=0o600):
 
 
 DISK_FULL_MARGIN = 16 * 1024 * 1024
+# DATA_DIR -> MEDIA_DIR of the studio using it (set_media_root at app start): the pipeline's jobs
+# run outside any app context and know only their store's DATA_DIR.
+_media_roots = {}
+
+
+def set_media_root(data_dir, media_dir):
+    """Keep `inputs/` and `outputs/` of the studio in `data_dir` under `media_dir` instead."""
+    _media_roots[os.path.realpath(data_dir)] = Path(os.path.realpath(media_dir))
+
+
+def media_root(data_dir):
+    """The folder holding a studio's `inputs/` and `outputs/`: MEDIA_DIR when set, else DATA_DIR.
+    Task records name their files relative to it (`inputs/<id>/first.png`)."""
+    return _media_roots.get(os.path.realpath(data_dir)) or Path(data_dir)
 
 
 def disk_nearly_full(path, margin=DISK_FULL_MARGIN):

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, render_template
 from pydantic import BaseModel, Field
 
 import access
+import fileio
 import task_query
 from clock import utcnow
 from errors import N_, PayloadTooLarge, ValidationError
@@ -48,7 +49,7 @@ def download_zip():
                               code="too_many_tasks", field="task_ids", params={"max": most, "count": len(ids)})
     store = current_app.extensions["task_store"]
     entries = _entries([access.task_or_404(store, task_id) for task_id in ids])
-    stream = ZipStream(current_app.config["DATA_DIR"], entries)
+    stream = ZipStream(fileio.media_root(current_app.config["DATA_DIR"]), entries)
     name = f"studio_{utcnow():%Y%m%d_%H%M%S}_{len(ids)}-tasks.zip"
     response = Response(stream, mimetype="application/zip", direct_passthrough=True)
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
@@ -59,7 +60,7 @@ def download_zip():
 def _entries(records):
     """(task, stored path, name in the zip, size) of every result file, within the size cap."""
     entries, total = [], 0
-    data_dir = current_app.config["DATA_DIR"]
+    data_dir = fileio.media_root(current_app.config["DATA_DIR"])
     for task in records:
         listed = task_query.listed_files(task)
         for out in task.get("outputs") or []:

@@ -16,6 +16,8 @@ Only a created task (a 2xx answer) is remembered: a refused request leaves nothi
 corrected request may reuse its key. Records live in `DATA_DIR/idempotency/<shard>/<hash>.json`,
 one file per (user, key), written atomically under the shard's lock file (fileio.locked), so every
 worker and every restart sees them; expired records are removed when their shard is next written.
+A studio on PostgreSQL (DATABASE_URL) keeps them in its `idempotency_keys` table instead
+(pg_idempotency.py), where the claim is one INSERT ... ON CONFLICT DO NOTHING shared by every node.
 """
 
 import functools
@@ -75,6 +77,12 @@ def _digest(body):
 def _once(user_id, key, request_hash, run):
     """The remembered answer for (user, key), or `run()`'s answer, remembered when it created something."""
     name = hashlib.sha256(f"{user_id}\0{key}".encode()).hexdigest()
+    store = current_app.extensions["task_store"]
+    if getattr(store, "conninfo", None):        # PostgreSQL: every node shares the records
+        import pg_idempotency
+
+        return pg_idempotency.once(store, name, user_id, request_hash, utcnow(), lambda kept: _replay(
+            kept, request_hash), lambda: _answer(run, user_id, request_hash), LIFETIME)
     shard = Path(current_app.config["DATA_DIR"]) / "idempotency" / f"{int(name[:8], 16) % SHARDS:02x}"
     shard.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = shard / f"{name}.json"
@@ -84,21 +92,33 @@ def _once(user_id, key, request_hash, run):
         now = utcnow()
         kept = _read(path, now)
         if kept is not None:
-            if kept["request_hash"] != request_hash:
-                raise IdempotencyConflict(N_("This %(header)s was already used for a different request in the last "
-                                             "24 hours; use a new key for a new request."), field=HEADER,
-                                          params={"header": HEADER})
-            response = current_app.response_class(json.dumps(kept["body"]), status=kept["status"],
-                                                  mimetype="application/json")
-            response.headers["Idempotent-Replayed"] = "true"
-            return response
-        response = current_app.make_response(run())
-        if 200 <= response.status_code < 300 and response.is_json:
-            record = {"user": user_id, "request_hash": request_hash, "status": response.status_code,
-                      "body": response.get_json(), "created_at": iso(now)}
+            return _replay(kept, request_hash)
+        response, record = _answer(run, user_id, request_hash, now)
+        if record is not None:
             fileio.atomic_write(path, json.dumps(record))
             _prune(shard, now)
         return response
+
+
+def _replay(kept, request_hash):
+    """The kept answer again, or IdempotencyConflict when the key came with another request."""
+    if kept["request_hash"] != request_hash:
+        raise IdempotencyConflict(N_("This %(header)s was already used for a different request in the last "
+                                     "24 hours; use a new key for a new request."), field=HEADER,
+                                  params={"header": HEADER})
+    response = current_app.response_class(json.dumps(kept["body"]), status=kept["status"],
+                                          mimetype="application/json")
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _answer(run, user_id, request_hash, now=None):
+    """(`run()`'s response, the record to keep when it created something, else None)."""
+    response = current_app.make_response(run())
+    if 200 <= response.status_code < 300 and response.is_json:
+        return response, {"user": user_id, "request_hash": request_hash, "status": response.status_code,
+                          "body": response.get_json(), "created_at": iso(now or utcnow())}
+    return response, None
 
 
 def _read(path, now):

@@ -19,6 +19,7 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
+import fileio
 from tasks import DOWNLOADING
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,20 @@ MIN_AGE = timedelta(hours=1)
 
 
 def sweep(data_dir, store, now, min_age=MIN_AGE):
-    """Remove orphaned files; returns the removed paths (relative to `data_dir`)."""
+    """Remove orphaned files; returns the removed paths (relative to MEDIA_DIR, or to `data_dir`)."""
     data_dir = Path(data_dir)
     cutoff = now.timestamp() - min_age.total_seconds()
-    removed = []
+    removed, media = [], fileio.media_root(data_dir)
     for area in ("inputs", "outputs"):
-        folder = data_dir / area
+        folder = media / area
         task_dirs = [d for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
         for task_dir in task_dirs:
             removed += _sweep_task_dir(task_dir, store.get(task_dir.name), area, cutoff)
+    removed = [p.relative_to(media).as_posix() for p in removed]
     rewrite = data_dir / "tasks.jsonl.rewrite"
     if rewrite.exists() and _mtime(rewrite) < cutoff:
         rewrite.unlink(missing_ok=True)
-        removed.append(rewrite)
-    removed = [p.relative_to(data_dir).as_posix() for p in removed]
+        removed.append(rewrite.name)
     if removed:
         log.info("janitor removed %d orphaned file(s) or folder(s): %s", len(removed), ", ".join(removed[:20]))
     return removed

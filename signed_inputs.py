@@ -18,6 +18,7 @@ from flask import Blueprint, current_app, send_file
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import access
+import fileio
 from errors import N_, NotFound
 
 bp = Blueprint("signed_inputs", __name__)
@@ -62,7 +63,7 @@ def signed_input(token):
     entry = next((item for item in (task or {}).get("inputs") or [] if item.get("role") == role), None)
     if entry is None:
         raise NotFound(N_("No such file."))
-    data_dir = os.path.realpath(current_app.config["DATA_DIR"])
+    data_dir = os.path.realpath(fileio.media_root(current_app.config["DATA_DIR"]))
     path = os.path.join(data_dir, entry["path"])
     if os.path.realpath(os.path.dirname(path)) != os.path.join(data_dir, "inputs", task_id):
         raise NotFound(N_("No such file."))

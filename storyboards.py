@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, field_validator
 
 import access
 import errors
+import fileio
 import ledger
 import media
 import metrics
@@ -261,7 +262,7 @@ def _create_chained(store, providers, parent, index, previous, now, spent):
     """The task of a scene that starts from the previous scene's last frame, queued; its unit moves
     from the storyboard's reservation (checked against the quota when the storyboard was made)."""
     data_dir = Path(store.dir)
-    rgb = video_join.last_frame(data_dir / previous["outputs"][0]["path"])
+    rgb = video_join.last_frame(fileio.media_root(data_dir) / previous["outputs"][0]["path"])
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, "PNG")
     picture = media.check_image_bytes(buffer.getvalue(), "image", label="the previous scene's last frame")
@@ -283,7 +284,7 @@ def _create_chained(store, providers, parent, index, previous, now, spent):
 def _join(store, parent, scenes, now, stopping=None):
     """Join the scenes' clips into the storyboard's output; the download job verifies it. A
     stopping studio drops the join between frames; it is done again after the restart."""
-    data_dir = Path(store.dir)
+    data_dir = fileio.media_root(store.dir)         # the clips and the joined film are media
     config = parent["params"].get("video_config") or {}
     clips = [data_dir / scene["outputs"][0]["path"] for scene in scenes]
     size = _RESOLUTION.fullmatch(config["resolution"]).groups() if config.get("resolution") else None

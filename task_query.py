@@ -50,7 +50,7 @@ from errors import (
     Text,
     ValidationError,
 )
-from fileio import disk_nearly_full
+from fileio import disk_nearly_full, media_root
 from i18n import translate
 from providers import base
 from redact import redact_url
@@ -394,7 +394,8 @@ def _submit_problem(store, provider, task, exc, now, *, ambiguous):
 
 def _missing_inputs(data_dir, task):
     """Roles of the task's input pictures that are no longer on disk."""
-    return [item["role"] for item in task.get("inputs") or [] if not (data_dir / item["path"]).is_file()]
+    root = media_root(data_dir)
+    return [item["role"] for item in task.get("inputs") or [] if not (root / item["path"]).is_file()]
 
 
 def _input_missing_message(roles, retried=False):
@@ -926,7 +927,7 @@ def media_file(subpath):
     task = _task_or_404(task_id)          # the task's owner (or the admin) only
     if subpath not in listed_files(task):
         raise NotFound(N_("No such file."))
-    fh, info = open_listed(current_app.config["DATA_DIR"], folder, task_id, subpath)
+    fh, info = open_listed(media_root(current_app.config["DATA_DIR"]), folder, task_id, subpath)
     try:
         mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         response = send_file(fh, mimetype=mimetype, download_name=download_name(task, subpath, name),

@@ -12,8 +12,9 @@ The pipeline and the routes change a task's status only through the move functio
 (`submitted`, `running`, `downloading`, `succeeded`, `fail`, `cancel`), which refuse an illegal
 move. The provider's own report states are a different thing (providers.base).
 
-Input pictures are files under `DATA_DIR/inputs/<task id>/`; outputs under
-`DATA_DIR/outputs/<task id>/`. Paths in the record are relative to DATA_DIR.
+Input pictures are files under `MEDIA_DIR/inputs/<task id>/`; outputs under
+`MEDIA_DIR/outputs/<task id>/` (MEDIA_DIR is DATA_DIR unless set: fileio.media_root). Paths in
+the record are relative to it.
 """
 
 import secrets
@@ -21,11 +22,11 @@ import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+import fileio
 import media
 from clock import iso, parse_iso, utcnow  # noqa: F401 - parse_iso is read from here too
 from errors import N_, Conflict, InsufficientStorage, Text, shown_text
@@ -274,7 +275,7 @@ def create_task(store, data_dir, *, kind, provider, model, params, images, owner
     """
     now = utcnow()
     task_id = task_id or new_task_id()
-    data_dir = Path(data_dir)
+    data_dir = fileio.media_root(data_dir)      # the record's paths are relative to it
     input_dir = data_dir / "inputs" / task_id
     try:
         inputs = [_store_input(data_dir, input_dir, role, image) for role, image in images.items()]
@@ -315,7 +316,7 @@ def _store_input(data_dir, input_dir, role, image):
 def remove_files(data_dir, task_id):
     """Delete a task's input and output folders."""
     for folder in ("inputs", "outputs"):
-        shutil.rmtree(Path(data_dir) / folder / task_id, ignore_errors=True)
+        shutil.rmtree(fileio.media_root(data_dir) / folder / task_id, ignore_errors=True)
 
 
 def _text_fields(name, text):

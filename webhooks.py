@@ -7,9 +7,9 @@ failure is a second event). What: the v1 task body (`api.v1.v1_task`), POSTed as
 
 Signature: `X-Studio-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`
 with the owner's secret from `POST /api/v1/webhooks/secret` (made or rotated there, shown once).
-The secret sits in accounts.json (0600, like the whole DATA_DIR) in the clear: the studio must
-sign with it, so a hash is no use, and encrypting it with a key kept in the same DATA_DIR would
-protect nothing from whoever can read that folder.
+The secret sits in accounts.json (0600, like the whole DATA_DIR; on PostgreSQL in the user's row)
+in the clear: the studio must sign with it, so a hash is no use, and encrypting it with a key
+kept in the same DATA_DIR would protect nothing from whoever can read that folder.
 
 Delivery is a pipeline job (`deliver_due`, run by scheduler.py): a 2xx answer ends it; anything else
 (no answer, a 5xx, a 4xx, no secret yet) is tried again after 30 s, 2 min, 10 min, 30 min, 1 h,
@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 import safe_fetch
 import tasks
 from access import session_only
-from accounts import Accounts
+from accounts import open_accounts
 from api.openapi import documented
 from api.v1 import v1_task
 from errors import ValidationError
@@ -60,7 +60,7 @@ KEEP_ATTEMPTS = 20
 SENDERS = 8
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _private_allowed = {}       # DATA_DIR -> ALLOW_PRIVATE_URLS of the app there (the pipeline has no app context)
-_accounts = {}              # DATA_DIR -> Accounts (each re-reads accounts.json only when it changed)
+_accounts = {}              # DATA_DIR -> Accounts (re-reads accounts.json only when it changed) or PgAccounts
 
 
 def init_app(app):
@@ -121,7 +121,7 @@ def deliver_due(store, clock=utcnow):
     """Send every webhook that is due: new final states, and retries whose time has come."""
     now = clock()
     if str(store.dir) not in _accounts:
-        _accounts[str(store.dir)] = Accounts(store.dir)
+        _accounts[str(store.dir)] = open_accounts(store)
     accounts = _accounts[str(store.dir)]
     allow_private = _private_allowed.get(str(store.dir), False)
     since = tasks.new_task_id(now - LOOK_BACK)[:18]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+import fileio
 from providers.http import HttpClient
 
 
@@ -165,5 +166,5 @@ class Provider:
         """Absolute path of the task's input picture with this role, or None."""
         for item in task.get("inputs") or []:
             if item["role"] == role:
-                return self.data_dir / item["path"]
+                return fileio.media_root(self.data_dir) / item["path"]
         return None

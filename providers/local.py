@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fileio
 import media
 from errors import N_, ProviderRejected, ProviderUnavailable
 from providers import local_render as render
@@ -125,7 +126,7 @@ class LocalProvider(Provider):
         }
 
     def output_dir(self, task_id):
-        return self.data_dir / "outputs" / task_id
+        return fileio.media_root(self.data_dir) / "outputs" / task_id
 
     def submit(self, task):
         """Queue the render and return "local-<task id>"; submitting again renders again."""
@@ -276,7 +277,8 @@ class LocalProvider(Provider):
                        for item in done["outputs"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not outputs or not all((self.data_dir / item.path).is_file() for item in outputs):
+        root = fileio.media_root(self.data_dir)
+        if not outputs or not all((root / item.path).is_file() for item in outputs):
             return None
         return ProviderStatus(SUCCEEDED, raw_status="done", progress=100, outputs=outputs)
 
