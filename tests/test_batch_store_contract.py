@@ -4,6 +4,7 @@ lose nothing; `adding` makes two uploads into one named batch take turns; a Post
 its batches there; and `flask store copy` moves them both ways unchanged."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -111,6 +112,25 @@ def test_a_postgresql_studio_keeps_its_batches_in_the_database(tmp_path, monkeyp
     assert not list((tmp_path / "data" / "batches").glob("*.json"))
     node.close()
     app.extensions["task_store"].close()
+
+
+def test_the_same_zip_sent_to_two_nodes_at_once_makes_one_batch_and_each_task_once(tmp_path, monkeypatch,
+                                                                                    pg_url):
+    from tests.test_batches import shot_zip, upload
+
+    monkeypatch.setenv("DOTENV_PATH", str(tmp_path / "no.env"))
+    nodes = [create_app({"TESTING": True, "SECRET_KEY": "test", "DATA_DIR": str(tmp_path / name),
+                         "DATABASE_URL": pg_url}) for name in ("a", "b")]
+    data = shot_zip()
+    clients = [node.test_client() for node in nodes for _ in range(2)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: upload(c, data).get_json(), clients))
+    assert len({a["batch_id"] for a in answers}) == 1, answers      # one batch of that name, not two
+    assert sum(a["created"] for a in answers) == 3, answers
+    assert len(nodes[1].extensions["task_store"]) == 3
+    assert [b["id"] for b in nodes[1].extensions["batch_store"].list()] == [answers[0]["batch_id"]]
+    for node in nodes:
+        node.extensions["task_store"].close()
 
 
 def test_store_copy_moves_batches_both_ways_unchanged(tmp_path, pg_url):
