@@ -1,11 +1,12 @@
 """Where batch records are kept: one JSON file per batch under `DATA_DIR/batches/`.
 
-Its own module so that a PostgreSQL backend can stand beside it behind the same small interface
-(`create`, `get`, `update`, `list`, `find`). A record is small (settings and, per item, a name, a
-key, a task id and a refusal), because the tasks are the truth about progress: counts, ETA and cost
-are computed from the task records (batches.py). Writes replace the file atomically
-(fileio.atomic_write) under one lock file, so readers never see half a record and two processes
-changing one batch never lose each other's change.
+Its own module so that the PostgreSQL backend (batch_store_pg.py, chosen by `open_batches` when
+the tasks are in PostgreSQL) stands beside it behind the same small interface (`create`, `get`,
+`update`, `list`, `find`, `adding`, and `export`/`replace_all` for `flask store copy`). A record
+is small (settings and, per item, a name, a key, a task id and a refusal), because the tasks are
+the truth about progress: counts, ETA and cost are computed from the task records (batches.py).
+Writes replace the file atomically (fileio.atomic_write) under one lock file, so readers never see
+half a record and two processes changing one batch never lose each other's change.
 """
 
 import hashlib
@@ -79,3 +80,25 @@ class BatchStore:
     def find(self, owner, name):
         """The owner's newest batch of this name, or None."""
         return next((r for r in self.list(owner) if r.get("name") == name), None)
+
+    def export(self):
+        """{id: record} of every batch (`flask store copy`)."""
+        return {record["id"]: record for record in reversed(self.list())}
+
+    def replace_all(self, records):
+        """Make the folder hold exactly `records` ({id: record})."""
+        with locked(self._lock):
+            for name in os.listdir(self.dir):
+                if name.endswith(".json") and name[:-5] not in records:
+                    (self.dir / name).unlink()
+            for batch_id, record in records.items():
+                atomic_write(self._path(batch_id), json.dumps(record, ensure_ascii=False))
+
+
+def open_batches(store):
+    """The batch records beside a task store: in PostgreSQL when the tasks are there, else files."""
+    if getattr(store, "conninfo", None):
+        from batch_store_pg import PgBatchStore
+
+        return PgBatchStore(store)
+    return BatchStore(store.dir)

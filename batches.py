@@ -30,7 +30,7 @@ import task_query
 import tasks
 from batch_intake import MAX_MEMBERS
 from batch_progress import batch_tasks
-from batch_store import BatchStore
+from batch_store import open_batches
 from errors import N_, AppError, Conflict, NotFound, Text, ValidationError, field_problem
 from image_generate import ImageRequest, check_image_request, prepare_images
 from validation import provider_and_model, queue_task
@@ -276,7 +276,7 @@ def init_app(app):
     """The batch store, the pages, the upload limits (before auth reads any form) and `flask batch`."""
     import batch_cli
 
-    app.extensions["batch_store"] = BatchStore(app.config["DATA_DIR"])
+    app.extensions["batch_store"] = open_batches(app.extensions["task_store"])
     app.register_blueprint(bp)
     app.before_request(_upload_limits)
     batch_cli.init_app(app)

@@ -8,6 +8,12 @@ one leader per DATA_DIR, as before. On PostgreSQL every node runs a pipeline, an
   so two nodes never claim one task). A node killed with SIGKILL stops renewing; once its leases
   run out another node claims its tasks and carries on from the records. A node that stops
   cleanly releases its claims at once.
+- local-engine tasks (STICKY_PROVIDERS) stay with the node that submitted them: the render runs
+  in that process and its progress is in memory. The leader dispatched them, so an unclaimed one
+  is the leader's to claim; then it is renewed by that node beyond any share or lease while the
+  node's heartbeat row (pipeline_nodes, written by every claim) is fresh. Only when a node stops
+  heart-beating (it died) does another node take its local tasks, and renders each once again:
+  the engine is deterministic and nothing is paid. A node that stops cleanly releases them.
 - dispatch, and the jobs that must run once (backups, compaction, the janitor, webhook delivery),
   run only on the cluster leader: the node holding a session-level `pg_try_advisory_lock` on a
   connection of its own. PostgreSQL drops the lock when that session ends (the node died, or its
@@ -31,6 +37,9 @@ log = logging.getLogger(__name__)
 LEADER_KEY = 7_211_604_160_002      # the advisory lock of the cluster leader (migrations use ...001)
 LEASE_SECONDS = 30
 CLAIM_BATCH = 100                   # tasks one node claims per job pass, so idle nodes find work too
+# Providers whose tasks stay on the node that submitted them: the local engine renders in that
+# process and keeps the progress in memory, so another node polling the task would render it again.
+STICKY_PROVIDERS = ("local",)
 
 
 def node_id(name=None):
@@ -91,13 +100,16 @@ class ClusterLeader:
 
 class ClaimedTasks:
     """The task store as one node's poll and download jobs see it: `ids_with_status` claims (or
-    renews) the tasks this node works on and returns only those; everything else is the store's."""
+    renews) the tasks this node works on and returns only those; everything else is the store's.
+    `leading()` says whether this node leads (dispatches): unclaimed sticky tasks are its own."""
 
-    def __init__(self, store, node, lease_seconds=LEASE_SECONDS, batch=CLAIM_BATCH):
+    def __init__(self, store, node, lease_seconds=LEASE_SECONDS, batch=CLAIM_BATCH, leading=lambda: False):
         self._store, self.node, self.lease_seconds, self.batch = store, node, lease_seconds, batch
+        self.leading = leading
 
     def ids_with_status(self, statuses, since=None):
-        return self._store.claim(statuses, self.node, self.lease_seconds, self.batch, since=since)
+        return self._store.claim(statuses, self.node, self.lease_seconds, self.batch, since=since,
+                                 sticky=STICKY_PROVIDERS, leading=self.leading())
 
     def __len__(self):
         return len(self._store)
@@ -116,7 +128,7 @@ class SharedPipeline:
         self.node_name = node_name or socket.gethostname()
         self.node = node_id(self.node_name)
         self.leader = ClusterLeader(store.conninfo, self.node)
-        self.claimed = ClaimedTasks(store, self.node, lease_seconds, batch)
+        self.claimed = ClaimedTasks(store, self.node, lease_seconds, batch, leading=lambda: self.leader.held)
 
     def may_run(self, job_name):
         """Whether this node runs `job_name` now: shared jobs always, once-only ones when it leads."""

@@ -30,6 +30,7 @@ import idempotency
 import migrations
 import pg_idempotency
 from accounts import ADMIN, Accounts
+from batch_store import BatchStore
 from clock import iso, parse_iso
 from ledger import Ledger
 from task_store import TaskStore
@@ -160,15 +161,16 @@ class PgIdempotency:
 def json_parts(data_dir):
     """{name: the JSON side} of every record kind copied besides the tasks."""
     return {"account records": Accounts(data_dir), "ledger lines": JsonLedger(data_dir),
-            "idempotency keys": JsonIdempotency(data_dir)}
+            "idempotency keys": JsonIdempotency(data_dir), "batches": BatchStore(data_dir)}
 
 
 def pg_parts(pg_store):
     """{name: the PostgreSQL side}, the same kinds as json_parts."""
+    from batch_store_pg import PgBatchStore
     from pg_accounts import PgAccounts
 
     return {"account records": PgAccounts(pg_store), "ledger lines": PgLedgerRows(pg_store),
-            "idempotency keys": PgIdempotency(pg_store)}
+            "idempotency keys": PgIdempotency(pg_store), "batches": PgBatchStore(pg_store)}
 
 
 def _size(name, data):
@@ -256,7 +258,7 @@ def init_app(app):
     @click.option("--from", "from_url", help="copy this PostgreSQL database into the JSON store in DATA_DIR")
     @click.option("--replace", is_flag=True, help="overwrite a destination that already holds tasks")
     def copy_cmd(to_url, from_url, replace):
-        """Copy tasks, accounts, ledger and idempotency keys between the JSON files and PostgreSQL,
+        """Copy tasks, accounts, ledger, idempotency keys and batches between the JSON files and PostgreSQL,
         verified by counts and checksums."""
         from task_store_pg import PgTaskStore
 

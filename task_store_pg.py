@@ -97,6 +97,17 @@ def _where(status, kind, provider, owner, text, since, favourite=None):
 
 _UPSERT_COLUMNS = "record, status, kind, provider, owner, prompt, created_at"
 
+# The claim of sticky tasks (PgTaskStore.claim): renew this node's own, take the unclaimed ones
+# when this node leads (it dispatched them), and those of nodes whose heartbeat is older than a lease.
+_CLAIM_STICKY = (
+    "UPDATE tasks SET claimed_by = %(node)s, claim_until = now() + make_interval(secs => %(lease)s) "
+    "WHERE id IN (SELECT id FROM tasks WHERE status = ANY(%(statuses)s) AND provider = ANY(%(sticky)s::text[]) "
+    "AND (%(since)s::text IS NULL OR id >= %(since)s) "
+    "AND (claimed_by = %(node)s OR (claimed_by IS NULL AND %(leading)s) "
+    "OR (claimed_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pipeline_nodes p WHERE p.node = tasks.claimed_by "
+    "AND p.seen > now() - make_interval(secs => %(window)s)))) "
+    "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id")
+
 
 class PgTaskStore:
     """Task records in PostgreSQL, with task_store.TaskStore's methods and meanings."""
@@ -287,28 +298,37 @@ class PgTaskStore:
 
     # ---- claims (several nodes sharing the pipeline: pg_pipeline.py) ------------------------
 
-    def claim(self, statuses, node, lease_seconds, limit, since=None):
+    def claim(self, statuses, node, lease_seconds, limit, since=None, sticky=(), leading=False):
         """Claim for `node` (or renew) tasks in `statuses` that no other node holds an unexpired
         claim on, its own first, then the oldest; returns the claimed ids, oldest first.
 
         A node takes at most its fair share — the tasks in `statuses` divided by the nodes that
         claimed within a lease — and at most `limit`; what it held beyond that expires and goes
-        to the others. Rows another transaction has locked are skipped, never waited for."""
+        to the others. Rows another transaction has locked are skipped, never waited for.
+
+        Tasks of the `sticky` providers (pg_pipeline.STICKY_PROVIDERS) stay with the node that
+        holds them while its row in pipeline_nodes is fresh, whatever the share or the lease; an
+        unclaimed one goes only to the node `leading` (the one that dispatched it), and a dead
+        node's ones to the first live node that asks."""
         args = {"statuses": list(statuses), "node": node, "lease": float(lease_seconds), "limit": limit,
-                "since": since, "window": max(float(lease_seconds), 1.0)}
+                "since": since, "window": max(float(lease_seconds), 1.0), "sticky": list(sticky),
+                "leading": bool(leading)}
 
         def claim(conn):
             with conn.transaction():
                 conn.execute("INSERT INTO pipeline_nodes (node, seen) VALUES (%(node)s, now()) "
                              "ON CONFLICT (node) DO UPDATE SET seen = now()", args)
+                held = conn.execute(_CLAIM_STICKY, args).fetchall() if sticky else []
                 live, total = conn.execute(
                     "SELECT (SELECT count(*) FROM pipeline_nodes WHERE seen > now() - make_interval(secs => "
                     "%(window)s)), (SELECT count(*) FROM tasks WHERE status = ANY(%(statuses)s) "
+                    "AND coalesce(provider, '') <> ALL(%(sticky)s::text[]) "
                     "AND (%(since)s::text IS NULL OR id >= %(since)s))", args).fetchone()
                 args["limit"] = min(limit, -(-total // max(live, 1)))
-                return conn.execute(
+                return held + conn.execute(
                     "UPDATE tasks SET claimed_by = %(node)s, claim_until = now() + make_interval(secs => %(lease)s) "
                     "WHERE id IN (SELECT id FROM tasks WHERE status = ANY(%(statuses)s) "
+                    "AND coalesce(provider, '') <> ALL(%(sticky)s::text[]) "
                     "AND (%(since)s::text IS NULL OR id >= %(since)s) "
                     "AND (claimed_by IS NULL OR claimed_by = %(node)s OR claim_until < now()) "
                     "ORDER BY claimed_by IS DISTINCT FROM %(node)s, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
