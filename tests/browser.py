@@ -8,6 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import pytest
 from flask.testing import FlaskClient
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -181,3 +182,45 @@ class PageProblems:
 
     def unexpected(self):
         return [item for item in self.items if not any(f in item for f in self._allowed)] + self.dialogs
+
+
+# ---- the fixtures' bodies, shared by the browser test modules
+
+# Stricter than the studio's own policy: a violation is a console error, so it fails a test.
+STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+              "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+              "form-action 'self'; frame-ancestors 'none'")
+
+
+def serve_studio(tmp_path_factory, name="studio", strict_csp=True, **config):
+    """Body of a module-scoped `studio` fixture (`yield from serve_studio(...)`): a studio on a real
+    port with the tests' admin, its pipeline running; `config` adds settings."""
+    from app import create_app
+    from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD
+
+    tmp = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DATA_DIR", raising=False)
+        mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
+        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
+                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD, **config})
+    if strict_csp:
+        @app.after_request
+        def strict(response):
+            response.headers.setdefault("Content-Security-Policy", STRICT_CSP)
+            return response
+    live = LiveStudio(app).start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def run_chromium():
+    """Body of a module-scoped `browser` fixture: Debian's Chromium, closed at the end."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

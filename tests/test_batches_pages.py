@@ -4,42 +4,22 @@ shots uploaded on /batches/new, its page follows the batch to 100 %, with its it
 import zipfile
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from app import create_app
-from tests.browser import LiveStudio, PageProblems, launch_chromium
-from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD
+from tests.browser import PageProblems, run_chromium, serve_studio
 from tests.test_batches import shot_zip
-from tests.test_pages import STRICT_CSP
 
 expect.set_options(timeout=60_000)      # three renders through the whole pipeline
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("studio")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DATA_DIR", raising=False)
-        mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
-                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD})
-
-    @app.after_request
-    def strict_csp(response):
-        response.headers.setdefault("Content-Security-Policy", STRICT_CSP)
-        return response
-
-    live = LiveStudio(app).start()
-    yield live
-    live.stop()
+    yield from serve_studio(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from run_chromium()
 
 
 def test_a_zip_uploaded_on_the_page_runs_to_100_percent_with_its_items_and_downloads(browser, studio, tmp_path):

@@ -12,12 +12,11 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import tasks
-from app import create_app
-from tests.browser import LiveStudio, PageProblems, launch_chromium
-from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, picture
+from tests.browser import PageProblems, run_chromium, serve_studio
+from tests.conftest import picture
 
 expect.set_options(timeout=10_000)
 LONG = 60_000
@@ -27,26 +26,16 @@ NOWHERE = "http://127.0.0.1:9"
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("forms")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DATA_DIR", raising=False)
-        mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
-                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD,
-                          "KLING_ACCESS_KEY": "ak-test", "KLING_SECRET_KEY": "sk-test", "KLING_API_BASE": NOWHERE,
-                          "DASHSCOPE_API_KEY": "sk-test", "DASHSCOPE_API_BASE": NOWHERE,
-                          "LIBLIB_ACCESS_KEY": "ak-test", "LIBLIB_SECRET_KEY": "sk-test", "LIBLIB_API_BASE": NOWHERE})
-    live = LiveStudio(app).start()
-    yield live
-    live.stop()
+    yield from serve_studio(
+        tmp_path_factory, "forms", strict_csp=False,
+        KLING_ACCESS_KEY="ak-test", KLING_SECRET_KEY="sk-test", KLING_API_BASE=NOWHERE,
+        DASHSCOPE_API_KEY="sk-test", DASHSCOPE_API_BASE=NOWHERE,
+        LIBLIB_ACCESS_KEY="ak-test", LIBLIB_SECRET_KEY="sk-test", LIBLIB_API_BASE=NOWHERE)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from run_chromium()
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import tasks
 from app import create_app
 from tasks import iso, new_task_id, utcnow
-from tests.browser import LiveStudio, PageProblems, launch_chromium
+from tests.browser import LiveStudio, PageProblems, run_chromium, serve_studio
 from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, b64, picture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +33,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 XSS = "<img src=x onerror=alert(1)>"
 LONG = 60_000       # ms: a render through the whole pipeline
 expect.set_options(timeout=10_000)      # a slow CI machine still answers well within this
-STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-              "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
-              "form-action 'self'; frame-ancestors 'none'")
 
 
 # ---- the HTML the server renders ----------------------------------------------------------
@@ -154,30 +151,12 @@ def test_every_page_string_has_a_chinese_translation():
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("studio")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DATA_DIR", raising=False)
-        mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
-                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD})
-
-    @app.after_request
-    def strict_csp(response):
-        # Stricter than the studio's own policy: a violation is a console error, so it fails a test.
-        response.headers.setdefault("Content-Security-Policy", STRICT_CSP)
-        return response
-
-    live = LiveStudio(app).start()
-    yield live
-    live.stop()
+    yield from serve_studio(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from run_chromium()
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from app import create_app
-from tests.browser import LiveStudio, PageProblems, launch_chromium
-from tests.conftest import ADMIN_KEY, ADMIN_PASSWORD, picture
+from tests.browser import PageProblems, run_chromium, serve_studio
+from tests.conftest import picture
 
 expect.set_options(timeout=10_000)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -29,23 +28,12 @@ ALERT = '[data-field="{}"] .field-alert .alert'
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("studio")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DATA_DIR", raising=False)
-        mp.setenv("DOTENV_PATH", str(tmp / "no.env"))
-        app = create_app({"TESTING": True, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": "test",
-                          "API_KEYS": ADMIN_KEY, "ADMIN_PASSWORD": ADMIN_PASSWORD})
-    live = LiveStudio(app).start()
-    yield live
-    live.stop()
+    yield from serve_studio(tmp_path_factory, strict_csp=False)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from run_chromium()
 
 
 @pytest.fixture
