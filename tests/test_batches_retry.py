@@ -16,10 +16,8 @@ AK, SK = "AK" + "a" * 30, "SK" + "s" * 30
 
 @pytest.fixture
 def fake():
-    server = Server(polls_to_finish=2, access_key=AK, secret_key=SK)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=2, access_key=AK, secret_key=SK) as server:
+        yield server
 
 
 @pytest.fixture

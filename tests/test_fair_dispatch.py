@@ -14,10 +14,8 @@ AK, SK = "AK" + "a" * 30, "SK" + "s" * 30
 
 @pytest.fixture(scope="module")
 def shared_server():
-    server = Server(polls_to_finish=1, access_key=AK, secret_key=SK, concurrency_limit=2)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=1, access_key=AK, secret_key=SK, concurrency_limit=2) as server:
+        yield server
 
 
 @pytest.fixture

@@ -330,10 +330,8 @@ def test_a_malformed_multipart_body_is_refused_in_chinese(app, roomy_limits):
 
 @pytest.fixture(scope="module")
 def kling_server():
-    server = Server(polls_to_finish=3, access_key=AK, secret_key=SK)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=3, access_key=AK, secret_key=SK) as server:
+        yield server
 
 
 @pytest.fixture

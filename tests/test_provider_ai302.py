@@ -15,10 +15,8 @@ from tests.fakes.ai302 import API_KEY, Server
 
 @pytest.fixture
 def fake():
-    server = Server(polls_to_finish=2)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=2) as server:
+        yield server
 
 
 @pytest.fixture

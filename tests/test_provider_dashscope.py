@@ -35,10 +35,8 @@ NEGATIVE = "blurry, text, watermark"
 
 @pytest.fixture
 def fake():
-    server = Server(polls_to_finish=3)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=3) as server:
+        yield server
 
 
 @pytest.fixture

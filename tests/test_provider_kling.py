@@ -29,11 +29,8 @@ AK, SK = "AK" + "a" * 30, "SK" + "s" * 30
 
 @pytest.fixture(scope="module")
 def shared_server():
-    # One server for the module: stopping one takes ~0.5 s (werkzeug's shutdown poll).
-    server = Server(polls_to_finish=3, access_key=AK, secret_key=SK)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=3, access_key=AK, secret_key=SK) as server:
+        yield server
 
 
 @pytest.fixture

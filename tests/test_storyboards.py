@@ -123,10 +123,8 @@ def test_join_resamples_scales_and_crossfades(tmp_path):
 
 @pytest.fixture(scope="module")
 def kling_server():
-    server = Server(polls_to_finish=2, access_key=AK, secret_key=SK)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=2, access_key=AK, secret_key=SK) as server:
+        yield server
 
 
 @pytest.fixture

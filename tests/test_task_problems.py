@@ -16,10 +16,8 @@ LABEL = "Kling (official API)"
 
 @pytest.fixture(scope="module")
 def shared_server():
-    server = Server(polls_to_finish=3, access_key=AK, secret_key=SK)
-    server.start()
-    yield server
-    server.stop()
+    with Server.running(polls_to_finish=3, access_key=AK, secret_key=SK) as server:
+        yield server
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from contextlib import contextmanager
 
 import numpy as np
 from flask import Flask, Response, abort, request
@@ -110,6 +111,17 @@ class FakeServer:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(5)
+
+    @classmethod
+    @contextmanager
+    def running(cls, **options):
+        """A started server of this protocol (the body of a fixture: `with X.running(...) as fake: yield fake`)."""
+        server = cls(**options)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
     # ---- helpers for subclasses and tests ----
 
