@@ -702,3 +702,19 @@ def test_api_docs_load_offline_with_no_console_error(open_page, studio):
     document = studio.app.test_client().get("/openapi.json").get_json()
     assert page.locator(".opblock").count() == sum(len(ops) for ops in document["paths"].values())
     assert outside == []
+
+
+def test_a_chinese_session_sees_the_servers_error_translated(open_page, pictures):
+    # A bell character passes the page's own checks and is refused by the server, which answers in
+    # the session's language; the page shows that answer at the field.
+    page, problems = open_page("/", locale="zh-CN")
+    problems.allow("status of 400")     # Chromium logs the refused request
+    expect(page.locator("#video-form")).to_have_attribute("aria-busy", "false")
+    page.set_input_files("#image-file", pictures["first"])
+    expect(page.locator('[data-field="image"] .dropzone')).to_have_class(re.compile("has-picture"))
+    page.fill("#prompt", "缓慢推近\x07山谷")
+    page.click("#video-form .submit-button")
+    alert = page.locator('[data-field="prompt"] .field-alert')
+    expect(alert).to_contain_text(re.compile(r"[\u4e00-\u9fff]"))
+    text = alert.inner_text()
+    assert "控制字符" in text and not re.search(r"[A-Za-z]{3,} [A-Za-z]{3,} [A-Za-z]{3,}", text), text
