@@ -184,6 +184,31 @@ window.Studio = (function ($) {
     return h ? h + ":" + String(m).padStart(2, "0") + ":" + s : m + ":" + s;
   }
 
+  function ordinal(n) {
+    if (config.lang !== "en") {
+      return String(n);
+    }
+    const tens = n % 100;
+    const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return n + suffix;
+  }
+
+  /** "3rd in line for Kling · about 1:20 left" (the server's queue_position and eta_seconds), or "". */
+  function queueText(task, providerLabel) {
+    if (!isActive(task)) {
+      return "";
+    }
+    const parts = [];
+    if (task.queue_position) {
+      parts.push(t("queue_line", { ordinal: ordinal(task.queue_position), n: task.queue_position,
+        provider: providerLabel || task.provider }));
+    }
+    if (task.eta_seconds !== null && task.eta_seconds !== undefined) {
+      parts.push(task.eta_seconds > 0 ? t("eta", { time: formatDuration(task.eta_seconds * 1000) }) : t("eta_soon"));
+    }
+    return parts.join(" · ");
+  }
+
   function formatBytes(bytes) {
     if (bytes === null || bytes === undefined) {
       return "";
@@ -476,6 +501,7 @@ window.Studio = (function ($) {
     config: config, pageData: pageData, t: t, tr: tr, fmt: fmt, url: url, api: api,
     fromTemplate: fromTemplate, showError: showError, clearErrors: clearErrors, clearFieldError: clearFieldError, toast: toast, busy: busy,
     formatTime: formatTime, formatDuration: formatDuration, formatBytes: formatBytes, formatNumber: formatNumber,
+    queueText: queueText,
     isActive: isActive, taskNote: taskNote, errorText: errorText, statusBadge: statusBadge, elapsed: elapsed, downloadUrl: downloadUrl, inputUrl: inputUrl,
     mediaUrl: mediaUrl, studioMediaPath: studioMediaPath, getTask: getTask, cancelTask: cancelTask, submitTask: submitTask, watchTask: watchTask, capabilities: capabilities, providerPicker: providerPicker,
     segmentedOptions: segmentedOptions, counter: counter, sliderValue: sliderValue,

@@ -17,29 +17,9 @@ window.Studio.generatePage = (function ($, S) {
   const limits = S.pageData.limits || {};
   const studioMinSide = limits.min_side;
 
-  function ordinal(n) {
-    if (S.config.lang !== "en") {
-      return String(n);
-    }
-    const tens = n % 100;
-    const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
-    return n + suffix;
-  }
-
-  /** "3rd in line for Kling · about 1:20 left" (the server's queue_position and eta_seconds), or "". */
+  /** The task's place in line and time left, its provider named by its label. */
   function queueText(task) {
-    if (!S.isActive(task)) {
-      return "";
-    }
-    const parts = [];
-    if (task.queue_position) {
-      const provider = providerLabels[task.provider] || task.provider;
-      parts.push(S.t("queue_line", { ordinal: ordinal(task.queue_position), n: task.queue_position, provider: provider }));
-    }
-    if (task.eta_seconds !== null && task.eta_seconds !== undefined) {
-      parts.push(task.eta_seconds > 0 ? S.t("eta", { time: S.formatDuration(task.eta_seconds * 1000) }) : S.t("eta_soon"));
-    }
-    return parts.join(" · ");
+    return S.queueText(task, providerLabels[task.provider]);
   }
 
   /**

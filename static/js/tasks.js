@@ -139,7 +139,8 @@ $(function () {
 
   function statusText(task) {
     const progress = (task.status === "running" || task.status === "downloading") && task.progress ? " " + task.progress + " %" : "";
-    return t("status." + task.status) + progress;
+    const queue = S.queueText(task, providerName(task.provider));
+    return t("status." + task.status) + progress + (queue ? " · " + queue : "");
   }
 
   function row(task) {
