@@ -139,8 +139,7 @@ $(function () {
 
   function statusText(task) {
     const progress = (task.status === "running" || task.status === "downloading") && task.progress ? " " + task.progress + " %" : "";
-    const queue = S.queueText(task, providerName(task.provider));
-    return t("status." + task.status) + progress + (queue ? " · " + queue : "");
+    return t("status." + task.status) + progress;
   }
 
   function row(task) {
@@ -159,6 +158,8 @@ $(function () {
     $row.find(".task-fav").toggleClass("d-none", !task.favourite);
     $row.find(".task-model").text(providerName(task.provider) + " / " + task.model);
     $row.find(".task-created").attr("datetime", task.created_at).text(S.formatTime(task.created_at));
+    const queue = S.queueText(task, providerName(task.provider));
+    $row.find(".task-queue").text(queue ? " · " + queue : "");
     S.statusBadge($row.find(".task-status"), task.status).text(statusText(task));
     const thumb = thumbnailOf(task);
     const $img = $row.find(".task-thumb img");
