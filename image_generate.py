@@ -29,6 +29,7 @@ from validation import (
     parse_body,
     provider_and_model,
     queue_task,
+    refuse_settings,
 )
 
 bp = Blueprint("image_generate", __name__)
@@ -160,11 +161,7 @@ def _check_model_settings(model, req):
     advanced = model.get("advanced")
     if advanced is not None:
         return check_advanced(req, model, advanced)
-    for name in ADVANCED_FIELDS:
-        if getattr(req, name) is not None:
-            raise ValidationError(N_("%(model)s has no '%(name)s' setting."), code="unsupported_value",
-                                  field=name, status=422,
-                                  params={"model": model["id"], "name": name})
+    refuse_settings(model, req, ADVANCED_FIELDS)
     return check_seed_and_prompt_extend(model, req)
 
 

@@ -171,6 +171,14 @@ def decode_images(fields, min_side=media.MIN_SIDE):
     return images
 
 
+def refuse_settings(model, req, names):
+    """A 422 for the first of `names` the request sets: settings of models other than this one."""
+    for name in names:
+        if getattr(req, name) is not None:
+            raise ValidationError(N_("%(model)s has no '%(name)s' setting."), code="unsupported_value",
+                                  field=name, status=422, params={"model": model["id"], "name": name})
+
+
 def check_seed_and_prompt_extend(model, req):
     """The request's `seed` / `prompt_extend` where the model takes them (a 422 where it does not);
     only the ones given, so a task records what the user chose and the provider default otherwise."""
