@@ -28,6 +28,16 @@ class AdminClient(FlaskClient):
         self.environ_base.setdefault("HTTP_AUTHORIZATION", f"Bearer {ADMIN_KEY}")
 
 
+class UnixClock:
+    """A clock in Unix seconds that stands still until a test moves it (`clock.t += 30`)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
 @pytest.fixture(autouse=True)
 def signed_in_as_admin(monkeypatch):
     """Login is always on: every app a test builds knows the admin key and password, and its test

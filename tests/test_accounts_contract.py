@@ -12,18 +12,12 @@ from app import create_app
 from errors import Conflict, NotFound, ValidationError
 from pg_accounts import PgAccounts
 from task_store_pg import PgTaskStore
+from tests.conftest import UnixClock
 
 pytest_plugins = ["tests.pg_server"]     # pg_server, pg_url: a throwaway PostgreSQL
 
 PASSWORD = "a long enough password 1"
 
-
-class Clock:
-    def __init__(self, t=2_000_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture(params=["json", "pg"])
@@ -74,7 +68,7 @@ def test_sign_in_checks_the_password(make):
 
 
 def test_sessions_end_on_sign_out_expiry_and_password_change(make):
-    clock = Clock()
+    clock = UnixClock(2_000_000_000.0)
     accounts = make(clock)
     alice = accounts.create_user("alice", PASSWORD)
     laptop, phone, tablet = (accounts.create_session(alice["id"]) for _ in range(3))

@@ -10,18 +10,12 @@ from ledger import Ledger
 from pg_limits import PgLedger, PgRateLimiter
 from rate_limit import RateLimiter
 from task_store_pg import PgTaskStore
+from tests.conftest import UnixClock
 
 pytest_plugins = ["tests.pg_server"]     # pg_server, pg_url: a throwaway PostgreSQL
 
 NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
-
-class Clock:
-    def __init__(self, t=1_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture(params=["json", "pg"])
@@ -81,7 +75,7 @@ def test_check_and_spend_is_atomic_between_instances(make):
 
 
 def test_hits_within_a_window_and_after_it(make):
-    clock = Clock()
+    clock = UnixClock(1_000_000.0)
     limiter = make("limiter", clock)
     assert [limiter.hit("generate:u1", 3, 60) for _ in range(3)] == [None, None, None]
     assert make("limiter", clock).hit("generate:u1", 3, 60) == 61     # another instance sees them
@@ -93,7 +87,7 @@ def test_hits_within_a_window_and_after_it(make):
 
 
 def test_sign_in_attempts_slow_down_and_forgiveness_resets(make):
-    clock = Clock()
+    clock = UnixClock(1_000_000.0)
     limiter = make("limiter", clock)
     keys = {"login:alice": 2, "ip:10.0.0.1": 5}
     assert limiter.attempt(keys) is None and limiter.attempt(keys) is None      # two free failures
@@ -106,7 +100,7 @@ def test_sign_in_attempts_slow_down_and_forgiveness_resets(make):
 
 
 def test_parallel_hits_never_pass_the_limit_together(make):
-    clock = Clock()
+    clock = UnixClock(1_000_000.0)
     limiters = [make("limiter", clock) for _ in range(4)]
     allowed, barrier = [], threading.Barrier(4)
 
