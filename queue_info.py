@@ -19,6 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from flask import g
+
 from tasks import QUEUED, RUNNING, SUBMITTED, SUCCEEDED, parse_iso
 
 SAMPLE = 20     # recent succeeded tasks per provider and model whose median is the ETA
@@ -105,11 +107,12 @@ class QueueInfo:
                 self._medians, self._medians_key = read_medians(self.store, succeeded), medians_key
             return self._lines, self._medians
 
-    def fields(self, record, now):
-        """{"queue_position", "eta_seconds"} of one task record (each None when it does not apply)."""
+    def fields(self, record, now, look=None):
+        """{"queue_position", "eta_seconds"} of one task record (each None when it does not apply).
+        `look` gives the lines and medians (default: this object's cached refresh)."""
         if record["status"] not in (QUEUED, SUBMITTED, RUNNING):
             return {"queue_position": None, "eta_seconds": None}
-        lines, medians = self._refresh()
+        lines, medians = (look or self._refresh)()
         median = medians.get((record["provider"], record.get("model")))   # records from older stores may lack it
         place = lines.positions.get(record["id"]) if record["status"] == QUEUED else None
         if record["status"] != QUEUED:
@@ -122,6 +125,29 @@ class QueueInfo:
             rounds = (lines.held.get(key, 0) + position - 1) // max(1, lines.caps[key])
             eta = median * (rounds + 1)
         return {"queue_position": place[0] if place else None, "eta_seconds": None if eta is None else round(eta)}
+
+
+class _OneLook:
+    """The queue as one request sees it: the lines and medians are looked up once however many
+    tasks the answer shows (each look asks the store for its log's length: on PostgreSQL a count)."""
+
+    def __init__(self, info):
+        self._info, self._seen = info, None
+
+    def _look(self):
+        if self._seen is None:
+            self._seen = self._info._refresh()
+        return self._seen
+
+    def fields(self, record, now):
+        return self._info.fields(record, now, look=self._look)
+
+
+def for_request(app):
+    """The app's queue as the current request sees it (one look per request)."""
+    if "queue_look" not in g:
+        g.queue_look = _OneLook(for_app(app))
+    return g.queue_look
 
 
 def for_app(app):

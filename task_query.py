@@ -706,7 +706,7 @@ def _store():
 
 def _for_client(record):
     return tasks.for_client(record, disk_full=disk_nearly_full(current_app.config["DATA_DIR"]),
-                            queue=queue_info.for_app(current_app), translate=translate)
+                            queue=queue_info.for_request(current_app), translate=translate)
 
 
 def _task_or_404(task_id):

@@ -340,7 +340,8 @@ def for_client(record, disk_full=False, queue=None, translate=None):
     """The record as API clients see it: result links without their signatures (the studio
     serves its own copy; a signed link would hand out the file to whoever reads the JSON). With
     `disk_full`, a task still in progress says so: the pipeline cannot even record it then.
-    `queue` (a queue_info.QueueInfo) adds `queue_position` and `eta_seconds`, computed, not stored.
+    `queue` (queue_info.for_request: anything with `fields(record, now)`) adds `queue_position` and
+    `eta_seconds`, computed, not stored.
     With `translate` (the request's gettext) its messages are in the reader's language."""
     outputs = [{**o, "remote_url": redact_url(o["remote_url"])} if o.get("remote_url") else o
                for o in record.get("outputs") or []]

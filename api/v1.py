@@ -51,7 +51,7 @@ def v1_task(record):
     # In a request: the caller's language, the queue fields and scene counts. A webhook (sent by the
     # pipeline, no request) is about a task's end and carries the English.
     in_request = has_request_context()
-    record = tasks.for_client(record, queue=queue_info.for_app(current_app) if in_request else None,
+    record = tasks.for_client(record, queue=queue_info.for_request(current_app) if in_request else None,
                               translate=translate if in_request else None)
     scenes = storyboards.scene_counts(_store(), record) if in_request and storyboards.is_storyboard(record) else None
     outputs = [_v1_output(o, record) for o in record["outputs"]]

@@ -119,3 +119,15 @@ def test_the_lines_follow_the_store_without_a_wait(app):
     assert info.fields(store.get(first), tasks.utcnow())["queue_position"] == 1
     second = create(client)
     assert info.fields(store.get(second), tasks.utcnow())["queue_position"] == 2
+
+
+def test_a_listing_looks_at_the_queue_once(app, monkeypatch):
+    """However many tasks a page shows, the store is asked for its log's length once (a count on PostgreSQL)."""
+    client, store = app.test_client(), app.extensions["task_store"]
+    ids = [create(client) for _ in range(5)]
+    looks = []
+    real = store.line_count
+    monkeypatch.setattr(store, "line_count", lambda: looks.append(1) or real())
+    listed = client.get("/api/tasks").get_json()["tasks"]
+    assert sorted(t["queue_position"] for t in listed if t["id"] in ids) == [1, 2, 3, 4, 5]
+    assert len(looks) == 1
