@@ -37,8 +37,10 @@ class Studio:
         self.proc = None
 
     def start(self):
+        # A suite started in the background (`make test &`, some CI runners) has SIGINT ignored, and
+        # children inherit that: the studio gets Ctrl-C's default, as in a terminal.
         self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
         def up():
             try:
@@ -60,6 +62,10 @@ class Studio:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def statuses(data_dir):
