@@ -55,7 +55,7 @@ def readyz():
     data_dir = current_app.config["DATA_DIR"]
     checks = {}
     try:
-        len(current_app.extensions["task_store"])
+        current_app.extensions["task_store"].ping()
         checks["store"] = "ok"
     except OSError as exc:
         checks["store"] = f"unreadable: {exc.strerror}"

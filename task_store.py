@@ -135,6 +135,10 @@ class TaskStore:
             self._catch_up()
             return len(self._entries)
 
+    def ping(self):
+        """Raise OSError unless the log can be read (for /readyz)."""
+        len(self)
+
     def list(self, *, status=None, kind=None, provider=None, text=None, owner=None, since=None,
              favourite=None, offset=0, limit=50):
         """Newest-first page of records matching every given filter, and the total that match.

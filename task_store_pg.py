@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FILTER_FIELDS = ("status", "kind", "provider", "owner")
 POOL_MAX = 8
 CONNECT_TIMEOUT = 10            # seconds; a database that is down fails the call, never hangs it
+READY_TIMEOUT = 2               # seconds /readyz waits for a connection: probes give up after a few
 _inherited = []                 # pools a forked child must keep referenced: closing them would close the parent's
 
 
@@ -148,10 +149,11 @@ class PgTaskStore:
                     name="tasks")
             return self._pool
 
-    def _run(self, work):
-        """`work(conn)` on a pooled connection; database failures become StoreUnavailable."""
+    def _run(self, work, timeout=None):
+        """`work(conn)` on a pooled connection (waiting at most `timeout` s for one, else the
+        pool's CONNECT_TIMEOUT); database failures become StoreUnavailable."""
         try:
-            with self._connections().connection() as conn:
+            with self._connections().connection(timeout=timeout) as conn:
                 return work(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(exc) from exc
@@ -186,6 +188,10 @@ class PgTaskStore:
 
     def __len__(self):
         return self._run(lambda c: c.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+    def ping(self):
+        """Raise StoreUnavailable unless the database answers within READY_TIMEOUT (for /readyz)."""
+        self._run(lambda c: c.execute("SELECT 1"), timeout=READY_TIMEOUT)
 
     def list(self, *, status=None, kind=None, provider=None, text=None, owner=None, since=None,
              favourite=None, offset=0, limit=50):

@@ -83,7 +83,10 @@ class LocalProvider(Provider):
 
     def __init__(self, config):
         super().__init__(config)
-        self.poll_interval = 1  # in-process: asking costs nothing, and progress should feel live
+        # In-process, asking costs nothing and progress should feel live: under the scheduler's
+        # 1 s poll job, half a second means every round looks (with 1 s, a task due a hair after
+        # a round waited for the next one).
+        self.poll_interval = 0.5
         cores = os.cpu_count() or 1
         self.workers = max(1, min(int(config.get("LOCAL_WORKERS") or min(2, cores)), cores))
         # A task sent here starts at once: the dispatcher holds the rest as queued (with their place

@@ -14,6 +14,7 @@ from PIL import Image
 import accounts
 import task_query
 from app import create_app
+from clock import parse_iso
 from tasks import Task, utcnow
 
 ADMIN_PASSWORD = "admin-password-for-tests"
@@ -84,19 +85,28 @@ def png_b64():
     return b64(picture())
 
 
-def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeout=60, skip_waits=False):
+def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeout=60, skip_waits=False,
+                 real_time=False):
     """Call the pipeline jobs directly until the task reaches one of `until`.
 
-    With `skip_waits` the jobs see a clock that jumps ahead 10 minutes every round, so poll
-    intervals and backoff never hold a test up (result-link expiry still uses the real clock).
+    The jobs see a clock that jumps to the task's next_check_at whenever that is ahead of it, so a
+    test waits for nothing the pipeline itself would wait for (poll intervals, backoff) and time
+    still moves by exactly those waits. With `skip_waits` it jumps 10 minutes every round instead,
+    past any backoff; with `real_time` it never jumps, for a test that compares the times the
+    record holds with the real clock. Result-link expiry still uses the real clock; local renders
+    run for real.
     """
     store = app.extensions["task_store"]
     providers = app.extensions["providers"]
     deadline = time.monotonic() + timeout
-    rounds = 0
+    ahead = timedelta()
+
+    def clock():
+        return utcnow() + ahead
+
     while time.monotonic() < deadline:
-        rounds += 1
-        clock = (lambda ahead=timedelta(minutes=10 * rounds): utcnow() + ahead) if skip_waits else utcnow
+        if skip_waits:
+            ahead += timedelta(minutes=10)
         task_query.dispatch(store, providers, clock)
         task_query.poll(store, providers, clock)
         task_query.download(store, providers, clock)
@@ -104,5 +114,8 @@ def run_pipeline(app, task_id, until=("succeeded", "failed", "cancelled"), timeo
         Task.model_validate(task)           # every field the pipeline wrote is a documented one
         if task["status"] in until:
             return task
-        time.sleep(0.1)
+        due = parse_iso(task.get("next_check_at"))
+        if due is not None and due > clock() and not real_time:
+            ahead += due - clock()
+        time.sleep(0.02)
     raise AssertionError(f"task {task_id} stuck in {store.get(task_id)['status']}")

@@ -17,7 +17,7 @@ from app import create_app
 from tests.conftest import picture
 from tests.servers import picture_app, serving
 
-DEADLINE = 2                    # seconds: the tests shorten safe_fetch.DEADLINE_SECONDS to this
+DEADLINE = 1                    # seconds: the tests shorten safe_fetch.DEADLINE_SECONDS to this
 
 
 @pytest.fixture

@@ -62,6 +62,7 @@ def test_create_get_update_delete(backend):
     assert store.get("t1") == stored and store.get("other") is None
     assert store.update("t1", lambda r: r["tags"].append("b"))["tags"] == ["a", "b"]
     assert len(store) == 1
+    store.ping()                                        # readable: /readyz says "ok"
     assert store.delete("t1")["tags"] == ["a", "b"]
     assert other.get("t1") is None and store.delete("t1") is None and len(other) == 0
 

@@ -176,7 +176,7 @@ def test_the_default_url_is_set_on_the_account_page_and_used_for_tasks_ending_af
     with Receiver([200]) as receiver:
         before = browser.post("/generate", json={"image": b64(picture()), "prompt": "zoom"},
                               headers={"X-CSRFToken": token}).get_json()["task_id"]
-        run_pipeline(private_app, before)
+        run_pipeline(private_app, before, real_time=True)     # it ended, for real, before the URL was set
         assert browser.put("/api/account/webhook", json={"url": "ftp://x"},
                            headers={"X-CSRFToken": token}).status_code == 400
         answer = browser.put("/api/account/webhook", json={"url": receiver.url}, headers={"X-CSRFToken": token})
