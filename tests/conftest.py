@@ -2,6 +2,7 @@
 
 import base64
 import io
+import os
 import time
 from datetime import timedelta
 
@@ -37,6 +38,30 @@ class UnixClock:
 
     def __call__(self):
         return self.t
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, start the `slow` tests first, spread over the workers.
+
+    `--dist worksteal` hands each worker one contiguous share of the list at the start and later
+    moves the tail of a busy worker's share to an idle one. Collected in file order, the slow
+    tests landed wherever their file fell, two of them often on one worker and late, and the
+    run waited for them at its end. Here each share begins with its own slow tests.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if workers < 2 or not slow:
+        return
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    heads = [slow[k::workers] for k in range(workers)]
+    ordered, remaining = [], len(items)
+    for k in range(workers):
+        share = remaining // (workers - k)          # how worksteal sizes the first shares
+        take = max(0, share - len(heads[k]))
+        ordered += heads[k] + rest[:take]
+        rest = rest[take:]
+        remaining -= share
+    items[:] = ordered + rest
 
 
 @pytest.fixture(autouse=True)

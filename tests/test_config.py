@@ -40,6 +40,7 @@ def test_the_app_reads_typed_values(app):
     assert app.config["ALLOW_PRIVATE_URLS"] is False and app.config["TRUSTED_PROXIES"] == 0
 
 
+@pytest.mark.slow
 def test_flask_backup_commands_use_the_apps_settings(tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data"), "BACKUP_DIR": str(tmp_path / "b"), "DOTENV_PATH": str(tmp_path / "x"),
            "ADMIN_PASSWORD": "a long admin secret", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}

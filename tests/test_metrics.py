@@ -112,6 +112,7 @@ def test_provider_errors_are_counted_by_code(app, client):
 
 # ---- under gunicorn, two workers -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_gunicorn_workers_answer_the_same_sums(tmp_path):
     folder = tmp_path / "metrics"
     with LiveStudio(tmp_path, gunicorn=True, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)}) as studio:

@@ -16,7 +16,7 @@ import health
 from api import models
 from tests.conftest import ADMIN_KEY, b64, picture, run_pipeline
 
-EXAMPLES = 40           # per operation: about 15 s for the whole run
+EXAMPLES = 25           # per operation: about 10 s for the whole run, most of it drawing the cases
 
 
 @pytest.fixture
@@ -50,6 +50,7 @@ def test_the_document_is_built_from_the_request_models(document):
     assert "`processing` (submitted, running, downloading)" in " ".join(document["info"]["description"].split())
 
 
+@pytest.mark.slow
 def test_property_based_run_finds_no_500_and_every_answer_matches_its_schema(app):
     client = app.test_client()
     picture_body = {"image": b64(picture(400, 320, seed=5), "image/png"), "model_name": "local-filters"}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from task_store import TaskStore
@@ -76,6 +77,7 @@ def statuses(data_dir):
         store.close()
 
 
+@pytest.mark.slow
 def test_sigkill_restarts_resume_every_task_and_submit_each_once(tmp_path):
     fake = Server(polls_to_finish=4, access_key=AK, secret_key=SK, hang_seconds=2.0)
     fake.start()

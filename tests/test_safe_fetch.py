@@ -18,6 +18,7 @@ from tests.conftest import picture
 from tests.servers import picture_app, serving
 
 DEADLINE = 1                    # seconds: the tests shorten safe_fetch.DEADLINE_SECONDS to this
+SLACK = 2                       # seconds more a loaded machine may take (without the one deadline: ~100 s)
 
 
 @pytest.fixture
@@ -170,7 +171,7 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(private_client, case):
         server.close()
     assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "url_unavailable", resp.get_json()
     assert resp.get_json()["error"]["field"] == "image"
-    assert elapsed <= DEADLINE + 1, f"{case}: {elapsed:.1f} s"
+    assert elapsed <= DEADLINE + SLACK, f"{case}: {elapsed:.1f} s"
 
 
 def test_the_deadline_covers_every_redirect_hop(private_client):
@@ -188,7 +189,7 @@ def test_the_deadline_covers_every_redirect_hop(private_client):
         for hop in hops:
             hop.close()
     assert resp.status_code == 422 and "longer than" in resp.get_json()["error"]["message"], resp.get_json()
-    assert elapsed <= DEADLINE + 1, f"{elapsed:.1f} s"
+    assert elapsed <= DEADLINE + SLACK, f"{elapsed:.1f} s"
 
 
 def test_the_deadline_is_a_parameter_too(private_client):
@@ -214,4 +215,4 @@ def test_a_tls_handshake_that_never_finishes_is_cut_off_at_the_deadline(private_
     finally:
         server.close()
     assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "url_unavailable", resp.get_json()
-    assert elapsed <= DEADLINE + 1, f"{elapsed:.1f} s"
+    assert elapsed <= DEADLINE + SLACK, f"{elapsed:.1f} s"

@@ -44,6 +44,7 @@ def worker_pids(master_pid):
     return {int(p) for p in out.split()}
 
 
+@pytest.mark.slow
 def test_one_leader_among_gunicorn_workers_and_take_over(tmp_path):
     data_dir = tmp_path / "data"
     port = free_port()

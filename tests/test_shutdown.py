@@ -11,6 +11,7 @@ from tests.test_app import wait_for
 from tests.test_restart import AK, HTTP, SK, Studio, statuses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("workers", "stop_signal"), [(None, signal.SIGINT), (2, signal.SIGTERM)],
                          ids=["python-app-ctrl-c", "gunicorn-sigterm"])
 def test_a_graceful_stop_puts_interrupted_work_back_and_a_restart_finishes_it(tmp_path, workers, stop_signal):

@@ -62,6 +62,7 @@ def frames_of(path):
 
 # ---- the local engine: three scenes, one chained ------------------------------------------
 
+@pytest.mark.slow
 def test_three_scenes_join_into_one_h264_mp4(app, client):
     first, third = b64(picture(640, 360, seed=1)), b64(other_picture())
     resp = client.post("/api/v1/videos/generate", json={

@@ -173,6 +173,7 @@ def _applied(state, op, task_id, value):
     return state
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
     data = tmp_path / "data"
     rng = random.Random(20261122)

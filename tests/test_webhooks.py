@@ -195,6 +195,7 @@ def test_the_default_url_is_set_on_the_account_page_and_used_for_tasks_ending_af
     assert all("webhook_secret" not in u for u in users)
 
 
+@pytest.mark.slow
 def test_the_running_pipeline_delivers_under_gunicorn(tmp_path):
     """The scheduler's webhook job, in a real studio: a task ends and the receiver hears of it, signed."""
     with Receiver([200]) as receiver, LiveStudio(tmp_path, gunicorn=True, env={"ALLOW_PRIVATE_URLS": "1"}) as studio:
