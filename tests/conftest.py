@@ -1,6 +1,7 @@
 """Shared fixtures: an app on tmp_path with the scheduler off, pictures, and a pipeline driver."""
 
 import base64
+import functools
 import io
 import os
 import time
@@ -87,8 +88,10 @@ def client(app):
     return app.test_client()
 
 
+@functools.cache
 def picture(width=640, height=400, fmt="PNG", seed=0):
-    """Encoded bytes of a photo-like picture (gradient + shapes + noise)."""
+    """Encoded bytes of a photo-like picture (gradient + shapes + noise); made once per process
+    for each set of arguments (the suite asks for the same few pictures a thousand times)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     img = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1),
