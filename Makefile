@@ -29,7 +29,7 @@ test: $(VENV)/.dev
 	bash scripts/ensure-chromium
 	bash scripts/ensure-nginx
 	bash scripts/ensure-postgresql
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n 2 --dist worksteal; status=$$?; \
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n 3 --dist worksteal; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 
 bench: $(VENV)/.dev
