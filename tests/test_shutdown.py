@@ -23,7 +23,8 @@ def test_a_graceful_stop_puts_interrupted_work_back_and_a_restart_finishes_it(tm
         studio.env["HTTP_TIMEOUT_SECONDS"] = "2"
         studio.start()
         post = {"image": b64(picture()), "prompt": "slow zoom in"}
-        long_clip = {**post, "image": b64(picture(1280, 800)), "duration": "10"}   # rendering when the stop comes
+        # Rendering when the stop signal comes; it may end while the stop waits for the hanging submit.
+        long_clip = {**post, "image": b64(picture(960, 600)), "duration": "10"}
         paid = [{"provider": "kling", "model_name": "kling-v1-6", "image": b64(picture(seed=i)),
                  "prompt": f"task {i}", "duration": "5", "mode": "std"} for i in range(3)]
         local = [HTTP.post(studio.base + "/generate", json=long_clip, timeout=10).json()["task_id"] for _ in range(2)]
