@@ -372,6 +372,7 @@ def test_the_corpus_has_hundreds_of_cases():
     assert len(account_corpus("k", "p")) >= 100
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_a_4xx_and_leave_nothing_behind(app, server, user, existing_task):
     data_dir = app.config["DATA_DIR"]
     tasks_before, inputs_before = task_ids(app), files_under(Path(data_dir) / "inputs")

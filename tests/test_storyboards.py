@@ -230,6 +230,7 @@ def _chained_board(client, headers):
                    {"prompt": "and closer still", "duration": "5", "first_frame": "previous_last"}]})
 
 
+@pytest.mark.slow
 def test_scenes_made_later_are_reserved_against_the_daily_limit_when_the_storyboard_is_made(app, client):
     two_a_day = make_user(app, "two-a-day", videos_per_day=2)
     refused = _chained_board(client, two_a_day)
