@@ -15,6 +15,7 @@ them), so a form can mark or hide it instead of pretending.
 """
 
 import functools
+import json
 from dataclasses import asdict, dataclass, field, fields
 
 # The smallest side of an input picture where a model documents none (media.MIN_SIDE, the studio's
@@ -31,15 +32,6 @@ class Combo:
     duration: str
 
 
-def _copied(value):
-    """A copy of plain JSON-shaped data (dicts, lists and scalars)."""
-    if isinstance(value, dict):
-        return {key: _copied(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copied(item) for item in value]
-    return value
-
-
 def combos(cells):
     """Combos from (mode, duration) pairs."""
     return [Combo(mode, duration) for mode, duration in cells]
@@ -51,12 +43,13 @@ class _Table:
     DEFAULTS = {}   # optional field -> the default a reader applies when it is left out
 
     def as_dict(self):
-        """A fresh copy each call (readers may change theirs); the table is read on every request."""
-        return _copied(self._plain)
+        """A fresh copy each call (readers may change theirs, as with accounts.py's cache); the
+        table is read on every request."""
+        return json.loads(json.dumps(self._plain))
 
     @functools.cached_property
     def _plain(self):
-        # dataclasses.asdict is the slow part (about 6x a plain copy): done once per frozen model.
+        # dataclasses.asdict is the slow part (about 5x a JSON round trip): done once per frozen model.
         table = asdict(self)
         return {key: value for key, value in table.items() if not (key in self.DEFAULTS and value is None)}
 
